@@ -1,0 +1,265 @@
+//! A typed client for the control plane's `/v1` REST API.
+//!
+//! The CLI, the agent and the tests all talk to the server through this one client, so
+//! an API change shows up as a compile error everywhere at once. It must not depend on
+//! any role crate.
+#![warn(missing_docs)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use futures::StreamExt;
+use mycel_core::api::{
+    ComponentSummary, CreateVersionRequest, CreateVersionResponse, ErrorBody, Health,
+    MissingBlobsRequest, MissingBlobsResponse, PutBlobResponse, VersionSummary,
+};
+use mycel_core::{BlobHash, ErrorCode, FileEntry, Version};
+use reqwest::{Method, RequestBuilder, Response};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio_util::io::ReaderStream;
+
+/// A failed call.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered with an error.
+    #[error("{message}")]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// The server's error code.
+        code: ErrorCode,
+        /// The server's message.
+        message: String,
+    },
+    /// The server could not be reached or the connection broke.
+    #[error("cannot reach the mycel server at {url}: {source}")]
+    Transport {
+        /// The server's base URL.
+        url: String,
+        /// The cause.
+        source: reqwest::Error,
+    },
+    /// A local file could not be read.
+    #[error("{path}: {source}")]
+    File {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The server's answer was not what this client understands.
+    #[error("unexpected answer from the server ({status}): {detail}")]
+    Protocol {
+        /// HTTP status.
+        status: u16,
+        /// What was wrong.
+        detail: String,
+    },
+}
+
+impl ClientError {
+    /// The server's error code, if the server answered with one.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Api { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+/// A connection to one control plane.
+#[derive(Clone, Debug)]
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// A client for the server at `base` (e.g. `http://127.0.0.1:7700`), sending `token`
+    /// as a bearer token when given.
+    pub fn new(base: &str, token: Option<String>) -> Result<Self, ClientError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|source| ClientError::Transport {
+                url: base.to_owned(),
+                source,
+            })?;
+        Ok(Self {
+            base: base.trim_end_matches('/').to_owned(),
+            token,
+            http,
+        })
+    }
+
+    /// The server's base URL.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        let builder = self.http.request(method, format!("{}{path}", self.base));
+        match &self.token {
+            Some(token) => builder.bearer_auth(token),
+            None => builder,
+        }
+    }
+
+    async fn send(&self, builder: RequestBuilder) -> Result<Response, ClientError> {
+        let response = builder
+            .send()
+            .await
+            .map_err(|source| self.transport(source))?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status().as_u16();
+        let text = response
+            .text()
+            .await
+            .map_err(|source| self.transport(source))?;
+        Err(match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(body) => ClientError::Api {
+                status,
+                code: body.error.code,
+                message: body.error.message,
+            },
+            Err(_) => ClientError::Protocol {
+                status,
+                detail: text.chars().take(300).collect(),
+            },
+        })
+    }
+
+    async fn json<T: DeserializeOwned>(&self, builder: RequestBuilder) -> Result<T, ClientError> {
+        let response = self.send(builder).await?;
+        let status = response.status().as_u16();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|source| self.transport(source))?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol {
+            status,
+            detail: e.to_string(),
+        })
+    }
+
+    async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        self.json(self.request(method, path).json(body)).await
+    }
+
+    fn transport(&self, source: reqwest::Error) -> ClientError {
+        ClientError::Transport {
+            url: self.base.clone(),
+            source,
+        }
+    }
+
+    /// `GET /v1/health`.
+    pub async fn health(&self) -> Result<Health, ClientError> {
+        self.json(self.request(Method::GET, "/v1/health")).await
+    }
+
+    /// The subset of `hashes` the server lacks.
+    pub async fn missing_blobs(&self, hashes: Vec<BlobHash>) -> Result<Vec<BlobHash>, ClientError> {
+        let response: MissingBlobsResponse = self
+            .call(
+                Method::POST,
+                "/v1/blobs/missing",
+                &MissingBlobsRequest { hashes },
+            )
+            .await?;
+        Ok(response.missing)
+    }
+
+    /// Uploads the file at `path` as blob `hash`, streaming it and calling `progress`
+    /// with the size of each chunk as it leaves.
+    pub async fn put_blob_file(
+        &self,
+        hash: BlobHash,
+        path: &Path,
+        progress: impl Fn(u64) + Send + Sync + 'static,
+    ) -> Result<PutBlobResponse, ClientError> {
+        let file_error = |source| ClientError::File {
+            path: path.display().to_string(),
+            source,
+        };
+        let file = tokio::fs::File::open(path).await.map_err(file_error)?;
+        let length = file.metadata().await.map_err(file_error)?.len();
+        let stream = ReaderStream::with_capacity(file, 256 << 10).inspect(move |chunk| {
+            if let Ok(chunk) = chunk {
+                progress(chunk.len() as u64);
+            }
+        });
+        let builder = self
+            .request(Method::PUT, &format!("/v1/blobs/{hash}"))
+            .header(reqwest::header::CONTENT_LENGTH, length)
+            .body(reqwest::Body::wrap_stream(stream));
+        self.json(builder).await
+    }
+
+    /// Uploads `bytes` as blob `hash`.
+    pub async fn put_blob(
+        &self,
+        hash: BlobHash,
+        bytes: bytes::Bytes,
+    ) -> Result<PutBlobResponse, ClientError> {
+        self.json(
+            self.request(Method::PUT, &format!("/v1/blobs/{hash}"))
+                .body(bytes),
+        )
+        .await
+    }
+
+    /// Downloads blob `hash` whole; for small blobs.
+    pub async fn get_blob(&self, hash: BlobHash) -> Result<bytes::Bytes, ClientError> {
+        let response = self
+            .send(self.request(Method::GET, &format!("/v1/blobs/{hash}")))
+            .await?;
+        response
+            .bytes()
+            .await
+            .map_err(|source| self.transport(source))
+    }
+
+    /// Creates a version of `component` from blobs already uploaded.
+    pub async fn create_version(
+        &self,
+        component: &str,
+        files: Vec<FileEntry>,
+    ) -> Result<CreateVersionResponse, ClientError> {
+        self.call(
+            Method::POST,
+            &format!("/v1/components/{component}/versions"),
+            &CreateVersionRequest { files },
+        )
+        .await
+    }
+
+    /// Every component with its newest version.
+    pub async fn components(&self) -> Result<Vec<ComponentSummary>, ClientError> {
+        self.json(self.request(Method::GET, "/v1/components")).await
+    }
+
+    /// Every version of `component`, oldest first.
+    pub async fn versions(&self, component: &str) -> Result<Vec<VersionSummary>, ClientError> {
+        self.json(self.request(Method::GET, &format!("/v1/components/{component}/versions")))
+            .await
+    }
+
+    /// One version by number, `latest` or id.
+    pub async fn version(&self, component: &str, reference: &str) -> Result<Version, ClientError> {
+        self.json(self.request(
+            Method::GET,
+            &format!("/v1/components/{component}/versions/{reference}"),
+        ))
+        .await
+    }
+}

@@ -1,0 +1,264 @@
+//! The blob store: files named by the BLAKE3 hash of their bytes.
+//!
+//! A blob is written to a temporary file while its bytes are hashed, fsynced, and
+//! renamed into place only if the hash matches the name it was sent under. A reader
+//! therefore never sees a partial or wrong blob, and a failed upload leaves nothing.
+//! Bytes stream through in chunks: a multi-GB weights file never sits in memory.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use mycel_core::BlobHash;
+use tokio::io::AsyncWriteExt;
+
+/// Why a blob was not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    /// The bytes hash to something other than the name they came under.
+    #[error("blob {expected} does not match its content: the bytes sent hash to {actual}")]
+    HashMismatch {
+        /// The name it was sent under.
+        expected: BlobHash,
+        /// What its bytes hash to.
+        actual: BlobHash,
+    },
+    /// More bytes than the limit.
+    #[error("blob {hash} is larger than the limit of {limit} bytes")]
+    TooLarge {
+        /// The blob.
+        hash: BlobHash,
+        /// The limit.
+        limit: u64,
+    },
+    /// The body stream broke off.
+    #[error("upload of blob {hash} broke off: {message}")]
+    Body {
+        /// The blob.
+        hash: BlobHash,
+        /// What the transport said.
+        message: String,
+    },
+    /// The disk failed.
+    #[error("blob store: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Blobs on the local filesystem under one directory.
+#[derive(Clone, Debug)]
+pub struct BlobStore {
+    root: PathBuf,
+}
+
+impl BlobStore {
+    /// Opens (creating if needed) a store rooted at `root`.
+    pub fn open(root: PathBuf) -> io::Result<Self> {
+        std::fs::create_dir_all(root.join("tmp"))?;
+        Ok(Self { root })
+    }
+
+    /// Where the blob lives: `ROOT/ab/abcdef…`, fanned out so no directory grows huge.
+    pub fn path(&self, hash: &BlobHash) -> PathBuf {
+        let hex = hash.to_hex();
+        self.root.join(&hex[..2]).join(hex)
+    }
+
+    /// The blob's size, or `None` if it is not stored.
+    pub async fn size(&self, hash: &BlobHash) -> io::Result<Option<u64>> {
+        match tokio::fs::metadata(self.path(hash)).await {
+            Ok(meta) => Ok(Some(meta.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Opens a stored blob for reading.
+    pub async fn open_blob(&self, hash: &BlobHash) -> io::Result<Option<tokio::fs::File>> {
+        match tokio::fs::File::open(self.path(hash)).await {
+            Ok(file) => Ok(Some(file)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reads a whole blob; for small ones such as manifests.
+    pub async fn read(&self, hash: &BlobHash) -> io::Result<Option<Vec<u8>>> {
+        match tokio::fs::read(self.path(hash)).await {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Streams `body` into the store under `expected`, hashing as it goes.
+    ///
+    /// Returns the size and whether the blob is new. On any error, nothing is kept.
+    pub async fn write<S, E>(
+        &self,
+        expected: BlobHash,
+        body: S,
+        limit: u64,
+    ) -> Result<(u64, bool), BlobError>
+    where
+        S: Stream<Item = Result<Bytes, E>>,
+        E: std::fmt::Display,
+    {
+        let tmp = self
+            .root
+            .join("tmp")
+            .join(format!("{}.{}", expected.to_hex(), random_suffix()));
+        let result = self.write_tmp(&tmp, expected, body, limit).await;
+        if result.is_err() {
+            let _ = tokio::fs::remove_file(&tmp).await;
+        }
+        let size = result?;
+        let dest = self.path(&expected);
+        if tokio::fs::try_exists(&dest).await? {
+            tokio::fs::remove_file(&tmp).await?;
+            return Ok((size, false));
+        }
+        let dir = dest.parent().unwrap_or(&self.root).to_path_buf();
+        tokio::fs::create_dir_all(&dir).await?;
+        tokio::fs::rename(&tmp, &dest).await?;
+        sync_dir(dir).await?;
+        Ok((size, true))
+    }
+
+    async fn write_tmp<S, E>(
+        &self,
+        tmp: &Path,
+        expected: BlobHash,
+        body: S,
+        limit: u64,
+    ) -> Result<u64, BlobError>
+    where
+        S: Stream<Item = Result<Bytes, E>>,
+        E: std::fmt::Display,
+    {
+        let mut file =
+            tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::create(tmp).await?);
+        let mut hasher = blake3::Hasher::new();
+        let mut size = 0u64;
+        let mut body = std::pin::pin!(body);
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| BlobError::Body {
+                hash: expected,
+                message: e.to_string(),
+            })?;
+            size += chunk.len() as u64;
+            if size > limit {
+                return Err(BlobError::TooLarge {
+                    hash: expected,
+                    limit,
+                });
+            }
+            hasher.update(&chunk);
+            file.write_all(&chunk).await?;
+        }
+        let actual = BlobHash::from(hasher.finalize());
+        if actual != expected {
+            return Err(BlobError::HashMismatch { expected, actual });
+        }
+        file.flush().await?;
+        let file = file.into_inner();
+        file.sync_all().await?;
+        Ok(size)
+    }
+}
+
+/// Makes a rename durable: the directory entry must reach the disk too.
+async fn sync_dir(dir: PathBuf) -> io::Result<()> {
+    tokio::task::spawn_blocking(move || std::fs::File::open(dir)?.sync_all())
+        .await
+        .map_err(io::Error::other)?
+}
+
+fn random_suffix() -> String {
+    let mut bytes = [0u8; 8];
+    // A clash only costs a retry by the client; fall back to the time if the OS RNG fails.
+    if getrandom::fill(&mut bytes).is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or_default();
+        bytes = nanos.to_le_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunks(data: &[u8]) -> impl Stream<Item = Result<Bytes, String>> {
+        let parts: Vec<Result<Bytes, String>> = data
+            .chunks(3)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        futures::stream::iter(parts)
+    }
+
+    fn leftovers(store: &BlobStore) -> usize {
+        std::fs::read_dir(store.root.join("tmp")).unwrap().count()
+    }
+
+    #[tokio::test]
+    async fn stores_once_and_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path().to_path_buf()).unwrap();
+        let hash = BlobHash::of(b"hello world");
+        assert_eq!(
+            store
+                .write(hash, chunks(b"hello world"), 100)
+                .await
+                .unwrap(),
+            (11, true)
+        );
+        assert_eq!(
+            store
+                .write(hash, chunks(b"hello world"), 100)
+                .await
+                .unwrap(),
+            (11, false)
+        );
+        assert_eq!(store.size(&hash).await.unwrap(), Some(11));
+        assert_eq!(store.read(&hash).await.unwrap().unwrap(), b"hello world");
+        assert_eq!(leftovers(&store), 0);
+    }
+
+    #[tokio::test]
+    async fn wrong_hash_keeps_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path().to_path_buf()).unwrap();
+        let claimed = BlobHash::of(b"something else");
+        let err = store
+            .write(claimed, chunks(b"hello"), 100)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, BlobError::HashMismatch { .. }), "{err}");
+        assert_eq!(store.size(&claimed).await.unwrap(), None);
+        assert_eq!(leftovers(&store), 0);
+    }
+
+    #[tokio::test]
+    async fn too_large_and_broken_bodies_keep_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path().to_path_buf()).unwrap();
+        let hash = BlobHash::of(b"0123456789");
+        let err = store
+            .write(hash, chunks(b"0123456789"), 5)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, BlobError::TooLarge { limit: 5, .. }), "{err}");
+
+        let broken = futures::stream::iter(vec![
+            Ok(Bytes::from_static(b"01")),
+            Err("reset".to_string()),
+        ]);
+        let err = store.write(hash, broken, 100).await.unwrap_err();
+        assert!(err.to_string().contains("reset"), "{err}");
+        assert_eq!(store.size(&hash).await.unwrap(), None);
+        assert_eq!(leftovers(&store), 0);
+    }
+}

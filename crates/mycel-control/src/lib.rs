@@ -1,0 +1,124 @@
+//! mycel's control plane: the `/v1` REST API, the registry of blobs and versions, and
+//! the durable state behind them.
+//!
+//! It is a library so that the `mycel` binary, `mycel up` and tests run the same wiring:
+//! [`run`] binds, serves until the shutdown future resolves, then returns. It must not
+//! depend on the agent or the gateway.
+#![warn(missing_docs)]
+
+mod api;
+pub mod auth;
+pub mod blobs;
+pub mod registry;
+pub mod store;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+/// Blobs larger than this are refused unless configured otherwise: 8 GiB.
+pub const DEFAULT_MAX_BLOB_BYTES: u64 = 8 << 30;
+
+/// Name of the file, in the data directory, that holds the URL the server listens on.
+pub const URL_FILE: &str = "server.url";
+
+/// How to run a control plane.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where the store, blobs and admin token live.
+    pub data_dir: PathBuf,
+    /// Address to bind; port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// Largest blob accepted, in bytes.
+    pub max_blob_bytes: u64,
+}
+
+/// Why the control plane could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The data directory could not be prepared.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The state store could not be opened.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// Binding or serving failed.
+    #[error("listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// Shared by every request handler.
+pub(crate) struct AppState {
+    store: Arc<dyn store::Store>,
+    blobs: blobs::BlobStore,
+    max_blob_bytes: u64,
+}
+
+/// Runs the control plane until `shutdown` resolves.
+///
+/// Once listening it writes the URL it serves on to `DATA/server.url`, which is how the
+/// CLI and tests find a server started on port 0.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let data_dir = config.data_dir.clone();
+    let io_err = |source| Error::DataDir {
+        path: data_dir.clone(),
+        source,
+    };
+    std::fs::create_dir_all(&data_dir).map_err(io_err)?;
+    let blobs = blobs::BlobStore::open(data_dir.join("blobs")).map_err(io_err)?;
+    let store = store::RedbStore::open(&data_dir.join("state.redb"))?;
+    auth::ensure_admin_token(&store, &data_dir)?;
+
+    let state = Arc::new(AppState {
+        store: Arc::new(store),
+        blobs,
+        max_blob_bytes: config.max_blob_bytes,
+    });
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| Error::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| Error::Listen {
+        addr: config.listen,
+        source,
+    })?;
+    let url = format!("http://{}", client_addr(addr));
+    std::fs::write(data_dir.join(URL_FILE), format!("{url}\n")).map_err(io_err)?;
+    tracing::info!(%url, data = %data_dir.display(), "control plane listening");
+
+    axum::serve(listener, api::router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|source| Error::Listen { addr, source })
+}
+
+/// The address a local client should dial: a wildcard bind is reachable on loopback.
+fn client_addr(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V4(a) if a.ip().is_unspecified() => {
+            SocketAddr::from(([127, 0, 0, 1], a.port()))
+        }
+        SocketAddr::V6(a) if a.ip().is_unspecified() => {
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, a.port()))
+        }
+        other => other,
+    }
+}

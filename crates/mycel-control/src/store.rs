@@ -1,0 +1,271 @@
+//! Durable state: versions, per-component sequence numbers and tokens.
+//!
+//! [`Store`] is the seam: [`RedbStore`] is the embedded default for one machine; a
+//! store on etcd implements the same trait for a multi-instance control plane. Methods
+//! are synchronous; async callers run them on the blocking pool.
+
+use std::path::Path;
+
+use mycel_core::{Version, VersionId};
+use redb::{Database, ReadableTable, TableDefinition};
+
+/// Version id bytes → version JSON.
+const VERSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("versions");
+/// (component, seq) → version id bytes.
+const SEQS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("seqs");
+/// BLAKE3 of a token → the token's name.
+const TOKENS: TableDefinition<&[u8], &str> = TableDefinition::new("tokens");
+
+/// A failure of the state store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database engine failed.
+    #[error("state store: {0}")]
+    Db(Box<redb::Error>),
+    /// A record could not be decoded: the store holds data this build cannot read.
+    #[error("state store: corrupt record: {0}")]
+    Corrupt(String),
+}
+
+fn db(e: impl Into<redb::Error>) -> StoreError {
+    StoreError::Db(Box::new(e.into()))
+}
+
+/// What the control plane keeps durably.
+pub trait Store: Send + Sync + 'static {
+    /// A version by id.
+    fn version(&self, id: &VersionId) -> Result<Option<Version>, StoreError>;
+
+    /// The id of `component@seq`.
+    fn version_id(&self, component: &str, seq: u64) -> Result<Option<VersionId>, StoreError>;
+
+    /// Stores `version` unless one with the same id exists, which is returned instead.
+    /// On insert, `version.seq` is replaced by the component's next sequence number;
+    /// checking and numbering happen in one transaction.
+    fn insert_version(&self, version: Version) -> Result<(Version, bool), StoreError>;
+
+    /// Every version of `component`, oldest first.
+    fn versions(&self, component: &str) -> Result<Vec<Version>, StoreError>;
+
+    /// Every component name with its number of versions and newest version, by name.
+    fn components(&self) -> Result<Vec<(String, u64, Version)>, StoreError>;
+
+    /// The name of the token with this BLAKE3 hash.
+    fn token_name(&self, token_hash: &[u8; 32]) -> Result<Option<String>, StoreError>;
+
+    /// Records a token by its BLAKE3 hash.
+    fn put_token(&self, token_hash: &[u8; 32], name: &str) -> Result<(), StoreError>;
+}
+
+/// The embedded store: one redb file.
+pub struct RedbStore {
+    db: Database,
+}
+
+impl RedbStore {
+    /// Opens or creates the database at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let database = Database::create(path).map_err(db)?;
+        // Create every table up front so read transactions never meet a missing one.
+        let tx = database.begin_write().map_err(db)?;
+        tx.open_table(VERSIONS).map_err(db)?;
+        tx.open_table(SEQS).map_err(db)?;
+        tx.open_table(TOKENS).map_err(db)?;
+        tx.commit().map_err(db)?;
+        Ok(Self { db: database })
+    }
+}
+
+fn decode(bytes: &[u8]) -> Result<Version, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn id_from(bytes: &[u8]) -> Result<VersionId, StoreError> {
+    let array: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| StoreError::Corrupt(format!("version id of {} bytes", bytes.len())))?;
+    Ok(VersionId(mycel_core::BlobHash::from_bytes(array)))
+}
+
+impl Store for RedbStore {
+    fn version(&self, id: &VersionId) -> Result<Option<Version>, StoreError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let table = tx.open_table(VERSIONS).map_err(db)?;
+        let found = table.get(id.0.as_bytes().as_slice()).map_err(db)?;
+        found.map(|v| decode(v.value())).transpose()
+    }
+
+    fn version_id(&self, component: &str, seq: u64) -> Result<Option<VersionId>, StoreError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let table = tx.open_table(SEQS).map_err(db)?;
+        let found = table.get((component, seq)).map_err(db)?;
+        found.map(|v| id_from(v.value())).transpose()
+    }
+
+    fn insert_version(&self, mut version: Version) -> Result<(Version, bool), StoreError> {
+        let tx = self.db.begin_write().map_err(db)?;
+        let result = {
+            let mut versions = tx.open_table(VERSIONS).map_err(db)?;
+            let key = *version.id.0.as_bytes();
+            let existing = versions
+                .get(key.as_slice())
+                .map_err(db)?
+                .map(|v| decode(v.value()));
+            match existing {
+                Some(existing) => (existing?, false),
+                None => {
+                    let mut seqs = tx.open_table(SEQS).map_err(db)?;
+                    let last = seqs
+                        .range(
+                            (version.component.as_str(), 0)
+                                ..=(version.component.as_str(), u64::MAX),
+                        )
+                        .map_err(db)?
+                        .next_back()
+                        .transpose()
+                        .map_err(db)?
+                        .map(|(k, _)| k.value().1);
+                    version.seq = last.unwrap_or(0) + 1;
+                    let json = serde_json::to_vec(&version)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                    versions
+                        .insert(key.as_slice(), json.as_slice())
+                        .map_err(db)?;
+                    seqs.insert((version.component.as_str(), version.seq), key.as_slice())
+                        .map_err(db)?;
+                    (version, true)
+                }
+            }
+        };
+        if result.1 {
+            tx.commit().map_err(db)?;
+        } else {
+            tx.abort().map_err(db)?;
+        }
+        Ok(result)
+    }
+
+    fn versions(&self, component: &str) -> Result<Vec<Version>, StoreError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let seqs = tx.open_table(SEQS).map_err(db)?;
+        let versions = tx.open_table(VERSIONS).map_err(db)?;
+        let mut out = Vec::new();
+        for entry in seqs
+            .range((component, 0)..=(component, u64::MAX))
+            .map_err(db)?
+        {
+            let (_, id) = entry.map_err(db)?;
+            let record = versions.get(id.value()).map_err(db)?.ok_or_else(|| {
+                StoreError::Corrupt(format!("{component}: sequence points at a missing version"))
+            })?;
+            out.push(decode(record.value())?);
+        }
+        Ok(out)
+    }
+
+    fn components(&self) -> Result<Vec<(String, u64, Version)>, StoreError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let seqs = tx.open_table(SEQS).map_err(db)?;
+        let versions = tx.open_table(VERSIONS).map_err(db)?;
+        // Keys sort by (name, seq), so the last key seen for a name is its newest.
+        let mut latest: Vec<(String, u64, Vec<u8>)> = Vec::new();
+        for entry in seqs.iter().map_err(db)? {
+            let (key, id) = entry.map_err(db)?;
+            let (name, seq) = key.value();
+            match latest.last_mut() {
+                Some(last) if last.0 == name => {
+                    last.1 = seq;
+                    last.2 = id.value().to_vec();
+                }
+                _ => latest.push((name.to_owned(), seq, id.value().to_vec())),
+            }
+        }
+        latest
+            .into_iter()
+            .map(|(name, count, id)| {
+                let record = versions.get(id.as_slice()).map_err(db)?.ok_or_else(|| {
+                    StoreError::Corrupt(format!("{name}: sequence points at a missing version"))
+                })?;
+                Ok((name, count, decode(record.value())?))
+            })
+            .collect()
+    }
+
+    fn token_name(&self, token_hash: &[u8; 32]) -> Result<Option<String>, StoreError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let table = tx.open_table(TOKENS).map_err(db)?;
+        let found = table.get(token_hash.as_slice()).map_err(db)?;
+        Ok(found.map(|v| v.value().to_owned()))
+    }
+
+    fn put_token(&self, token_hash: &[u8; 32], name: &str) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(db)?;
+        tx.open_table(TOKENS)
+            .map_err(db)?
+            .insert(token_hash.as_slice(), name)
+            .map_err(db)?;
+        tx.commit().map_err(db)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mycel_core::{BlobHash, ComponentPath, FileEntry, FileMode};
+
+    fn version(component: &str, content: &[u8]) -> Version {
+        let files = vec![FileEntry {
+            path: ComponentPath::new("mycel.toml").unwrap(),
+            hash: BlobHash::of(content),
+            size: content.len() as u64,
+            mode: FileMode::Regular,
+        }];
+        Version {
+            id: VersionId::of(&files),
+            component: component.into(),
+            seq: 0,
+            total_bytes: content.len() as u64,
+            files,
+            created_at_ms: 1,
+            pushed_by: "admin".into(),
+            description: String::new(),
+        }
+    }
+
+    /// The contract every `Store` must keep; run against each implementation.
+    fn contract(store: &dyn Store) {
+        let (a1, created) = store.insert_version(version("a", b"1")).unwrap();
+        assert!(created);
+        assert_eq!(a1.seq, 1);
+        let (again, created) = store.insert_version(version("a", b"1")).unwrap();
+        assert!(!created);
+        assert_eq!(again, a1);
+        let (a2, _) = store.insert_version(version("a", b"2")).unwrap();
+        assert_eq!(a2.seq, 2);
+        let (b1, _) = store.insert_version(version("b", b"3")).unwrap();
+        assert_eq!(b1.seq, 1);
+
+        assert_eq!(store.version(&a2.id).unwrap(), Some(a2.clone()));
+        assert_eq!(store.version_id("a", 1).unwrap(), Some(a1.id));
+        assert_eq!(store.version_id("a", 3).unwrap(), None);
+        assert_eq!(store.versions("a").unwrap(), vec![a1, a2.clone()]);
+        assert!(store.versions("c").unwrap().is_empty());
+        let components = store.components().unwrap();
+        assert_eq!(components, vec![("a".into(), 2, a2), ("b".into(), 1, b1)]);
+
+        let hash = *blake3::hash(b"secret").as_bytes();
+        assert_eq!(store.token_name(&hash).unwrap(), None);
+        store.put_token(&hash, "admin").unwrap();
+        assert_eq!(store.token_name(&hash).unwrap().as_deref(), Some("admin"));
+    }
+
+    #[test]
+    fn redb_keeps_the_contract_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        contract(&RedbStore::open(&path).unwrap());
+        let reopened = RedbStore::open(&path).unwrap();
+        assert_eq!(reopened.versions("a").unwrap().len(), 2);
+    }
+}

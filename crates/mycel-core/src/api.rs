@@ -1,0 +1,117 @@
+//! Request and response bodies of the control plane's `/v1` REST API.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ErrorCode;
+use crate::hash::BlobHash;
+use crate::version::{FileEntry, Version, VersionId};
+
+/// Every error response: `{"error": {"code": ..., "message": ...}}`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// The inside of [`ErrorBody`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// Machine-readable code.
+    pub code: ErrorCode,
+    /// What was wrong and what was expected.
+    pub message: String,
+}
+
+/// `POST /v1/blobs/missing`: which of these does the server lack?
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MissingBlobsRequest {
+    /// Hashes the client is about to reference.
+    pub hashes: Vec<BlobHash>,
+}
+
+/// Answer to [`MissingBlobsRequest`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MissingBlobsResponse {
+    /// The subset the server lacks, in request order.
+    pub missing: Vec<BlobHash>,
+}
+
+/// `PUT /v1/blobs/{hash}` answer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PutBlobResponse {
+    /// The blob's hash, as verified by the server.
+    pub hash: BlobHash,
+    /// Its size in bytes.
+    pub size: u64,
+    /// False when the server already had it.
+    pub created: bool,
+}
+
+/// `POST /v1/components/{name}/versions`: make a version from blobs already uploaded.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CreateVersionRequest {
+    /// Every file of the component, `mycel.toml` included.
+    pub files: Vec<FileEntry>,
+}
+
+/// Answer to [`CreateVersionRequest`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CreateVersionResponse {
+    /// False when identical content was pushed before; `version` is then that one.
+    pub created: bool,
+    /// The version.
+    pub version: Version,
+}
+
+/// One line of `GET /v1/components`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ComponentSummary {
+    /// Component name.
+    pub name: String,
+    /// How many versions it has.
+    pub versions: u64,
+    /// Its newest version.
+    pub latest: VersionSummary,
+}
+
+/// One line of `GET /v1/components/{name}/versions`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct VersionSummary {
+    /// Sequence number.
+    pub seq: u64,
+    /// Content id.
+    pub id: VersionId,
+    /// Number of files.
+    pub files: u64,
+    /// Sum of the file sizes.
+    pub total_bytes: u64,
+    /// When it was pushed (ms since the Unix epoch).
+    pub created_at_ms: u64,
+    /// Who pushed it.
+    pub pushed_by: String,
+    /// The manifest's description.
+    pub description: String,
+}
+
+impl From<&Version> for VersionSummary {
+    fn from(v: &Version) -> Self {
+        Self {
+            seq: v.seq,
+            id: v.id,
+            files: v.files.len() as u64,
+            total_bytes: v.total_bytes,
+            created_at_ms: v.created_at_ms,
+            pushed_by: v.pushed_by.clone(),
+            description: v.description.clone(),
+        }
+    }
+}
+
+/// `GET /v1/health`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Health {
+    /// Always "ok" when the server answers.
+    pub status: String,
+    /// The server's version string.
+    pub version: String,
+}

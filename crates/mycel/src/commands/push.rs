@@ -1,0 +1,145 @@
+//! `mycel push DIR`: hash the component, upload the blobs the server lacks, create the
+//! version.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Instant;
+
+use anyhow::Context;
+use futures::{StreamExt, TryStreamExt};
+use indicatif::{ProgressBar, ProgressStyle};
+use mycel_core::manifest::MANIFEST_FILE;
+use mycel_core::{BlobHash, Manifest, VersionId};
+use serde::Serialize;
+
+use crate::cli::PushArgs;
+use crate::connect::client;
+use crate::output;
+use crate::walk::{component_files, LocalFile};
+
+/// Blobs uploaded at once; small files are many, so a little concurrency pays.
+const UPLOAD_CONCURRENCY: usize = 4;
+
+/// What a push did, for people and for `--json`.
+#[derive(Debug, Serialize)]
+struct PushReport {
+    component: String,
+    seq: u64,
+    id: VersionId,
+    created: bool,
+    files: usize,
+    total_bytes: u64,
+    blobs_sent: usize,
+    bytes_sent: u64,
+    blobs_reused: usize,
+    bytes_reused: u64,
+    elapsed_ms: u64,
+}
+
+pub async fn run(args: PushArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let dir = args.dir.clone();
+    let manifest_path = dir.join(MANIFEST_FILE);
+    let text = std::fs::read_to_string(&manifest_path).with_context(|| {
+        format!(
+            "{}: cannot read the manifest; expected a component directory",
+            manifest_path.display()
+        )
+    })?;
+    let manifest = Manifest::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+    let name = manifest.component.name.clone();
+
+    let walk_dir = dir.clone();
+    let files = tokio::task::spawn_blocking(move || component_files(&walk_dir)).await??;
+    let paths: HashSet<&str> = files.iter().map(|f| f.entry.path.as_str()).collect();
+    manifest
+        .check_files(|p| paths.contains(p))
+        .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+
+    let client = client(&args.connect)?;
+    // One upload per distinct blob, however many paths share it.
+    let mut by_hash: BTreeMap<BlobHash, &LocalFile> = BTreeMap::new();
+    for file in &files {
+        by_hash.entry(file.entry.hash).or_insert(file);
+    }
+    let missing = client
+        .missing_blobs(by_hash.keys().copied().collect())
+        .await?;
+    let to_send: Vec<&LocalFile> = missing
+        .iter()
+        .filter_map(|h| by_hash.get(h).copied())
+        .collect();
+    let bytes_sent: u64 = to_send.iter().map(|f| f.entry.size).sum();
+    let bytes_unique: u64 = by_hash.values().map(|f| f.entry.size).sum();
+
+    let progress = if args.json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(bytes_sent)
+    };
+    progress.set_style(
+        ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    progress.set_message(format!("uploading {} blob(s)", to_send.len()));
+    futures::stream::iter(to_send.iter().map(|file| {
+        let client = client.clone();
+        let bar = progress.clone();
+        async move {
+            client
+                .put_blob_file(file.entry.hash, &file.source, move |n| bar.inc(n))
+                .await
+                .with_context(|| format!("uploading {}", file.entry.path))
+        }
+    }))
+    .buffer_unordered(UPLOAD_CONCURRENCY)
+    .try_collect::<Vec<_>>()
+    .await?;
+    progress.finish_and_clear();
+
+    let response = client
+        .create_version(&name, files.iter().map(|f| f.entry.clone()).collect())
+        .await
+        .with_context(|| format!("creating a version of {name}"))?;
+    let version = response.version;
+    let report = PushReport {
+        component: name,
+        seq: version.seq,
+        id: version.id,
+        created: response.created,
+        files: version.files.len(),
+        total_bytes: version.total_bytes,
+        blobs_sent: to_send.len(),
+        bytes_sent,
+        blobs_reused: by_hash.len() - to_send.len(),
+        bytes_reused: bytes_unique - bytes_sent,
+        elapsed_ms: started.elapsed().as_millis() as u64,
+    };
+    if args.json {
+        return output::json(&report);
+    }
+    let what = if report.created {
+        "pushed"
+    } else {
+        "unchanged:"
+    };
+    println!(
+        "{what} {}@{} ({}) {} files, {}",
+        report.component,
+        report.seq,
+        report.id.short(),
+        report.files,
+        output::bytes(report.total_bytes)
+    );
+    println!(
+        "sent {} in {} blob(s), reused {} in {} blob(s), {:.2}s",
+        output::bytes(report.bytes_sent),
+        report.blobs_sent,
+        output::bytes(report.bytes_reused),
+        report.blobs_reused,
+        report.elapsed_ms as f64 / 1000.0
+    );
+    Ok(())
+}

@@ -1,0 +1,14 @@
+//! `mycel server`: the control plane in the foreground.
+
+use crate::cli::ServerArgs;
+use crate::connect::data_dir;
+
+pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    let config = mycel_control::Config {
+        data_dir: data_dir(&args.data)?,
+        listen: args.listen,
+        max_blob_bytes: args.max_blob_size,
+    };
+    mycel_control::run(config, super::shutdown_signal()).await?;
+    Ok(())
+}

@@ -1,0 +1,50 @@
+//! Finding the server and token: flags, then environment, then the local data directory.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use mycel_client::Client;
+use mycel_control::auth::ADMIN_TOKEN_FILE;
+use mycel_control::URL_FILE;
+
+use crate::cli::{ConnectArgs, DataArgs};
+
+/// The data directory: `--data`, `MYCEL_DATA`, `$XDG_DATA_HOME/mycel`, `~/.local/share/mycel`.
+pub fn data_dir(args: &DataArgs) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = &args.data {
+        return Ok(dir.clone());
+    }
+    if let Some(xdg) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(xdg).join("mycel"));
+    }
+    match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        Some(home) => Ok(PathBuf::from(home).join(".local/share/mycel")),
+        None => bail!("no data directory: pass --data DIR or set MYCEL_DATA"),
+    }
+}
+
+fn read_trimmed(path: &Path) -> Option<String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+}
+
+/// A client for the server named by flags, environment or the data directory.
+pub fn client(args: &ConnectArgs) -> anyhow::Result<Client> {
+    let data = data_dir(&args.data)?;
+    let server = match &args.server {
+        Some(url) => url.clone(),
+        None => read_trimmed(&data.join(URL_FILE)).with_context(|| {
+            format!(
+                "no server to talk to: pass --server URL, set MYCEL_SERVER, or start one with `mycel server --data {}`",
+                data.display()
+            )
+        })?,
+    };
+    let token = args
+        .token
+        .clone()
+        .or_else(|| read_trimmed(&data.join(ADMIN_TOKEN_FILE)));
+    Ok(Client::new(&server, token)?)
+}
