@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The whole test suite: Rust unit and end-to-end tests, then the Python worker's tests.
-# Works on a fresh machine with Rust and Python 3: it makes .venv for the Python side.
+# Works on a fresh machine with Rust and Python 3: it makes .venv, which holds the
+# worker's test tools and `uv` (the agents build model environments with it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-
-cargo test --workspace --locked
 
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e './python[test]'
-.venv/bin/python -m pytest -q python/tests
+.venv/bin/python -m pip install --quiet --disable-pip-version-check uv -e './python[test]'
+export PATH="$PWD/.venv/bin:$PATH"
+
+cargo test --workspace --locked
+python -m pytest -q python/tests

@@ -19,6 +19,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio_util::io::ReaderStream;
 
+mod fleet;
+
 /// A failed call.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -227,6 +229,28 @@ impl Client {
             .bytes()
             .await
             .map_err(|source| self.transport(source))
+    }
+
+    /// Downloads blob `hash` as a stream of chunks, so a multi-GB weights file never
+    /// sits in memory. The caller must check the bytes against `hash`: the client does
+    /// not, because only the caller knows where the bytes go.
+    pub async fn blob_stream(
+        &self,
+        hash: BlobHash,
+    ) -> Result<
+        impl futures::Stream<Item = Result<bytes::Bytes, ClientError>> + Send + 'static,
+        ClientError,
+    > {
+        let response = self
+            .send(self.request(Method::GET, &format!("/v1/blobs/{hash}")))
+            .await?;
+        let url = self.base.clone();
+        Ok(response.bytes_stream().map(move |chunk| {
+            chunk.map_err(|source| ClientError::Transport {
+                url: url.clone(),
+                source,
+            })
+        }))
     }
 
     /// Creates a version of `component` from blobs already uploaded.

@@ -9,6 +9,7 @@
 mod api;
 pub mod auth;
 pub mod blobs;
+mod fleet;
 pub mod registry;
 pub mod store;
 
@@ -18,6 +19,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 /// Blobs larger than this are refused unless configured otherwise: 8 GiB.
 pub const DEFAULT_MAX_BLOB_BYTES: u64 = 8 << 30;
@@ -34,7 +36,12 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Largest blob accepted, in bytes.
     pub max_blob_bytes: u64,
+    /// A node silent this long is lost and its replicas move.
+    pub lost_after: std::time::Duration,
 }
+
+/// Nodes are lost after this long without a heartbeat unless configured otherwise.
+pub const DEFAULT_LOST_AFTER: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Why the control plane could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +72,9 @@ pub(crate) struct AppState {
     store: Arc<dyn store::Store>,
     blobs: blobs::BlobStore,
     max_blob_bytes: u64,
+    fleet: Arc<fleet::Fleet>,
+    /// Cancelled on shutdown, so long-polls answer at once instead of holding it up.
+    stop: CancellationToken,
 }
 
 /// Runs the control plane until `shutdown` resolves.
@@ -85,10 +95,16 @@ pub async fn run(
     let store = store::RedbStore::open(&data_dir.join("state.redb"))?;
     auth::ensure_admin_token(&store, &data_dir)?;
 
+    let store: Arc<dyn store::Store> = Arc::new(store);
+    let fleet = Arc::new(fleet::Fleet::new(Arc::clone(&store), config.lost_after));
+    fleet.reconcile().await?;
+    let stop = CancellationToken::new();
     let state = Arc::new(AppState {
-        store: Arc::new(store),
+        store,
         blobs,
         max_blob_bytes: config.max_blob_bytes,
+        fleet: Arc::clone(&fleet),
+        stop: stop.clone(),
     });
     let listener = TcpListener::bind(config.listen)
         .await
@@ -104,10 +120,18 @@ pub async fn run(
     std::fs::write(data_dir.join(URL_FILE), format!("{url}\n")).map_err(io_err)?;
     tracing::info!(%url, data = %data_dir.display(), "control plane listening");
 
-    axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|source| Error::Listen { addr, source })
+    let heartbeats = tokio::spawn(fleet.watch_heartbeats(stop.clone()));
+    let stopping = stop.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        stopping.cancel();
+    });
+    let served = axum::serve(listener, api::router(state))
+        .with_graceful_shutdown(stop.clone().cancelled_owned())
+        .await;
+    stop.cancel();
+    let _ = heartbeats.await;
+    served.map_err(|source| Error::Listen { addr, source })
 }
 
 /// The address a local client should dial: a wildcard bind is reachable on loopback.

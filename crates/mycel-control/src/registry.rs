@@ -198,3 +198,22 @@ pub async fn find_version(
     };
     version.ok_or_else(not_found)
 }
+
+/// The parsed manifest of a stored version.
+pub async fn manifest_of(blobs: &BlobStore, version: &Version) -> Result<Manifest, RegistryError> {
+    let entry = version
+        .files
+        .iter()
+        .find(|f| f.path.as_str() == MANIFEST_FILE)
+        .ok_or(RegistryError::NoManifest)?;
+    let bytes = blobs
+        .read(&entry.hash)
+        .await?
+        .ok_or_else(|| RegistryError::MissingBlobs(vec![entry.hash]))?;
+    let text = String::from_utf8(bytes).map_err(|_| ManifestError {
+        file: MANIFEST_FILE.into(),
+        key: None,
+        message: "is not UTF-8 text".into(),
+    })?;
+    Ok(Manifest::parse(&text)?)
+}

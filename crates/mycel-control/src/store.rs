@@ -6,8 +6,11 @@
 
 use std::path::Path;
 
+use mycel_core::fleet::{Assignment, Deployment, Node};
 use mycel_core::{Version, VersionId};
 use redb::{Database, ReadableTable, TableDefinition};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 /// Version id bytes → version JSON.
 const VERSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("versions");
@@ -15,6 +18,12 @@ const VERSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("versions")
 const SEQS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("seqs");
 /// BLAKE3 of a token → the token's name.
 const TOKENS: TableDefinition<&[u8], &str> = TableDefinition::new("tokens");
+/// Node name → node JSON.
+const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
+/// Deployment name → deployment JSON.
+const DEPLOYMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("deployments");
+/// Replica id → assignment JSON: the reconciler's last plan.
+const ASSIGNMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("assignments");
 
 /// A failure of the state store.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +64,27 @@ pub trait Store: Send + Sync + 'static {
 
     /// Records a token by its BLAKE3 hash.
     fn put_token(&self, token_hash: &[u8; 32], name: &str) -> Result<(), StoreError>;
+
+    /// Every node, by name.
+    fn nodes(&self) -> Result<Vec<Node>, StoreError>;
+
+    /// Adds or replaces a node.
+    fn put_node(&self, node: &Node) -> Result<(), StoreError>;
+
+    /// Every deployment, by name.
+    fn deployments(&self) -> Result<Vec<Deployment>, StoreError>;
+
+    /// Adds or replaces a deployment.
+    fn put_deployment(&self, deployment: &Deployment) -> Result<(), StoreError>;
+
+    /// Removes a deployment; true if it existed.
+    fn delete_deployment(&self, name: &str) -> Result<bool, StoreError>;
+
+    /// The current assignments, by replica id.
+    fn assignments(&self) -> Result<Vec<Assignment>, StoreError>;
+
+    /// Replaces every assignment with `assignments`, in one transaction.
+    fn replace_assignments(&self, assignments: &[Assignment]) -> Result<(), StoreError>;
 }
 
 /// The embedded store: one redb file.
@@ -71,6 +101,9 @@ impl RedbStore {
         tx.open_table(VERSIONS).map_err(db)?;
         tx.open_table(SEQS).map_err(db)?;
         tx.open_table(TOKENS).map_err(db)?;
+        tx.open_table(NODES).map_err(db)?;
+        tx.open_table(DEPLOYMENTS).map_err(db)?;
+        tx.open_table(ASSIGNMENTS).map_err(db)?;
         tx.commit().map_err(db)?;
         Ok(Self { db: database })
     }
@@ -87,7 +120,94 @@ fn id_from(bytes: &[u8]) -> Result<VersionId, StoreError> {
     Ok(VersionId(mycel_core::BlobHash::from_bytes(array)))
 }
 
+fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn from_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+impl RedbStore {
+    fn all<T: DeserializeOwned>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+    ) -> Result<Vec<T>, StoreError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let table = tx.open_table(table).map_err(db)?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(db)? {
+            let (_, value) = entry.map_err(db)?;
+            out.push(from_json(value.value())?);
+        }
+        Ok(out)
+    }
+
+    fn put<T: Serialize>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+        value: &T,
+    ) -> Result<(), StoreError> {
+        let json = to_json(value)?;
+        let tx = self.db.begin_write().map_err(db)?;
+        tx.open_table(table)
+            .map_err(db)?
+            .insert(key, json.as_slice())
+            .map_err(db)?;
+        tx.commit().map_err(db)?;
+        Ok(())
+    }
+}
+
 impl Store for RedbStore {
+    fn nodes(&self) -> Result<Vec<Node>, StoreError> {
+        self.all(NODES)
+    }
+
+    fn put_node(&self, node: &Node) -> Result<(), StoreError> {
+        self.put(NODES, &node.spec.name, node)
+    }
+
+    fn deployments(&self) -> Result<Vec<Deployment>, StoreError> {
+        self.all(DEPLOYMENTS)
+    }
+
+    fn put_deployment(&self, deployment: &Deployment) -> Result<(), StoreError> {
+        self.put(DEPLOYMENTS, &deployment.name, deployment)
+    }
+
+    fn delete_deployment(&self, name: &str) -> Result<bool, StoreError> {
+        let tx = self.db.begin_write().map_err(db)?;
+        let existed = tx
+            .open_table(DEPLOYMENTS)
+            .map_err(db)?
+            .remove(name)
+            .map_err(db)?
+            .is_some();
+        tx.commit().map_err(db)?;
+        Ok(existed)
+    }
+
+    fn assignments(&self) -> Result<Vec<Assignment>, StoreError> {
+        self.all(ASSIGNMENTS)
+    }
+
+    fn replace_assignments(&self, assignments: &[Assignment]) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(db)?;
+        {
+            let mut table = tx.open_table(ASSIGNMENTS).map_err(db)?;
+            table.retain(|_, _| false).map_err(db)?;
+            for assignment in assignments {
+                table
+                    .insert(assignment.replica.as_str(), to_json(assignment)?.as_slice())
+                    .map_err(db)?;
+            }
+        }
+        tx.commit().map_err(db)?;
+        Ok(())
+    }
+
     fn version(&self, id: &VersionId) -> Result<Option<Version>, StoreError> {
         let tx = self.db.begin_read().map_err(db)?;
         let table = tx.open_table(VERSIONS).map_err(db)?;
@@ -212,6 +332,7 @@ impl Store for RedbStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mycel_core::fleet::{NodeSpec, NodeState};
     use mycel_core::{BlobHash, ComponentPath, FileEntry, FileMode};
 
     fn version(component: &str, content: &[u8]) -> Version {
@@ -249,7 +370,7 @@ mod tests {
         assert_eq!(store.version(&a2.id).unwrap(), Some(a2.clone()));
         assert_eq!(store.version_id("a", 1).unwrap(), Some(a1.id));
         assert_eq!(store.version_id("a", 3).unwrap(), None);
-        assert_eq!(store.versions("a").unwrap(), vec![a1, a2.clone()]);
+        assert_eq!(store.versions("a").unwrap(), vec![a1.clone(), a2.clone()]);
         assert!(store.versions("c").unwrap().is_empty());
         let components = store.components().unwrap();
         assert_eq!(components, vec![("a".into(), 2, a2), ("b".into(), 1, b1)]);
@@ -258,6 +379,63 @@ mod tests {
         assert_eq!(store.token_name(&hash).unwrap(), None);
         store.put_token(&hash, "admin").unwrap();
         assert_eq!(store.token_name(&hash).unwrap().as_deref(), Some("admin"));
+
+        let node = Node {
+            spec: NodeSpec {
+                name: "n1".into(),
+                location: "tokyo".into(),
+                labels: Default::default(),
+                cpus: 2.0,
+                memory_bytes: 1 << 30,
+                gpus: 0,
+                agent_url: "http://127.0.0.1:1".into(),
+            },
+            state: NodeState::Ready,
+            last_heartbeat_ms: 5,
+        };
+        store.put_node(&node).unwrap();
+        assert_eq!(store.nodes().unwrap(), vec![node]);
+
+        let deployment = Deployment {
+            name: "a".into(),
+            component: "a".into(),
+            version: a1.id,
+            seq: 1,
+            copies: [("tokyo".to_owned(), 2)].into(),
+            serve: Default::default(),
+            resources: Default::default(),
+            generation: 1,
+        };
+        store.put_deployment(&deployment).unwrap();
+        assert_eq!(store.deployments().unwrap(), vec![deployment.clone()]);
+
+        let assignment = |replica: &str| Assignment {
+            replica: replica.into(),
+            deployment: "a".into(),
+            component: "a".into(),
+            version: a1.id,
+            node: "n1".into(),
+            location: "tokyo".into(),
+            resources: Default::default(),
+            serve: Default::default(),
+        };
+        store
+            .replace_assignments(&[assignment("a-tokyo-0"), assignment("a-tokyo-1")])
+            .unwrap();
+        store
+            .replace_assignments(&[assignment("a-tokyo-1"), assignment("a-tokyo-2")])
+            .unwrap();
+        let replicas: Vec<String> = store
+            .assignments()
+            .unwrap()
+            .into_iter()
+            .map(|a| a.replica)
+            .collect();
+        assert_eq!(replicas, ["a-tokyo-1", "a-tokyo-2"]);
+
+        assert!(store.delete_deployment("a").unwrap());
+        assert!(!store.delete_deployment("a").unwrap());
+        assert!(store.deployments().unwrap().is_empty());
     }
 
     #[test]

@@ -115,3 +115,99 @@ pub struct Health {
     /// The server's version string.
     pub version: String,
 }
+
+/// `POST /v1/nodes/{name}/heartbeat`: the agent is alive; here is how its replicas are.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// Every replica the agent runs or is starting.
+    pub replicas: Vec<crate::fleet::ReplicaStatus>,
+}
+
+/// `GET /v1/nodes/{name}/assignments?after=G`: a node's replicas as of `generation`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeAssignments {
+    /// Bumped whenever any assignment changes; pass it back as `after` to wait for the
+    /// next change.
+    pub generation: u64,
+    /// The replicas this node should run.
+    pub assignments: Vec<crate::fleet::Assignment>,
+}
+
+/// `PUT /v1/deployments/{name}`: serve a component version with copies per location.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployRequest {
+    /// The component; defaults to the deployment's name.
+    #[serde(default)]
+    pub component: Option<String>,
+    /// `latest`, a sequence number or a version id.
+    #[serde(default = "latest")]
+    pub version: String,
+    /// Copies per location, e.g. `{"new-york": 5, "london": 3}`.
+    pub copies: std::collections::BTreeMap<String, u32>,
+    /// Overrides the manifest's `[serve].max_batch_size`.
+    #[serde(default)]
+    pub max_batch_size: Option<u32>,
+    /// Overrides the manifest's `[serve].batch_wait_ms`.
+    #[serde(default)]
+    pub batch_wait_ms: Option<u32>,
+}
+
+fn latest() -> String {
+    "latest".into()
+}
+
+/// One replica in `GET /v1/status`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReplicaView {
+    /// Where it is placed and what it runs.
+    pub assignment: crate::fleet::Assignment,
+    /// What its agent last reported; `None` until the first report.
+    pub status: Option<crate::fleet::ReplicaStatus>,
+}
+
+/// Desired and ready copies of one deployment in one location.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LocationCount {
+    /// The location.
+    pub location: String,
+    /// Copies asked for.
+    pub desired: u32,
+    /// Copies ready.
+    pub ready: u32,
+}
+
+/// One deployment in `GET /v1/status`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DeploymentView {
+    /// The deployment.
+    pub deployment: crate::fleet::Deployment,
+    /// Desired and ready copies per location.
+    pub locations: Vec<LocationCount>,
+}
+
+/// One node in `GET /v1/status`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeView {
+    /// The node.
+    pub node: crate::fleet::Node,
+    /// Replicas assigned to it.
+    pub replicas: u32,
+    /// CPUs its replicas reserve.
+    pub cpus_used: f64,
+    /// Memory its replicas reserve, in bytes.
+    pub memory_used: u64,
+}
+
+/// `GET /v1/status`: the whole fleet at a glance.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FleetStatus {
+    /// Every node.
+    pub nodes: Vec<NodeView>,
+    /// Every deployment.
+    pub deployments: Vec<DeploymentView>,
+    /// Every replica.
+    pub replicas: Vec<ReplicaView>,
+    /// Copies that could not be placed, and why.
+    pub unplaced: Vec<crate::fleet::Unplaced>,
+}

@@ -7,9 +7,11 @@
 
 pub mod api;
 pub mod error;
+pub mod fleet;
 pub mod hash;
 pub mod manifest;
 pub mod path;
+pub mod reconcile;
 pub mod version;
 
 pub use error::ErrorCode;

@@ -83,7 +83,7 @@ pub enum Requirements {
 }
 
 /// `[serve]`: how the agent batches requests for this component's workers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServeOptions {
     /// Most requests joined into one worker call (1 = no batching).
     pub max_batch_size: u32,
@@ -101,7 +101,7 @@ impl Default for ServeOptions {
 }
 
 /// `[resources]`: what one replica needs from its node.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Resources {
     /// CPU cores, fractional allowed.
     pub cpus: f64,

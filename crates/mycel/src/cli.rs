@@ -27,6 +27,18 @@ pub enum Command {
     Versions(VersionsArgs),
     /// Show one version: its files, sizes, when and by whom it was pushed.
     Show(ShowArgs),
+    /// Run a node agent: sync assigned versions, build environments, run workers.
+    Agent(AgentArgs),
+    /// Serve a component version with N copies per location.
+    Deploy(DeployArgs),
+    /// Remove a deployment and stop its replicas.
+    Undeploy(UndeployArgs),
+    /// Show nodes, deployments and replicas.
+    Status(ListArgs),
+    /// Print (or follow) the logs of a deployment's replicas.
+    Logs(LogsArgs),
+    /// Run the whole system on this machine: control plane plus one agent per node.
+    Up(UpArgs),
 }
 
 /// Where the local data directory is; `mycel server` keeps its state there and the
@@ -48,6 +60,9 @@ pub struct ServerArgs {
     /// Largest blob accepted, e.g. 8GiB or 500MB.
     #[arg(long, env = "MYCEL_MAX_BLOB_SIZE", default_value = "8GiB", value_parser = parse_size)]
     pub max_blob_size: u64,
+    /// A node silent this long is marked lost and its replicas placed elsewhere.
+    #[arg(long, env = "MYCEL_LOST_AFTER", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub lost_after: std::time::Duration,
 }
 
 /// How to reach a server.
@@ -114,6 +129,151 @@ pub struct ShowArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct AgentArgs {
+    /// Control plane URL.
+    #[arg(long, env = "MYCEL_SERVER")]
+    pub server: String,
+    /// Bearer token for the control plane.
+    #[arg(long, env = "MYCEL_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Node name (a-z, 0-9, '-').
+    #[arg(long, env = "MYCEL_NODE")]
+    pub name: String,
+    /// Node location, e.g. new-york.
+    #[arg(long, env = "MYCEL_LOCATION")]
+    pub location: String,
+    /// Node label, repeatable.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// CPUs offered to replicas [default: the machine's cores].
+    #[arg(long)]
+    pub cpus: Option<f64>,
+    /// Memory offered to replicas, e.g. 16GiB [default: the machine's memory].
+    #[arg(long, value_parser = parse_size)]
+    pub memory: Option<u64>,
+    /// Agent data directory: blob cache, versions, environments, logs.
+    #[arg(long, env = "MYCEL_AGENT_DATA")]
+    pub data: PathBuf,
+    /// Where environments are built [default: DATA/envs]; agents on one machine may
+    /// share one directory, and then build each environment once.
+    #[arg(long, env = "MYCEL_ENVS")]
+    pub envs: Option<PathBuf>,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+    /// Data-plane address (statuses, logs); port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+}
+
+/// Where the agent finds its tools.
+#[derive(Args, Debug, Clone)]
+pub struct RuntimeArgs {
+    /// The uv binary that builds environments.
+    #[arg(long, env = "MYCEL_UV", default_value = "uv")]
+    pub uv: PathBuf,
+    /// The worker runtime package to install into environments [default: this
+    /// repository's python/ directory].
+    #[arg(long, env = "MYCEL_RUNTIME")]
+    pub runtime: Option<PathBuf>,
+    /// Time between heartbeats.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub heartbeat: std::time::Duration,
+}
+
+#[derive(Args, Debug)]
+pub struct DeployArgs {
+    /// `NAME`, `NAME@N` or `NAME@<id>`; omit with --file.
+    #[arg(value_name = "NAME[@N]", required_unless_present = "file")]
+    pub target: Option<String>,
+    /// Copies in a location, repeatable: --copies new-york=5 --copies london=3.
+    #[arg(long, value_name = "LOCATION=N", value_parser = parse_copies)]
+    pub copies: Vec<(String, u32)>,
+    /// A deployment file (TOML) with one [[deployment]] table per deployment.
+    #[arg(long, conflicts_with_all = ["target", "copies"])]
+    pub file: Option<PathBuf>,
+    /// Deployment name [default: the component's name].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Override the manifest's max_batch_size.
+    #[arg(long)]
+    pub max_batch_size: Option<u32>,
+    /// Override the manifest's batch_wait_ms.
+    #[arg(long)]
+    pub batch_wait_ms: Option<u32>,
+    /// Wait until every copy is ready, showing progress.
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// Print the deployments as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct UndeployArgs {
+    /// Deployment name.
+    pub name: String,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct LogsArgs {
+    /// Deployment name.
+    pub deployment: String,
+    /// Only this replica.
+    #[arg(long)]
+    pub replica: Option<String>,
+    /// Keep printing new lines.
+    #[arg(long, short)]
+    pub follow: bool,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    /// Nodes to run, one agent each, named by their location.
+    #[arg(long, value_delimiter = ',', default_value = "local")]
+    pub nodes: Vec<String>,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Control-plane address.
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    pub listen: SocketAddr,
+    /// CPUs each local node offers [default: the machine's cores].
+    #[arg(long)]
+    pub node_cpus: Option<f64>,
+    /// Memory each local node offers [default: the machine's memory].
+    #[arg(long, value_parser = parse_size)]
+    pub node_memory: Option<u64>,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .filter(|(k, _)| !k.is_empty())
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{text:?} is not KEY=VALUE"))
+}
+
+fn parse_copies(text: &str) -> Result<(String, u32), String> {
+    let (location, count) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not LOCATION=N, e.g. new-york=5"))?;
+    mycel_core::manifest::validate_name(location).map_err(|m| format!("location {m}"))?;
+    let count = count
+        .parse()
+        .map_err(|_| format!("{count:?} in {text:?} is not a number of copies"))?;
+    Ok((location.to_owned(), count))
 }
 
 fn parse_size(text: &str) -> Result<u64, String> {

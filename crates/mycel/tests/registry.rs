@@ -8,7 +8,10 @@ use serde_json::{json, Value};
 use support::{component, write_tree, TestServer};
 
 fn blob_count(data: &std::path::Path) -> usize {
-    walk_files(&data.join("blobs")).into_iter().filter(|p| !p.starts_with(data.join("blobs/tmp"))).count()
+    walk_files(&data.join("blobs"))
+        .into_iter()
+        .filter(|p| !p.starts_with(data.join("blobs/tmp")))
+        .count()
 }
 
 fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
@@ -57,13 +60,26 @@ fn push_reuses_blobs_and_ships_only_changed_files() {
     assert_eq!(blob_count(data.path()), 5);
 
     let versions = server.cli_json(&["versions", "demo"]);
-    let seqs: Vec<u64> = versions.as_array().unwrap().iter().map(|v| v["seq"].as_u64().unwrap()).collect();
+    let seqs: Vec<u64> = versions
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["seq"].as_u64().unwrap())
+        .collect();
     assert_eq!(seqs, [1, 2]);
     assert_eq!(versions[0]["pushed_by"], "admin");
 
     let shown = server.cli_json(&["show", "demo@2"]);
-    let paths: Vec<&str> = shown["files"].as_array().unwrap().iter().map(|f| f["path"].as_str().unwrap()).collect();
-    assert_eq!(paths, ["model.py", "mycel.toml", "util/helpers.py", "weights/w.bin"]);
+    let paths: Vec<&str> = shown["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        paths,
+        ["model.py", "mycel.toml", "util/helpers.py", "weights/w.bin"]
+    );
     assert_eq!(shown["files"][0]["size"], model.len());
     assert_eq!(shown["files"][0]["hash"], BlobHash::of(model).to_hex());
 
@@ -84,13 +100,22 @@ async fn wrong_hash_is_rejected_and_nothing_kept() {
         .unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::HashMismatch), "{err}");
     assert!(err.to_string().contains(&claimed.to_hex()), "{err}");
-    assert_eq!(client.missing_blobs(vec![claimed]).await.unwrap(), vec![claimed]);
+    assert_eq!(
+        client.missing_blobs(vec![claimed]).await.unwrap(),
+        vec![claimed]
+    );
     assert_eq!(blob_count(data.path()), 0);
     assert!(walk_files(&data.path().join("blobs/tmp")).is_empty());
 
-    let ok = client.put_blob(claimed, bytes::Bytes::from_static(b"the real content")).await.unwrap();
+    let ok = client
+        .put_blob(claimed, bytes::Bytes::from_static(b"the real content"))
+        .await
+        .unwrap();
     assert!(ok.created);
-    assert_eq!(client.get_blob(claimed).await.unwrap().as_ref(), b"the real content");
+    assert_eq!(
+        client.get_blob(claimed).await.unwrap().as_ref(),
+        b"the real content"
+    );
 }
 
 /// Sends a raw JSON file list, bypassing the client's own type checks.
@@ -112,14 +137,23 @@ async fn traversal_absolute_and_unknown_blob_paths_are_rejected() {
     let client = server.client();
     let manifest = b"[component]\nname = \"x\"\nentrypoint = \"model:M\"\n";
     let hash = BlobHash::of(manifest);
-    client.put_blob(hash, bytes::Bytes::from_static(manifest)).await.unwrap();
+    client
+        .put_blob(hash, bytes::Bytes::from_static(manifest))
+        .await
+        .unwrap();
 
     for bad in ["../../etc/passwd", "/etc/passwd", "a/../../b", "a\\..\\b"] {
         let body = json!({"files": [{"path": bad, "hash": hash, "size": manifest.len()}]});
         let (status, answer) = raw_create(&server, "x", body).await;
         assert_eq!(status, 400, "{bad}: {answer}");
         assert_eq!(answer["error"]["code"], "invalid_request");
-        assert!(answer["error"]["message"].as_str().unwrap().contains("invalid path"), "{answer}");
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("invalid path"),
+            "{answer}"
+        );
     }
 
     let unknown = BlobHash::of(b"never uploaded");
@@ -130,11 +164,23 @@ async fn traversal_absolute_and_unknown_blob_paths_are_rejected() {
     let (status, answer) = raw_create(&server, "x", body).await;
     assert_eq!(status, 422, "{answer}");
     assert_eq!(answer["error"]["code"], "missing_blobs");
-    assert!(answer["error"]["message"].as_str().unwrap().contains(&unknown.short()), "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&unknown.short()),
+        "{answer}"
+    );
 
     let (status, answer) = raw_create(&server, "x", json!({"files": "nope"})).await;
     assert_eq!(status, 400, "{answer}");
-    assert!(answer["error"]["message"].as_str().unwrap().contains("files"), "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("files"),
+        "{answer}"
+    );
     assert!(client.components().await.unwrap().is_empty());
 }
 
@@ -144,7 +190,10 @@ async fn malformed_manifest_sent_to_the_api_is_rejected() {
     let server = TestServer::start(data.path());
     let client = server.client();
     let model = b"class M: pass\n";
-    client.put_blob(BlobHash::of(model), bytes::Bytes::from_static(model)).await.unwrap();
+    client
+        .put_blob(BlobHash::of(model), bytes::Bytes::from_static(model))
+        .await
+        .unwrap();
 
     for (manifest, expected) in [
         (&b"[component]\nname = \"x\"\nentrypoint = \"model:M\"\ncolour = 1\n"[..], "unknown key `colour`"),
@@ -192,7 +241,11 @@ async fn calls_without_a_valid_token_are_rejected() {
     assert_eq!(blob_count(data.path()), 0);
 
     // Health is the one open endpoint.
-    let health = mycel_client::Client::new(&server.url, None).unwrap().health().await.unwrap();
+    let health = mycel_client::Client::new(&server.url, None)
+        .unwrap()
+        .health()
+        .await
+        .unwrap();
     assert_eq!(health.status, "ok");
 
     let token = std::fs::metadata(data.path().join("admin.token")).unwrap();
@@ -206,7 +259,10 @@ async fn oversized_blob_is_refused() {
     let server = TestServer::start_with(data.path(), &["--max-blob-size", "1KiB"]);
     let client = server.client();
     let big = bytes::Bytes::from(vec![1u8; 2048]);
-    let err = client.put_blob(BlobHash::of(&big), big.clone()).await.unwrap_err();
+    let err = client
+        .put_blob(BlobHash::of(&big), big.clone())
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::PayloadTooLarge), "{err}");
     assert!(err.to_string().contains("1024"), "{err}");
     let small = bytes::Bytes::from(vec![1u8; 1024]);
@@ -223,7 +279,10 @@ fn restart_keeps_every_version_token_and_blob() {
     let server = TestServer::start(data.path());
     let token = server.token();
     server.cli_json(&["push", dir]);
-    write_tree(src.path(), &[("model.py", b"# v2\nclass Model:\n    pass\n")]);
+    write_tree(
+        src.path(),
+        &[("model.py", b"# v2\nclass Model:\n    pass\n")],
+    );
     server.cli_json(&["push", dir]);
     let before = server.cli_json(&["show", "keep@2"]);
     server.stop();
@@ -257,7 +316,10 @@ fn cli_errors_name_the_problem() {
     let out = server.cli(&["push", src.path().to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.contains("[weights].files") && stderr.contains("nope.bin"), "{stderr}");
+    assert!(
+        stderr.contains("[weights].files") && stderr.contains("nope.bin"),
+        "{stderr}"
+    );
 
     let outside = tempfile::tempdir().unwrap();
     std::fs::write(outside.path().join("secret"), "x").unwrap();
@@ -273,7 +335,11 @@ fn cli_errors_name_the_problem() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
     let out = server.cli(&["show", "x@../../v1"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not a version"));
-    assert!(server.cli_json(&["components"]).as_array().unwrap().is_empty());
+    assert!(server
+        .cli_json(&["components"])
+        .as_array()
+        .unwrap()
+        .is_empty());
 }
 
 #[test]
@@ -283,7 +349,11 @@ fn init_scaffolds_a_component_that_pushes() {
     let parent = tempfile::tempdir().unwrap();
     let dir = parent.path().join("hello");
     let out = server.cli(&["init", "hello", "--dir", dir.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let pushed = server.cli_json(&["push", dir.to_str().unwrap()]);
     assert_eq!(pushed["component"], "hello");
     let out = server.cli(&["init", "hello", "--dir", dir.to_str().unwrap()]);

@@ -2,7 +2,9 @@
 
 mod blobs;
 mod components;
+mod deployments;
 mod error;
+mod nodes;
 
 use std::sync::Arc;
 
@@ -40,6 +42,15 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
             "/v1/components/{name}/versions/{reference}",
             get(components::show),
         )
+        .route("/v1/nodes/{name}", put(nodes::register))
+        .route("/v1/nodes/{name}/heartbeat", post(nodes::heartbeat))
+        .route("/v1/nodes/{name}/assignments", get(nodes::assignments))
+        .route("/v1/deployments", get(deployments::list))
+        .route(
+            "/v1/deployments/{name}",
+            put(deployments::put).delete(deployments::delete),
+        )
+        .route("/v1/status", get(deployments::status))
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such API route") })
         .layer(DefaultBodyLimit::max(MAX_JSON_BYTES))
         .with_state(state)

@@ -1,9 +1,14 @@
 //! One module per subcommand; `run` dispatches.
 
+mod agent;
+mod deploy;
 mod init;
 mod list;
+mod logs;
 mod push;
 mod server;
+mod status;
+mod up;
 
 use crate::cli::{Cli, Command};
 
@@ -15,6 +20,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Components(args) => list::components(args).await,
         Command::Versions(args) => list::versions(args).await,
         Command::Show(args) => list::show(args).await,
+        Command::Agent(args) => agent::run(args).await,
+        Command::Deploy(args) => deploy::run(args).await,
+        Command::Undeploy(args) => deploy::undeploy(args).await,
+        Command::Status(args) => status::run(args).await,
+        Command::Logs(args) => logs::run(args).await,
+        Command::Up(args) => up::run(args).await,
     }
 }
 

@@ -8,6 +8,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         data_dir: data_dir(&args.data)?,
         listen: args.listen,
         max_blob_bytes: args.max_blob_size,
+        lost_after: args.lost_after,
     };
     mycel_control::run(config, super::shutdown_signal()).await?;
     Ok(())

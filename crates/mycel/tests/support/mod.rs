@@ -18,7 +18,10 @@ pub fn eventually<T>(what: &str, patience: Duration, mut check: impl FnMut() -> 
         if let Some(value) = check() {
             return value;
         }
-        assert!(Instant::now() < deadline, "timed out after {patience:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {patience:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -51,17 +54,27 @@ impl TestServer {
             url: String::new(),
             child,
         };
-        server.url = eventually("the server to write its URL", Duration::from_secs(30), || {
-            if let Ok(Some(status)) = server.child.try_wait() {
-                panic!("mycel server exited early: {status}");
-            }
-            std::fs::read_to_string(&url_file).ok().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty())
-        });
+        server.url = eventually(
+            "the server to write its URL",
+            Duration::from_secs(30),
+            || {
+                if let Ok(Some(status)) = server.child.try_wait() {
+                    panic!("mycel server exited early: {status}");
+                }
+                std::fs::read_to_string(&url_file)
+                    .ok()
+                    .map(|s| s.trim().to_owned())
+                    .filter(|s| !s.is_empty())
+            },
+        );
         server
     }
 
     pub fn token(&self) -> String {
-        std::fs::read_to_string(self.data.join("admin.token")).unwrap().trim().to_owned()
+        std::fs::read_to_string(self.data.join("admin.token"))
+            .unwrap()
+            .trim()
+            .to_owned()
     }
 
     pub fn client(&self) -> mycel_client::Client {
@@ -94,7 +107,10 @@ impl TestServer {
 
     /// Stops the server with SIGTERM and waits for it, as an operator would.
     pub fn stop(mut self) {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         let status = self.child.wait().unwrap();
         assert!(status.success(), "server exited with {status} on SIGTERM");
     }
@@ -125,7 +141,10 @@ pub fn component(root: &Path, name: &str) {
         root,
         &[
             ("mycel.toml", manifest.as_bytes()),
-            ("model.py", b"class Model:\n    def __init__(self, ctx):\n        pass\n"),
+            (
+                "model.py",
+                b"class Model:\n    def __init__(self, ctx):\n        pass\n",
+            ),
             ("weights/w.bin", &[7u8; 4096]),
             ("util/helpers.py", b"X = 1\n"),
         ],

@@ -1,0 +1,269 @@
+//! The agent's main loop: register, heartbeat, watch assignments, start and stop
+//! replicas to match them, and serve the node's data plane (statuses and logs).
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::future::IntoFuture;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mycel_core::fleet::NodeSpec;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::env::EnvBuilder;
+use crate::replica::{self, NodeContext, ReplicaHandle};
+use crate::sync::BlobCache;
+
+/// How to run an agent.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The control plane's URL.
+    pub server: String,
+    /// Bearer token for the control plane.
+    pub token: Option<String>,
+    /// Node name.
+    pub name: String,
+    /// Node location.
+    pub location: String,
+    /// Node labels.
+    pub labels: BTreeMap<String, String>,
+    /// CPUs offered to replicas.
+    pub cpus: f64,
+    /// Memory offered to replicas, in bytes.
+    pub memory_bytes: u64,
+    /// Where blobs, versions, environments and logs live.
+    pub data_dir: PathBuf,
+    /// Where environments are built; shared by agents on one machine.
+    pub envs_dir: PathBuf,
+    /// Data-plane address; port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// The `uv` binary.
+    pub uv: PathBuf,
+    /// The worker runtime package (the repository's `python/`).
+    pub runtime_dir: PathBuf,
+    /// Time between heartbeats.
+    pub heartbeat: Duration,
+}
+
+/// Why the agent could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// Local disk or socket trouble.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The control plane client could not be built.
+    #[error(transparent)]
+    Client(#[from] mycel_client::ClientError),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> AgentError {
+    let what = what.into();
+    move |source| AgentError::Io { what, source }
+}
+
+/// Runs the agent until `shutdown` resolves; every worker is stopped before it returns.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), AgentError> {
+    let data = &config.data_dir;
+    for dir in ["blobs", "versions", "logs"] {
+        std::fs::create_dir_all(data.join(dir))
+            .map_err(io(format!("creating {}", data.join(dir).display())))?;
+    }
+    let run_dir = socket_dir(data);
+    std::fs::create_dir_all(&run_dir).map_err(io(format!("creating {}", run_dir.display())))?;
+    let client = mycel_client::Client::new(&config.server, config.token.clone())?;
+    let node = Arc::new(NodeContext {
+        client: client.clone(),
+        cache: BlobCache::open(data.join("blobs")).map_err(io("opening the blob cache"))?,
+        versions_dir: data.join("versions"),
+        run_dir,
+        logs_dir: data.join("logs"),
+        envs: EnvBuilder::new(
+            config.envs_dir.clone(),
+            config.uv.clone(),
+            config.runtime_dir.clone(),
+        ),
+        statuses: Mutex::new(HashMap::new()),
+    });
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(io(format!("listening on {}", config.listen)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(io("reading the listen address"))?;
+    let spec = NodeSpec {
+        name: config.name.clone(),
+        location: config.location.clone(),
+        labels: config.labels.clone(),
+        cpus: config.cpus,
+        memory_bytes: config.memory_bytes,
+        gpus: 0,
+        agent_url: format!("http://{addr}"),
+    };
+
+    let stop = CancellationToken::new();
+    let stopping = stop.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        stopping.cancel();
+    });
+    let data_plane = tokio::spawn(
+        axum::serve(listener, crate::data_plane::router(Arc::clone(&node)))
+            .with_graceful_shutdown(stop.clone().cancelled_owned())
+            .into_future(),
+    );
+    tracing::info!(node = %config.name, location = %config.location, url = %spec.agent_url, "agent starting");
+
+    let heartbeats = tokio::spawn(heartbeat_loop(
+        client.clone(),
+        spec.clone(),
+        Arc::clone(&node),
+        config.heartbeat,
+        stop.clone(),
+    ));
+    let mut replicas: HashMap<String, ReplicaHandle> = HashMap::new();
+    watch_loop(&client, &spec, &node, &mut replicas, &stop).await;
+
+    // Shutdown: stop every replica (and so every worker) before returning.
+    for handle in replicas.values() {
+        handle.stop.cancel();
+    }
+    for (_, handle) in replicas.drain() {
+        let _ = handle.task.await;
+    }
+    let _ = heartbeats.await;
+    let _ = data_plane.await;
+    tracing::info!(node = %config.name, "agent stopped");
+    Ok(())
+}
+
+/// Unix socket paths are limited to ~108 bytes; fall back to a short temp dir when the
+/// data directory is deep.
+fn socket_dir(data: &std::path::Path) -> PathBuf {
+    let preferred = data.join("run");
+    if preferred.as_os_str().len() < 60 {
+        return preferred;
+    }
+    let hash = blake3::hash(data.as_os_str().as_encoded_bytes()).to_hex();
+    std::env::temp_dir().join(format!("mycel-{}", &hash[..12]))
+}
+
+async fn heartbeat_loop(
+    client: mycel_client::Client,
+    spec: NodeSpec,
+    node: Arc<NodeContext>,
+    period: Duration,
+    stop: CancellationToken,
+) {
+    loop {
+        match client.heartbeat(&spec.name, node.snapshot()).await {
+            Ok(()) => {}
+            Err(e) if e.code() == Some(mycel_core::ErrorCode::NotFound) => {
+                // The control plane forgot us (new data directory): register again.
+                if let Err(e) = client.register_node(&spec).await {
+                    tracing::warn!(error = %e, "re-registering failed");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "heartbeat failed; replicas keep serving"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(period) => {}
+        }
+    }
+}
+
+async fn watch_loop(
+    client: &mycel_client::Client,
+    spec: &NodeSpec,
+    node: &Arc<NodeContext>,
+    replicas: &mut HashMap<String, ReplicaHandle>,
+    stop: &CancellationToken,
+) {
+    let mut registered = false;
+    let mut generation = 0u64;
+    let mut retry = Duration::from_millis(200);
+    while !stop.is_cancelled() {
+        if !registered {
+            match tokio::select! { _ = stop.cancelled() => return, r = client.register_node(spec) => r }
+            {
+                Ok(_) => registered = true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot register with the control plane; retrying");
+                    backoff(&mut retry, stop).await;
+                    continue;
+                }
+            }
+        }
+        let answer = tokio::select! {
+            _ = stop.cancelled() => return,
+            answer = client.watch_assignments(&spec.name, generation, Duration::from_secs(30)) => answer,
+        };
+        match answer {
+            Ok(answer) => {
+                retry = Duration::from_millis(200);
+                generation = answer.generation;
+                apply(node, replicas, answer.assignments);
+            }
+            Err(e) => {
+                // Keep serving what we run; the control plane may be restarting.
+                tracing::warn!(error = %e, "watching assignments failed; retrying");
+                registered = e.code() != Some(mycel_core::ErrorCode::NotFound);
+                backoff(&mut retry, stop).await;
+            }
+        }
+    }
+}
+
+async fn backoff(retry: &mut Duration, stop: &CancellationToken) {
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        _ = tokio::time::sleep(*retry) => {}
+    }
+    *retry = (*retry * 2).min(Duration::from_secs(5));
+}
+
+/// Starts replicas newly assigned and stops those no longer assigned.
+fn apply(
+    node: &Arc<NodeContext>,
+    replicas: &mut HashMap<String, ReplicaHandle>,
+    assignments: Vec<mycel_core::fleet::Assignment>,
+) {
+    let wanted: HashMap<String, mycel_core::fleet::Assignment> = assignments
+        .into_iter()
+        .map(|a| (a.replica.clone(), a))
+        .collect();
+    let gone: Vec<String> = replicas
+        .iter()
+        .filter(|(id, handle)| wanted.get(*id) != Some(&handle.assignment))
+        .map(|(id, _)| id.clone())
+        .collect();
+    for id in gone {
+        if let Some(handle) = replicas.remove(&id) {
+            tracing::info!(replica = %id, "stopping replica");
+            handle.stop.cancel();
+            let node = Arc::clone(node);
+            tokio::spawn(async move {
+                let _ = handle.task.await;
+                node.remove(&id);
+            });
+        }
+    }
+    for (id, assignment) in wanted {
+        if let std::collections::hash_map::Entry::Vacant(slot) = replicas.entry(id) {
+            tracing::info!(replica = %slot.key(), version = %assignment.version.short(), "starting replica");
+            slot.insert(replica::start(Arc::clone(node), assignment));
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! mycel's node agent: registers its node, watches its assignments, syncs the blobs of
+//! each assigned version, builds Python environments with `uv`, and supervises one
+//! worker process per replica.
+//!
+//! It must not depend on the control plane or gateway crates: it talks to the control
+//! plane over HTTP through `mycel-client` only.
+#![warn(missing_docs)]
+
+mod agent;
+mod data_plane;
+pub mod env;
+pub mod replica;
+pub mod sync;
+pub mod worker;
+
+pub use agent::{run, AgentError, Config};

@@ -1,0 +1,126 @@
+//! Fleet calls: nodes register, heartbeat and watch; users deploy and read status.
+
+use std::time::Duration;
+
+use mycel_core::api::{DeployRequest, FleetStatus, Heartbeat, NodeAssignments};
+use mycel_core::fleet::{Deployment, Node, NodeSpec, ReplicaStatus};
+use reqwest::Method;
+
+use crate::{Client, ClientError};
+
+impl Client {
+    /// Registers (or re-registers) a node.
+    pub async fn register_node(&self, spec: &NodeSpec) -> Result<Node, ClientError> {
+        self.call(Method::PUT, &format!("/v1/nodes/{}", spec.name), spec)
+            .await
+    }
+
+    /// Reports that `node` is alive and how its replicas are.
+    pub async fn heartbeat(
+        &self,
+        node: &str,
+        replicas: Vec<ReplicaStatus>,
+    ) -> Result<(), ClientError> {
+        let _: serde_json::Value = self
+            .call(
+                Method::POST,
+                &format!("/v1/nodes/{node}/heartbeat"),
+                &Heartbeat { replicas },
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// `node`'s assignments once the generation passes `after`, or after `wait`.
+    pub async fn watch_assignments(
+        &self,
+        node: &str,
+        after: u64,
+        wait: Duration,
+    ) -> Result<NodeAssignments, ClientError> {
+        let path = format!(
+            "/v1/nodes/{node}/assignments?after={after}&wait_ms={}",
+            wait.as_millis()
+        );
+        // The server holds the request up to `wait`; allow for that plus slack.
+        self.json(
+            self.request(Method::GET, &path)
+                .timeout(wait + Duration::from_secs(10)),
+        )
+        .await
+    }
+
+    /// Creates or updates a deployment.
+    pub async fn deploy(
+        &self,
+        name: &str,
+        request: &DeployRequest,
+    ) -> Result<Deployment, ClientError> {
+        self.call(Method::PUT, &format!("/v1/deployments/{name}"), request)
+            .await
+    }
+
+    /// Removes a deployment and so its replicas.
+    pub async fn undeploy(&self, name: &str) -> Result<(), ClientError> {
+        let _: serde_json::Value = self
+            .json(self.request(Method::DELETE, &format!("/v1/deployments/{name}")))
+            .await?;
+        Ok(())
+    }
+
+    /// Every deployment.
+    pub async fn deployments(&self) -> Result<Vec<Deployment>, ClientError> {
+        self.json(self.request(Method::GET, "/v1/deployments"))
+            .await
+    }
+
+    /// Nodes, deployments and replicas.
+    pub async fn status(&self) -> Result<FleetStatus, ClientError> {
+        self.json(self.request(Method::GET, "/v1/status")).await
+    }
+}
+
+impl Client {
+    /// A replica's log from byte `offset`, read from its agent at `agent_url`; returns
+    /// the text and the offset to continue from.
+    pub async fn replica_logs(
+        &self,
+        agent_url: &str,
+        replica: &str,
+        offset: u64,
+    ) -> Result<(String, u64), ClientError> {
+        let url = format!(
+            "{}/v1/replicas/{replica}/logs?offset={offset}",
+            agent_url.trim_end_matches('/')
+        );
+        let response =
+            self.http
+                .get(&url)
+                .send()
+                .await
+                .map_err(|source| ClientError::Transport {
+                    url: agent_url.to_owned(),
+                    source,
+                })?;
+        let status = response.status().as_u16();
+        let next = response
+            .headers()
+            .get("x-log-offset")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        let text = response
+            .text()
+            .await
+            .map_err(|source| ClientError::Transport {
+                url: agent_url.to_owned(),
+                source,
+            })?;
+        match next {
+            Some(next) if status == 200 => Ok((text, next)),
+            _ => Err(ClientError::Protocol {
+                status,
+                detail: text.chars().take(300).collect(),
+            }),
+        }
+    }
+}

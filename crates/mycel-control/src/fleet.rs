@@ -1,0 +1,270 @@
+//! The fleet control loop: nodes register and heartbeat, deployments change, and each
+//! change runs the pure reconciler and publishes the new assignments to watchers.
+//!
+//! Durable: nodes, deployments, assignments (in the [`Store`]). Soft, rebuilt from the
+//! next heartbeats after a restart: last-heartbeat times and replica statuses.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use mycel_core::api::{DeploymentView, FleetStatus, LocationCount, NodeView, ReplicaView};
+use mycel_core::fleet::{
+    Assignment, Node, NodeSpec, NodeState, ReplicaId, ReplicaState, ReplicaStatus, Unplaced,
+};
+use mycel_core::reconcile::reconcile;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::registry::blocking;
+use crate::store::{Store, StoreError};
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+/// The fleet's live state and the loop that keeps assignments up to date.
+pub(crate) struct Fleet {
+    store: Arc<dyn Store>,
+    /// Bumped on every assignment change; long-polls wait on it.
+    generation: watch::Sender<u64>,
+    heartbeats: Mutex<HashMap<String, u64>>,
+    statuses: Mutex<HashMap<ReplicaId, ReplicaStatus>>,
+    unplaced: Mutex<Vec<Unplaced>>,
+    /// Serializes reconciles so two never interleave their read and write.
+    reconciling: tokio::sync::Mutex<()>,
+    lost_after: Duration,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding one of these maps leaves plain data behind; keep going.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Fleet {
+    pub(crate) fn new(store: Arc<dyn Store>, lost_after: Duration) -> Self {
+        Self {
+            store,
+            generation: watch::Sender::new(1),
+            heartbeats: Mutex::new(HashMap::new()),
+            statuses: Mutex::new(HashMap::new()),
+            unplaced: Mutex::new(Vec::new()),
+            reconciling: tokio::sync::Mutex::new(()),
+            lost_after,
+        }
+    }
+
+    /// Recomputes assignments; publishes a new generation if they changed.
+    pub(crate) async fn reconcile(&self) -> Result<(), StoreError> {
+        let _guard = self.reconciling.lock().await;
+        let (deployments, nodes, current) = blocking(&self.store, |s| {
+            Ok((s.deployments()?, s.nodes()?, s.assignments()?))
+        })
+        .await?;
+        let plan = reconcile(&deployments, &nodes, &current);
+        *lock(&self.unplaced) = plan.unplaced;
+        if plan.assignments != current {
+            let assignments = plan.assignments.clone();
+            blocking(&self.store, move |s| s.replace_assignments(&assignments)).await?;
+            let live: std::collections::HashSet<&str> = plan
+                .assignments
+                .iter()
+                .map(|a| a.replica.as_str())
+                .collect();
+            lock(&self.statuses).retain(|replica, _| live.contains(replica.as_str()));
+            self.generation.send_modify(|g| *g += 1);
+            tracing::info!(
+                replicas = plan.assignments.len(),
+                generation = *self.generation.borrow(),
+                "assignments changed"
+            );
+        }
+        Ok(())
+    }
+
+    /// An agent registers (or re-registers) its node.
+    pub(crate) async fn register(&self, spec: NodeSpec) -> Result<Node, StoreError> {
+        let now = now_ms();
+        let node = Node {
+            spec,
+            state: NodeState::Ready,
+            last_heartbeat_ms: now,
+        };
+        lock(&self.heartbeats).insert(node.spec.name.clone(), now);
+        let stored = node.clone();
+        blocking(&self.store, move |s| s.put_node(&stored)).await?;
+        tracing::info!(node = %node.spec.name, location = %node.spec.location, "node registered");
+        self.reconcile().await?;
+        Ok(node)
+    }
+
+    /// A heartbeat: the node is alive, and its replicas are as reported. Returns false
+    /// if the node is unknown (it must register first).
+    pub(crate) async fn heartbeat(
+        &self,
+        node_name: &str,
+        replicas: Vec<ReplicaStatus>,
+    ) -> Result<bool, StoreError> {
+        let owned = node_name.to_owned();
+        let nodes = blocking(&self.store, |s| s.nodes()).await?;
+        let Some(mut node) = nodes.into_iter().find(|n| n.spec.name == owned) else {
+            return Ok(false);
+        };
+        let now = now_ms();
+        lock(&self.heartbeats).insert(node_name.to_owned(), now);
+        {
+            let mut statuses = lock(&self.statuses);
+            for status in replicas {
+                statuses.insert(status.replica.clone(), status);
+            }
+        }
+        if node.state == NodeState::Lost {
+            node.state = NodeState::Ready;
+            node.last_heartbeat_ms = now;
+            tracing::info!(node = %node_name, "node is back");
+            blocking(&self.store, move |s| s.put_node(&node)).await?;
+            self.reconcile().await?;
+        }
+        Ok(true)
+    }
+
+    /// Marks nodes whose heartbeats stopped as lost, and re-places their replicas.
+    async fn check_heartbeats(&self) -> Result<(), StoreError> {
+        let nodes = blocking(&self.store, |s| s.nodes()).await?;
+        let now = now_ms();
+        let lost_after = self.lost_after.as_millis() as u64;
+        let mut changed = false;
+        for mut node in nodes.into_iter().filter(|n| n.state == NodeState::Ready) {
+            // A node not heard from since this process started gets a full grace period.
+            let last = *lock(&self.heartbeats)
+                .entry(node.spec.name.clone())
+                .or_insert(now);
+            if now.saturating_sub(last) > lost_after {
+                tracing::warn!(node = %node.spec.name, silent_ms = now - last, "node lost: no heartbeat");
+                node.state = NodeState::Lost;
+                node.last_heartbeat_ms = last;
+                blocking(&self.store, move |s| s.put_node(&node)).await?;
+                changed = true;
+            }
+        }
+        if changed {
+            self.reconcile().await?;
+        }
+        Ok(())
+    }
+
+    /// Runs the heartbeat checker until `stop` is cancelled.
+    pub(crate) async fn watch_heartbeats(self: Arc<Self>, stop: CancellationToken) {
+        let period = (self.lost_after / 4).max(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(period) => {}
+            }
+            if let Err(e) = self.check_heartbeats().await {
+                tracing::error!(error = %e, "heartbeat check failed");
+            }
+        }
+    }
+
+    /// A node's assignments, waiting up to `wait` for a generation newer than `after`.
+    pub(crate) async fn assignments_for(
+        &self,
+        node_name: &str,
+        after: u64,
+        wait: Duration,
+        stop: &CancellationToken,
+    ) -> Result<(u64, Vec<Assignment>), StoreError> {
+        let mut rx = self.generation.subscribe();
+        if *rx.borrow_and_update() <= after {
+            tokio::select! {
+                _ = rx.changed() => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.cancelled() => {}
+            }
+        }
+        let generation = *self.generation.borrow();
+        let owned = node_name.to_owned();
+        let assignments = blocking(&self.store, move |s| {
+            Ok(s.assignments()?
+                .into_iter()
+                .filter(|a| a.node == owned)
+                .collect())
+        })
+        .await?;
+        Ok((generation, assignments))
+    }
+
+    /// Everything `mycel status` shows.
+    pub(crate) async fn status(&self) -> Result<FleetStatus, StoreError> {
+        let (deployments, nodes, assignments) = blocking(&self.store, |s| {
+            Ok((s.deployments()?, s.nodes()?, s.assignments()?))
+        })
+        .await?;
+        let statuses = lock(&self.statuses).clone();
+        let is_ready = |a: &Assignment| {
+            statuses
+                .get(&a.replica)
+                .is_some_and(|s| s.state == ReplicaState::Ready)
+        };
+        let nodes = nodes
+            .into_iter()
+            .map(|node| {
+                let mine: Vec<&Assignment> = assignments
+                    .iter()
+                    .filter(|a| a.node == node.spec.name)
+                    .collect();
+                NodeView {
+                    replicas: mine.len() as u32,
+                    cpus_used: mine.iter().map(|a| a.resources.cpus).sum(),
+                    memory_used: mine.iter().map(|a| a.resources.memory_bytes).sum(),
+                    node,
+                }
+            })
+            .collect();
+        let deployments = deployments
+            .into_iter()
+            .map(|deployment| {
+                let locations = deployment
+                    .copies
+                    .iter()
+                    .map(|(location, &desired)| LocationCount {
+                        location: location.clone(),
+                        desired,
+                        ready: assignments
+                            .iter()
+                            .filter(|a| {
+                                a.deployment == deployment.name
+                                    && &a.location == location
+                                    && is_ready(a)
+                            })
+                            .count() as u32,
+                    })
+                    .collect();
+                DeploymentView {
+                    deployment,
+                    locations,
+                }
+            })
+            .collect();
+        let replicas = assignments
+            .into_iter()
+            .map(|assignment| ReplicaView {
+                status: statuses.get(&assignment.replica).cloned(),
+                assignment,
+            })
+            .collect();
+        Ok(FleetStatus {
+            nodes,
+            deployments,
+            replicas,
+            unplaced: lock(&self.unplaced).clone(),
+        })
+    }
+}

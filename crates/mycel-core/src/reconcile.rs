@@ -1,0 +1,1121 @@
+//! The reconciler: deployments, nodes and the current assignments in, the next
+//! assignments and the copies that cannot be placed out. A pure function over plain data.
+//!
+//! Rules. Every deployment gets exactly `copies` replicas in each location it names, or
+//! fewer plus one [`Unplaced`] entry saying how many are missing and why. A current
+//! assignment is kept unchanged (same replica id, same node) while its deployment exists,
+//! its node is Ready and still in the assignment's location, and it still matches the
+//! deployment (version, component, resources and serve options); otherwise it is dropped,
+//! and a replacement with a new id is placed if copies are missing. When copies shrink,
+//! the highest-indexed replicas go first. New replicas go to Ready nodes of the location
+//! with room for them (cpus, memory and gpus of everything already planned on the node,
+//! all deployments together): among those, the node with the fewest replicas of the
+//! deployment, then the most free CPU, then the first name, so copies spread out. Kept
+//! replicas reserve their capacity before anything new is placed. Deployments are
+//! handled in name order and locations in sorted order, and the output is sorted by
+//! replica id, so equal inputs give equal plans, and reconciling a plan again changes
+//! nothing.
+//!
+//! Replica ids are `{deployment}-{location}-{index}`. A new replica's index is one more
+//! than the highest index among all ids in `current` and in the plan so far that start
+//! with the same `{deployment}-{location}-` prefix (0 when there is none), skipping any id
+//! already taken. So a replacement never reuses an id that `current` holds, for whatever
+//! node or version; agents key processes by replica id. Ids that no longer appear in
+//! `current` may come back later (scale to 0, then up again): this function remembers
+//! nothing beyond its inputs.
+//!
+//! Deliberately absent: kept replicas are not re-checked against capacity (a node that
+//! re-registers smaller keeps what it runs), and a version change replaces every replica
+//! at once; rolling updates come later.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use crate::fleet::{Assignment, Deployment, Node, NodeState, Unplaced};
+use crate::manifest::Resources;
+
+/// Slack when summing fractional CPU requests, so that 0.1 + 0.2 fits in 0.3 cores.
+const CPU_EPSILON: f64 = 1e-9;
+
+const GIB: f64 = (1u64 << 30) as f64;
+const MIB: f64 = (1u64 << 20) as f64;
+
+/// What the fleet should run next.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// Every replica that should run, sorted by replica id.
+    pub assignments: Vec<Assignment>,
+    /// Copies that found no node: one entry per deployment and location, in deployment
+    /// then location order.
+    pub unplaced: Vec<Unplaced>,
+}
+
+/// Computes the next assignments from the desired state and the current assignments.
+/// The module documentation states the rules.
+pub fn reconcile(deployments: &[Deployment], nodes: &[Node], current: &[Assignment]) -> Plan {
+    let deployments = by_name(deployments);
+    let mut loads = ready_node_loads(nodes);
+    let mut assignments = keep_current(&deployments, &loads, current);
+    for assignment in &assignments {
+        add_to_node(&mut loads, assignment);
+    }
+
+    let mut ids = ReplicaIds::new(current);
+    let mut shortfalls = Vec::new();
+    for deployment in deployments.values() {
+        for (location, &copies) in &deployment.copies {
+            let have = count_replicas(&assignments, &deployment.name, location);
+            let missing = (copies as usize).saturating_sub(have);
+            let placed = place_new(
+                deployment,
+                location,
+                missing,
+                &mut loads,
+                &mut ids,
+                &mut assignments,
+            );
+            if placed < missing {
+                shortfalls.push((*deployment, location, missing - placed));
+            }
+        }
+    }
+
+    // Reasons are written against the final plan, so reconciling the plan again yields
+    // the same words.
+    let unplaced = shortfalls
+        .into_iter()
+        .map(|(deployment, location, count)| Unplaced {
+            deployment: deployment.name.clone(),
+            location: location.clone(),
+            count: u32::try_from(count).unwrap_or(u32::MAX),
+            reason: explain_shortfall(location, &deployment.resources, &loads, nodes),
+        })
+        .collect();
+    assignments.sort_by(|a, b| a.replica.cmp(&b.replica));
+    Plan {
+        assignments,
+        unplaced,
+    }
+}
+
+/// Deployments by name; the first of two with the same name wins.
+fn by_name(deployments: &[Deployment]) -> BTreeMap<&str, &Deployment> {
+    let mut named = BTreeMap::new();
+    for deployment in deployments {
+        named.entry(deployment.name.as_str()).or_insert(deployment);
+    }
+    named
+}
+
+/// The current assignments that stay as they are, surplus removed.
+fn keep_current(
+    deployments: &BTreeMap<&str, &Deployment>,
+    loads: &BTreeMap<&str, NodeLoad<'_>>,
+    current: &[Assignment],
+) -> Vec<Assignment> {
+    let mut groups: BTreeMap<(&str, &str), Vec<&Assignment>> = BTreeMap::new();
+    for assignment in current {
+        let Some(deployment) = deployments.get(assignment.deployment.as_str()) else {
+            continue;
+        };
+        if still_valid(assignment, deployment, loads) {
+            groups
+                .entry((assignment.deployment.as_str(), assignment.location.as_str()))
+                .or_default()
+                .push(assignment);
+        }
+    }
+
+    let mut seen_ids = HashSet::new();
+    let mut kept = Vec::new();
+    for ((deployment, location), mut group) in groups {
+        let wanted = deployments
+            .get(deployment)
+            .and_then(|d| d.copies.get(location))
+            .map_or(0, |&copies| copies as usize);
+        group.sort_by_key(|a| surplus_order(&a.replica));
+        let survivors = group
+            .into_iter()
+            .filter(|a| seen_ids.insert(a.replica.as_str()))
+            .take(wanted);
+        kept.extend(survivors.cloned());
+    }
+    kept
+}
+
+/// Whether a current assignment may keep running where it is, surplus aside.
+fn still_valid(
+    assignment: &Assignment,
+    deployment: &Deployment,
+    loads: &BTreeMap<&str, NodeLoad<'_>>,
+) -> bool {
+    let node_still_there = loads
+        .get(assignment.node.as_str())
+        .is_some_and(|load| load.location() == assignment.location);
+    node_still_there
+        && assignment.version == deployment.version
+        && assignment.component == deployment.component
+        && assignment.resources == deployment.resources
+        && assignment.serve == deployment.serve
+}
+
+/// Sort key that puts the replicas to remove first at the end: low indices first, ids
+/// without an index last.
+fn surplus_order(replica: &str) -> (bool, u64, &str) {
+    let index = replica
+        .rsplit_once('-')
+        .and_then(|(_, tail)| parse_index(tail));
+    (index.is_none(), index.unwrap_or(0), replica)
+}
+
+/// A replica index: decimal digits only.
+fn parse_index(digits: &str) -> Option<u64> {
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+fn count_replicas(assignments: &[Assignment], deployment: &str, location: &str) -> usize {
+    assignments
+        .iter()
+        .filter(|a| a.deployment == deployment && a.location == location)
+        .count()
+}
+
+/// Places up to `missing` new replicas; returns how many found a node.
+fn place_new(
+    deployment: &Deployment,
+    location: &str,
+    missing: usize,
+    loads: &mut BTreeMap<&str, NodeLoad<'_>>,
+    ids: &mut ReplicaIds,
+    assignments: &mut Vec<Assignment>,
+) -> usize {
+    for placed in 0..missing {
+        // Replicas of one deployment are alike: once one fits nowhere, none will.
+        let Some(load) = best_fit(loads, location, deployment) else {
+            return placed;
+        };
+        let assignment = Assignment {
+            replica: ids.allocate(&deployment.name, location),
+            deployment: deployment.name.clone(),
+            component: deployment.component.clone(),
+            version: deployment.version,
+            node: load.name().to_owned(),
+            location: location.to_owned(),
+            resources: deployment.resources,
+            serve: deployment.serve,
+        };
+        load.add(&assignment);
+        assignments.push(assignment);
+    }
+    missing
+}
+
+/// The Ready node of `location` that should take the next replica of `deployment`.
+fn best_fit<'m, 'n>(
+    loads: &'m mut BTreeMap<&str, NodeLoad<'n>>,
+    location: &str,
+    deployment: &Deployment,
+) -> Option<&'m mut NodeLoad<'n>> {
+    loads
+        .values_mut()
+        .filter(|load| load.location() == location && load.fits(&deployment.resources))
+        .min_by(|a, b| {
+            let spread = a.replicas_of(&deployment.name);
+            spread
+                .cmp(&b.replicas_of(&deployment.name))
+                .then_with(|| b.free().cpus.total_cmp(&a.free().cpus))
+                .then_with(|| a.name().cmp(b.name()))
+        })
+}
+
+fn add_to_node(loads: &mut BTreeMap<&str, NodeLoad<'_>>, assignment: &Assignment) {
+    if let Some(load) = loads.get_mut(assignment.node.as_str()) {
+        load.add(assignment);
+    }
+}
+
+/// Why copies of a deployment found no node in `location`.
+fn explain_shortfall(
+    location: &str,
+    need: &Resources,
+    loads: &BTreeMap<&str, NodeLoad<'_>>,
+    nodes: &[Node],
+) -> String {
+    let ready_here: Vec<&NodeLoad<'_>> = loads
+        .values()
+        .filter(|load| load.location() == location)
+        .collect();
+    if ready_here.is_empty() {
+        no_ready_node(location, loads, nodes)
+    } else {
+        not_enough_capacity(location, need, &ready_here)
+    }
+}
+
+fn no_ready_node(location: &str, loads: &BTreeMap<&str, NodeLoad<'_>>, nodes: &[Node]) -> String {
+    let mut reason = format!("no ready node in location {location:?}");
+    let lost = nodes
+        .iter()
+        .filter(|n| n.spec.location == location && n.state == NodeState::Lost)
+        .count();
+    if lost > 0 {
+        reason.push_str(&format!(" ({lost} lost)"));
+    }
+    let ready_locations: BTreeSet<&str> = loads.values().map(NodeLoad::location).collect();
+    if ready_locations.is_empty() {
+        reason.push_str("; no node is ready in any location");
+    } else {
+        let quoted: Vec<String> = ready_locations.iter().map(|l| format!("{l:?}")).collect();
+        reason.push_str("; locations with ready nodes: ");
+        reason.push_str(&quoted.join(", "));
+    }
+    reason
+}
+
+fn not_enough_capacity(location: &str, need: &Resources, ready_here: &[&NodeLoad<'_>]) -> String {
+    let needs = format!(
+        "needs {} cpus, {} memory, {} gpus per replica",
+        cpus_text(need.cpus),
+        memory_text(need.memory_bytes),
+        need.gpus
+    );
+    // The node closest to fitting: fewest resources short, then most free CPU.
+    let best = ready_here.iter().min_by(|a, b| {
+        a.shortages(need)
+            .len()
+            .cmp(&b.shortages(need).len())
+            .then_with(|| b.free().cpus.total_cmp(&a.free().cpus))
+            .then_with(|| a.name().cmp(b.name()))
+    });
+    let Some(best) = best else {
+        return format!("not enough capacity in location {location:?}: {needs}");
+    };
+    let which = if ready_here.len() == 1 {
+        "the only ready node".to_owned()
+    } else {
+        format!("the best of {} ready nodes", ready_here.len())
+    };
+    let free = best.free();
+    let mut reason = format!(
+        "not enough capacity in location {location:?}: {needs}; {which}, {:?}, has {} cpus, {} memory, {} gpus free",
+        best.name(),
+        cpus_text(free.cpus),
+        memory_text(free.memory_bytes),
+        free.gpus
+    );
+    let short = best.shortages(need);
+    if !short.is_empty() {
+        reason.push_str(&format!(" (short of {})", short.join(" and ")));
+    }
+    reason
+}
+
+/// Cores with at most two decimals: `2`, `0.5`, `1.25`.
+fn cpus_text(cpus: f64) -> String {
+    let rounded = (cpus.max(0.0) * 100.0).round() / 100.0;
+    format!("{rounded}")
+}
+
+/// `2.0 GiB` from one GiB up, `512 MiB` below.
+fn memory_text(bytes: u64) -> String {
+    let bytes = bytes as f64;
+    if bytes >= GIB {
+        format!("{:.1} GiB", bytes / GIB)
+    } else {
+        format!("{:.0} MiB", bytes / MIB)
+    }
+}
+
+/// Resources in use on a node, or free on it.
+#[derive(Clone, Copy, Debug, Default)]
+struct Amount {
+    cpus: f64,
+    memory_bytes: u64,
+    gpus: u32,
+}
+
+/// A Ready node and what the plan has put on it so far.
+struct NodeLoad<'n> {
+    node: &'n Node,
+    used: Amount,
+    replicas_by_deployment: HashMap<String, u32>,
+}
+
+fn ready_node_loads(nodes: &[Node]) -> BTreeMap<&str, NodeLoad<'_>> {
+    let mut loads = BTreeMap::new();
+    for node in nodes.iter().filter(|n| n.state == NodeState::Ready) {
+        loads.entry(node.spec.name.as_str()).or_insert(NodeLoad {
+            node,
+            used: Amount::default(),
+            replicas_by_deployment: HashMap::new(),
+        });
+    }
+    loads
+}
+
+impl NodeLoad<'_> {
+    fn name(&self) -> &str {
+        &self.node.spec.name
+    }
+
+    fn location(&self) -> &str {
+        &self.node.spec.location
+    }
+
+    fn free(&self) -> Amount {
+        let spec = &self.node.spec;
+        Amount {
+            cpus: spec.cpus - self.used.cpus,
+            memory_bytes: spec.memory_bytes.saturating_sub(self.used.memory_bytes),
+            gpus: spec.gpus.saturating_sub(self.used.gpus),
+        }
+    }
+
+    /// Which resources are too short for one more replica needing `need`.
+    fn shortages(&self, need: &Resources) -> Vec<&'static str> {
+        let free = self.free();
+        let mut short = Vec::new();
+        if need.cpus > free.cpus + CPU_EPSILON {
+            short.push("cpus");
+        }
+        if need.memory_bytes > free.memory_bytes {
+            short.push("memory");
+        }
+        if need.gpus > free.gpus {
+            short.push("gpus");
+        }
+        short
+    }
+
+    fn fits(&self, need: &Resources) -> bool {
+        self.shortages(need).is_empty()
+    }
+
+    fn replicas_of(&self, deployment: &str) -> u32 {
+        self.replicas_by_deployment
+            .get(deployment)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn add(&mut self, assignment: &Assignment) {
+        let need = &assignment.resources;
+        self.used.cpus += need.cpus;
+        self.used.memory_bytes = self.used.memory_bytes.saturating_add(need.memory_bytes);
+        self.used.gpus = self.used.gpus.saturating_add(need.gpus);
+        *self
+            .replicas_by_deployment
+            .entry(assignment.deployment.clone())
+            .or_insert(0) += 1;
+    }
+}
+
+/// Hands out replica ids that neither `current` nor the plan so far has used.
+struct ReplicaIds {
+    taken: HashSet<String>,
+    /// Next index to try, per `{deployment}-{location}-` prefix.
+    next: HashMap<String, u64>,
+}
+
+impl ReplicaIds {
+    fn new(current: &[Assignment]) -> Self {
+        Self {
+            taken: current.iter().map(|a| a.replica.clone()).collect(),
+            next: HashMap::new(),
+        }
+    }
+
+    fn allocate(&mut self, deployment: &str, location: &str) -> String {
+        // Keyed by the prefix, not the pair: deployment "a-b" in "c" and deployment "a"
+        // in "b-c" spell the same ids, so they must share one counter.
+        let prefix = format!("{deployment}-{location}-");
+        let mut index = match self.next.get(&prefix) {
+            Some(&index) => index,
+            None => self.first_index(&prefix),
+        };
+        loop {
+            let id = format!("{prefix}{index}");
+            index = index.wrapping_add(1);
+            if self.taken.insert(id.clone()) {
+                self.next.insert(prefix, index);
+                return id;
+            }
+        }
+    }
+
+    /// One more than the highest index taken under `prefix`, or 0.
+    fn first_index(&self, prefix: &str) -> u64 {
+        self.taken
+            .iter()
+            .filter_map(|id| id.strip_prefix(prefix).and_then(parse_index))
+            .max()
+            .map_or(0, |highest| highest.wrapping_add(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::fleet::NodeSpec;
+    use crate::hash::BlobHash;
+    use crate::manifest::ServeOptions;
+    use crate::version::VersionId;
+
+    const GIB: u64 = 1 << 30;
+
+    fn node(name: &str, location: &str, cpus: f64, memory_gib: u64) -> Node {
+        Node {
+            spec: NodeSpec {
+                name: name.to_owned(),
+                location: location.to_owned(),
+                labels: BTreeMap::new(),
+                cpus,
+                memory_bytes: memory_gib * GIB,
+                gpus: 0,
+                agent_url: format!("http://{name}:7801"),
+            },
+            state: NodeState::Ready,
+            last_heartbeat_ms: 0,
+        }
+    }
+
+    fn lost(mut node: Node) -> Node {
+        node.state = NodeState::Lost;
+        node
+    }
+
+    fn version(n: u8) -> VersionId {
+        VersionId(BlobHash::from_bytes([n; 32]))
+    }
+
+    /// One cpu and 1 GiB per replica, version 1.
+    fn deployment(name: &str, copies: &[(&str, u32)]) -> Deployment {
+        Deployment {
+            name: name.to_owned(),
+            component: name.to_owned(),
+            version: version(1),
+            seq: 1,
+            copies: copies.iter().map(|&(l, c)| (l.to_owned(), c)).collect(),
+            serve: ServeOptions::default(),
+            resources: Resources {
+                cpus: 1.0,
+                memory_bytes: GIB,
+                gpus: 0,
+            },
+            generation: 1,
+        }
+    }
+
+    fn ids(plan: &Plan) -> Vec<&str> {
+        plan.assignments
+            .iter()
+            .map(|a| a.replica.as_str())
+            .collect()
+    }
+
+    fn node_of<'p>(plan: &'p Plan, replica: &str) -> &'p str {
+        let found = plan.assignments.iter().find(|a| a.replica == replica);
+        &found
+            .unwrap_or_else(|| panic!("{replica} not in plan"))
+            .node
+    }
+
+    fn on_node<'p>(plan: &'p Plan, node: &str) -> Vec<&'p str> {
+        plan.assignments
+            .iter()
+            .filter(|a| a.node == node)
+            .map(|a| a.replica.as_str())
+            .collect()
+    }
+
+    fn in_location(plan: &Plan, deployment: &str, location: &str) -> usize {
+        count_replicas(&plan.assignments, deployment, location)
+    }
+
+    #[test]
+    fn five_copies_spread_three_and_two_over_two_nodes() {
+        let nodes = [node("a", "paris", 8.0, 16), node("b", "paris", 8.0, 16)];
+        let plan = reconcile(&[deployment("echo", &[("paris", 5)])], &nodes, &[]);
+        assert_eq!(on_node(&plan, "a").len(), 3);
+        assert_eq!(on_node(&plan, "b").len(), 2);
+        assert_eq!(
+            ids(&plan),
+            [
+                "echo-paris-0",
+                "echo-paris-1",
+                "echo-paris-2",
+                "echo-paris-3",
+                "echo-paris-4"
+            ]
+        );
+        assert!(plan.unplaced.is_empty());
+    }
+
+    #[test]
+    fn each_location_gets_its_copies_on_its_own_nodes() {
+        let mut nodes = Vec::new();
+        for (location, cpus) in [("new-york", 2.0), ("london", 1.0), ("tokyo", 2.0)] {
+            for i in 1..=3 {
+                nodes.push(node(&format!("{location}-{i}"), location, cpus, 4));
+            }
+        }
+        let want = [("new-york", 5), ("london", 3), ("tokyo", 4)];
+        let plan = reconcile(&[deployment("resnet", &want)], &nodes, &[]);
+
+        assert!(plan.unplaced.is_empty(), "{:?}", plan.unplaced);
+        for (location, copies) in want {
+            assert_eq!(in_location(&plan, "resnet", location), copies as usize);
+            let per_node: Vec<usize> = (1..=3)
+                .map(|i| on_node(&plan, &format!("{location}-{i}")).len())
+                .collect();
+            let spread = per_node.iter().max().unwrap() - per_node.iter().min().unwrap();
+            assert!(spread <= 1, "{location}: {per_node:?}");
+        }
+        for a in &plan.assignments {
+            assert!(a.node.starts_with(&a.location), "{a:?}");
+        }
+    }
+
+    #[test]
+    fn copies_beyond_capacity_are_unplaced_with_a_capacity_reason() {
+        let nodes = [node("lon-1", "london", 2.0, 8)];
+        let plan = reconcile(&[deployment("echo", &[("london", 3)])], &nodes, &[]);
+        assert_eq!(plan.assignments.len(), 2);
+        assert_eq!(plan.unplaced.len(), 1);
+        let unplaced = &plan.unplaced[0];
+        assert_eq!(
+            (unplaced.deployment.as_str(), unplaced.location.as_str()),
+            ("echo", "london")
+        );
+        assert_eq!(unplaced.count, 1);
+        assert_eq!(
+            unplaced.reason,
+            "not enough capacity in location \"london\": needs 1 cpus, 1.0 GiB memory, \
+             0 gpus per replica; the only ready node, \"lon-1\", has 0 cpus, 6.0 GiB memory, \
+             0 gpus free (short of cpus)"
+        );
+    }
+
+    #[test]
+    fn unknown_location_says_no_ready_node_and_lists_known_locations() {
+        let nodes = [node("a", "new-york", 8.0, 8), node("b", "london", 8.0, 8)];
+        let plan = reconcile(&[deployment("echo", &[("tokyo", 4)])], &nodes, &[]);
+        assert!(plan.assignments.is_empty());
+        assert_eq!(plan.unplaced.len(), 1);
+        assert_eq!(plan.unplaced[0].count, 4);
+        assert_eq!(
+            plan.unplaced[0].reason,
+            "no ready node in location \"tokyo\"; locations with ready nodes: \"london\", \"new-york\""
+        );
+    }
+
+    #[test]
+    fn location_whose_nodes_are_all_lost_says_so() {
+        let nodes = [lost(node("t1", "tokyo", 8.0, 8))];
+        let plan = reconcile(&[deployment("echo", &[("tokyo", 1)])], &nodes, &[]);
+        assert_eq!(
+            plan.unplaced[0].reason,
+            "no ready node in location \"tokyo\" (1 lost); no node is ready in any location"
+        );
+    }
+
+    #[test]
+    fn resources_no_node_can_hold_report_capacity_not_a_missing_node() {
+        let mut gpu_model = deployment("llm", &[("paris", 1)]);
+        gpu_model.resources.gpus = 1;
+        let nodes = [node("a", "paris", 8.0, 16), node("b", "paris", 4.0, 16)];
+        let plan = reconcile(&[gpu_model], &nodes, &[]);
+        let reason = &plan.unplaced[0].reason;
+        assert!(
+            reason.starts_with("not enough capacity in location \"paris\""),
+            "{reason}"
+        );
+        assert!(
+            reason.contains("the best of 2 ready nodes, \"a\", has 8 cpus"),
+            "{reason}"
+        );
+        assert!(reason.ends_with("(short of gpus)"), "{reason}");
+    }
+
+    #[test]
+    fn lost_node_replicas_move_with_new_ids_and_others_stay_put() {
+        let nodes = [
+            node("a", "paris", 8.0, 16),
+            node("b", "paris", 8.0, 16),
+            node("c", "paris", 8.0, 16),
+        ];
+        let echo = [deployment("echo", &[("paris", 3)])];
+        let before = reconcile(&echo, &nodes, &[]);
+        assert_eq!(node_of(&before, "echo-paris-1"), "b");
+
+        let nodes_b_lost = [nodes[0].clone(), lost(nodes[1].clone()), nodes[2].clone()];
+        let after = reconcile(&echo, &nodes_b_lost, &before.assignments);
+
+        assert_eq!(
+            ids(&after),
+            ["echo-paris-0", "echo-paris-2", "echo-paris-3"]
+        );
+        for kept in ["echo-paris-0", "echo-paris-2"] {
+            let old = before.assignments.iter().find(|a| a.replica == kept);
+            let new = after.assignments.iter().find(|a| a.replica == kept);
+            assert_eq!(old, new);
+        }
+        assert_ne!(node_of(&after, "echo-paris-3"), "b");
+        assert!(after.unplaced.is_empty());
+    }
+
+    #[test]
+    fn scaling_down_removes_the_highest_indices() {
+        let nodes = [node("a", "paris", 8.0, 16), node("b", "paris", 8.0, 16)];
+        let five = reconcile(&[deployment("echo", &[("paris", 5)])], &nodes, &[]);
+        let two = reconcile(
+            &[deployment("echo", &[("paris", 2)])],
+            &nodes,
+            &five.assignments,
+        );
+        assert_eq!(two.assignments, five.assignments[..2]);
+    }
+
+    #[test]
+    fn scaling_up_keeps_existing_replicas_and_adds_new_ids() {
+        let nodes = [node("a", "paris", 8.0, 16), node("b", "paris", 8.0, 16)];
+        let two = reconcile(&[deployment("echo", &[("paris", 2)])], &nodes, &[]);
+        let four = reconcile(
+            &[deployment("echo", &[("paris", 4)])],
+            &nodes,
+            &two.assignments,
+        );
+        assert_eq!(four.assignments[..2], two.assignments[..]);
+        assert_eq!(
+            ids(&four),
+            [
+                "echo-paris-0",
+                "echo-paris-1",
+                "echo-paris-2",
+                "echo-paris-3"
+            ]
+        );
+        assert_eq!(on_node(&four, "a").len(), 2);
+    }
+
+    #[test]
+    fn new_version_replaces_every_replica_with_new_ids() {
+        let nodes = [node("a", "paris", 8.0, 16), node("b", "paris", 8.0, 16)];
+        let v1 = reconcile(&[deployment("echo", &[("paris", 3)])], &nodes, &[]);
+        let mut echo_v2 = deployment("echo", &[("paris", 3)]);
+        echo_v2.version = version(2);
+        let v2 = reconcile(&[echo_v2], &nodes, &v1.assignments);
+        assert_eq!(ids(&v2), ["echo-paris-3", "echo-paris-4", "echo-paris-5"]);
+        assert!(v2.assignments.iter().all(|a| a.version == version(2)));
+    }
+
+    #[test]
+    fn changed_resources_or_serve_options_replace_replicas() {
+        let nodes = [node("a", "paris", 8.0, 16)];
+        let before = reconcile(&[deployment("echo", &[("paris", 1)])], &nodes, &[]);
+        let mut bigger = deployment("echo", &[("paris", 1)]);
+        bigger.resources.cpus = 2.0;
+        let after = reconcile(&[bigger], &nodes, &before.assignments);
+        assert_eq!(ids(&after), ["echo-paris-1"]);
+        assert_eq!(after.assignments[0].resources.cpus, 2.0);
+
+        let mut batched = deployment("echo", &[("paris", 1)]);
+        batched.serve.max_batch_size = 8;
+        let batched_plan = reconcile(&[batched], &nodes, &before.assignments);
+        assert_eq!(ids(&batched_plan), ["echo-paris-1"]);
+    }
+
+    #[test]
+    fn deleted_deployment_drops_its_replicas_only() {
+        let nodes = [node("a", "paris", 8.0, 16)];
+        let both = [
+            deployment("echo", &[("paris", 2)]),
+            deployment("resnet", &[("paris", 1)]),
+        ];
+        let before = reconcile(&both, &nodes, &[]);
+        let after = reconcile(&both[1..], &nodes, &before.assignments);
+        assert_eq!(ids(&after), ["resnet-paris-0"]);
+        assert_eq!(after.assignments[0], before.assignments[2]);
+    }
+
+    #[test]
+    fn deployments_sharing_a_node_respect_combined_capacity() {
+        let nodes = [node("a", "paris", 4.0, 3)];
+        let plan = reconcile(
+            &[
+                deployment("echo", &[("paris", 2)]),
+                deployment("resnet", &[("paris", 2)]),
+            ],
+            &nodes,
+            &[],
+        );
+        // Three GiB of memory hold three 1 GiB replicas, though four cpus would hold four.
+        assert_eq!(plan.assignments.len(), 3);
+        assert_eq!(in_location(&plan, "echo", "paris"), 2);
+        assert_eq!(plan.unplaced.len(), 1);
+        assert_eq!(plan.unplaced[0].deployment, "resnet");
+        assert!(plan.unplaced[0].reason.ends_with("(short of memory)"));
+    }
+
+    #[test]
+    fn kept_replicas_reserve_capacity_before_new_ones_are_placed() {
+        let nodes = [node("a", "paris", 2.0, 16)];
+        let zeta = deployment("zeta", &[("paris", 2)]);
+        let before = reconcile(std::slice::from_ref(&zeta), &nodes, &[]);
+        // "alpha" is placed first by name, but zeta's running replicas keep their room.
+        let after = reconcile(
+            &[deployment("alpha", &[("paris", 1)]), zeta],
+            &nodes,
+            &before.assignments,
+        );
+        assert_eq!(after.assignments, before.assignments);
+        assert_eq!(after.unplaced[0].deployment, "alpha");
+    }
+
+    #[test]
+    fn fractional_cpus_add_up_without_rounding_trouble() {
+        let nodes = [node("a", "paris", 0.3, 16)];
+        let mut small = deployment("echo", &[("paris", 3)]);
+        small.resources.cpus = 0.1;
+        let plan = reconcile(&[small], &nodes, &[]);
+        assert_eq!(plan.assignments.len(), 3);
+        assert!(plan.unplaced.is_empty());
+    }
+
+    #[test]
+    fn zero_copies_means_none_there_and_nothing_unplaced() {
+        let nodes = [node("a", "paris", 8.0, 16), node("b", "berlin", 8.0, 16)];
+        let before = reconcile(
+            &[deployment("echo", &[("paris", 2), ("berlin", 1)])],
+            &nodes,
+            &[],
+        );
+        let after = reconcile(
+            &[deployment("echo", &[("paris", 0), ("berlin", 1)])],
+            &nodes,
+            &before.assignments,
+        );
+        assert_eq!(ids(&after), ["echo-berlin-0"]);
+        assert!(after.unplaced.is_empty());
+    }
+
+    #[test]
+    fn dropping_a_location_removes_its_replicas() {
+        let nodes = [node("a", "paris", 8.0, 16), node("b", "berlin", 8.0, 16)];
+        let before = reconcile(
+            &[deployment("echo", &[("paris", 1), ("berlin", 1)])],
+            &nodes,
+            &[],
+        );
+        let after = reconcile(
+            &[deployment("echo", &[("berlin", 1)])],
+            &nodes,
+            &before.assignments,
+        );
+        assert_eq!(ids(&after), ["echo-berlin-0"]);
+    }
+
+    #[test]
+    fn node_that_moved_location_loses_its_replicas() {
+        let nodes = [node("a", "paris", 8.0, 16), node("b", "paris", 8.0, 16)];
+        let echo = [deployment("echo", &[("paris", 2)])];
+        let before = reconcile(&echo, &nodes, &[]);
+        let moved = [nodes[0].clone(), node("b", "berlin", 8.0, 16)];
+        let after = reconcile(&echo, &moved, &before.assignments);
+        assert_eq!(on_node(&after, "a"), ["echo-paris-0", "echo-paris-2"]);
+        assert!(on_node(&after, "b").is_empty());
+    }
+
+    #[test]
+    fn assignments_on_unknown_nodes_are_replaced() {
+        let nodes = [node("a", "paris", 8.0, 16)];
+        let echo = [deployment("echo", &[("paris", 1)])];
+        let mut ghost = reconcile(&echo, &nodes, &[]).assignments;
+        ghost[0].node = "gone".to_owned();
+        let after = reconcile(&echo, &nodes, &ghost);
+        assert_eq!(ids(&after), ["echo-paris-1"]);
+        assert_eq!(node_of(&after, "echo-paris-1"), "a");
+    }
+
+    #[test]
+    fn new_ids_continue_after_the_highest_current_index() {
+        let nodes = [
+            node("a", "paris", 8.0, 16),
+            lost(node("b", "paris", 8.0, 16)),
+        ];
+        let echo = [deployment("echo", &[("paris", 3)])];
+        let mut current = reconcile(&echo, &nodes[..1], &[]).assignments;
+        current.truncate(1);
+        // A replica on the lost node with a high index: its id must not come back.
+        let mut on_lost = current[0].clone();
+        on_lost.replica = "echo-paris-7".to_owned();
+        on_lost.node = "b".to_owned();
+        current.push(on_lost);
+        let plan = reconcile(&echo, &nodes, &current);
+        assert_eq!(ids(&plan), ["echo-paris-0", "echo-paris-8", "echo-paris-9"]);
+    }
+
+    #[test]
+    fn ids_without_an_index_are_kept_but_removed_first() {
+        let nodes = [node("a", "paris", 8.0, 16)];
+        let two = reconcile(&[deployment("echo", &[("paris", 2)])], &nodes, &[]);
+        let mut current = two.assignments.clone();
+        current[1].replica = "echo-legacy".to_owned();
+        let kept = reconcile(&[deployment("echo", &[("paris", 2)])], &nodes, &current);
+        assert_eq!(ids(&kept), ["echo-legacy", "echo-paris-0"]);
+        let one = reconcile(&[deployment("echo", &[("paris", 1)])], &nodes, &current);
+        assert_eq!(ids(&one), ["echo-paris-0"]);
+    }
+
+    #[test]
+    fn dashed_names_that_spell_the_same_prefix_get_distinct_ids() {
+        let nodes = [node("n1", "c", 8.0, 16), node("n2", "b-c", 8.0, 16)];
+        let plan = reconcile(
+            &[
+                deployment("a-b", &[("c", 2)]),
+                deployment("a", &[("b-c", 2)]),
+            ],
+            &nodes,
+            &[],
+        );
+        assert_eq!(ids(&plan), ["a-b-c-0", "a-b-c-1", "a-b-c-2", "a-b-c-3"]);
+        assert_eq!(in_location(&plan, "a", "b-c"), 2);
+        assert_eq!(in_location(&plan, "a-b", "c"), 2);
+    }
+
+    #[test]
+    fn assignment_fields_come_from_the_deployment_and_the_node() {
+        let nodes = [node("lon-1", "london", 8.0, 16)];
+        let mut echo = deployment("echo-prod", &[("london", 1)]);
+        echo.component = "echo".to_owned();
+        echo.serve.max_batch_size = 4;
+        let plan = reconcile(std::slice::from_ref(&echo), &nodes, &[]);
+        assert_eq!(
+            plan.assignments,
+            [Assignment {
+                replica: "echo-prod-london-0".to_owned(),
+                deployment: "echo-prod".to_owned(),
+                component: "echo".to_owned(),
+                version: echo.version,
+                node: "lon-1".to_owned(),
+                location: "london".to_owned(),
+                resources: echo.resources,
+                serve: echo.serve,
+            }]
+        );
+    }
+
+    #[test]
+    fn input_order_does_not_change_the_plan() {
+        let nodes = vec![
+            node("a", "paris", 4.0, 8),
+            node("b", "paris", 2.0, 8),
+            node("c", "berlin", 4.0, 8),
+        ];
+        let deployments = vec![
+            deployment("echo", &[("paris", 3), ("berlin", 2)]),
+            deployment("resnet", &[("paris", 2), ("tokyo", 1)]),
+        ];
+        let plan = reconcile(&deployments, &nodes, &[]);
+        let mut nodes_reversed = nodes.clone();
+        nodes_reversed.reverse();
+        let mut deployments_reversed = deployments.clone();
+        deployments_reversed.reverse();
+        assert_eq!(reconcile(&deployments_reversed, &nodes_reversed, &[]), plan);
+
+        let mut current_reversed = plan.assignments.clone();
+        current_reversed.reverse();
+        assert_eq!(
+            reconcile(&deployments_reversed, &nodes_reversed, &current_reversed),
+            plan
+        );
+    }
+
+    /// A tiny deterministic generator (Knuth's MMIX LCG), so the property test needs no
+    /// extra crate and every failure names a reproducible seed.
+    struct Lcg(u64);
+
+    impl Lcg {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (self.0 >> 33) % n
+        }
+
+        fn chance(&mut self, percent: u64) -> bool {
+            self.below(100) < percent
+        }
+    }
+
+    const LOCATIONS: [&str; 4] = ["berlin", "london", "paris", "tokyo"];
+
+    fn random_nodes(rng: &mut Lcg) -> Vec<Node> {
+        (0..rng.below(7))
+            .map(|i| {
+                // Tokyo never gets nodes, so the no-node path is exercised too.
+                let location = LOCATIONS[rng.below(3) as usize];
+                let mut n = node(
+                    &format!("n{i}"),
+                    location,
+                    (1 + rng.below(8)) as f64 / 2.0,
+                    1 + rng.below(8),
+                );
+                n.spec.gpus = rng.below(3) as u32;
+                n
+            })
+            .collect()
+    }
+
+    fn random_deployments(rng: &mut Lcg) -> Vec<Deployment> {
+        (0..1 + rng.below(4))
+            .map(|i| {
+                let mut copies = Vec::new();
+                for location in LOCATIONS {
+                    if rng.chance(50) {
+                        copies.push((location, rng.below(6) as u32));
+                    }
+                }
+                let mut d = deployment(&format!("d{i}"), &copies);
+                d.version = version(1 + rng.below(2) as u8);
+                d.resources = Resources {
+                    cpus: (1 + rng.below(4)) as f64 / 4.0,
+                    memory_bytes: (1 + rng.below(4)) * (GIB / 2),
+                    gpus: u32::from(rng.chance(20)),
+                };
+                d
+            })
+            .collect()
+    }
+
+    /// Some nodes lost, some deployments deleted, rescaled or given a new version.
+    fn perturb(rng: &mut Lcg, nodes: &mut [Node], deployments: &mut Vec<Deployment>) {
+        for n in nodes.iter_mut() {
+            if rng.chance(25) {
+                n.state = NodeState::Lost;
+            }
+        }
+        deployments.retain(|_| !rng.chance(15));
+        for d in deployments.iter_mut() {
+            if rng.chance(30) {
+                d.version = version(3);
+            }
+            for copies in d.copies.values_mut() {
+                if rng.chance(40) {
+                    *copies = rng.below(6) as u32;
+                }
+            }
+        }
+    }
+
+    fn check_invariants(seed: u64, deployments: &[Deployment], nodes: &[Node], plan: &Plan) {
+        let ready: HashMap<&str, &Node> = nodes
+            .iter()
+            .filter(|n| n.state == NodeState::Ready)
+            .map(|n| (n.spec.name.as_str(), n))
+            .collect();
+        let unique: HashSet<&str> = ids(plan).into_iter().collect();
+        assert_eq!(unique.len(), plan.assignments.len(), "seed {seed}: ids");
+        assert!(
+            plan.assignments
+                .windows(2)
+                .all(|w| w[0].replica < w[1].replica),
+            "seed {seed}: sorted"
+        );
+
+        let mut loads = ready_node_loads(nodes);
+        for a in &plan.assignments {
+            let n = ready.get(a.node.as_str());
+            assert!(
+                n.is_some_and(|n| n.spec.location == a.location),
+                "seed {seed}: {a:?}"
+            );
+            add_to_node(&mut loads, a);
+        }
+        for load in loads.values() {
+            let free = load.free();
+            assert!(
+                free.cpus > -CPU_EPSILON,
+                "seed {seed}: {} over",
+                load.name()
+            );
+            assert!(load.used.memory_bytes <= load.node.spec.memory_bytes);
+            assert!(load.used.gpus <= load.node.spec.gpus);
+        }
+
+        for d in deployments {
+            for (location, &copies) in &d.copies {
+                let placed = in_location(plan, &d.name, location);
+                let missing = plan
+                    .unplaced
+                    .iter()
+                    .find(|u| u.deployment == d.name && &u.location == location)
+                    .map_or(0, |u| u.count as usize);
+                assert_eq!(placed + missing, copies as usize, "seed {seed}: {d:?}");
+                if missing > 0 {
+                    let room = loads
+                        .values()
+                        .any(|l| l.location() == location && l.fits(&d.resources));
+                    assert!(!room, "seed {seed}: {} gave up with room left", d.name);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn reconciling_a_plan_again_changes_nothing() {
+        // How often each path ran, so the generator cannot quietly stop covering one.
+        let (mut kept, mut replaced, mut short_of_room, mut no_node) = (0, 0, 0, 0);
+        for seed in 0..300 {
+            let mut rng = Lcg(seed);
+            let mut nodes = random_nodes(&mut rng);
+            let mut deployments = random_deployments(&mut rng);
+            let first = reconcile(&deployments, &nodes, &[]);
+            check_invariants(seed, &deployments, &nodes, &first);
+            assert_eq!(
+                reconcile(&deployments, &nodes, &first.assignments),
+                first,
+                "seed {seed}"
+            );
+
+            perturb(&mut rng, &mut nodes, &mut deployments);
+            let second = reconcile(&deployments, &nodes, &first.assignments);
+            check_invariants(seed, &deployments, &nodes, &second);
+            assert_eq!(
+                reconcile(&deployments, &nodes, &second.assignments),
+                second,
+                "seed {seed}"
+            );
+            // An id that survives means the same replica: same node, same version.
+            for a in &second.assignments {
+                match first.assignments.iter().find(|o| o.replica == a.replica) {
+                    Some(old) => {
+                        assert_eq!(old, a, "seed {seed}: id {} changed meaning", a.replica);
+                        kept += 1;
+                    }
+                    None => replaced += 1,
+                }
+            }
+            for u in first.unplaced.iter().chain(&second.unplaced) {
+                if u.reason.starts_with("not enough capacity") {
+                    short_of_room += 1;
+                } else {
+                    no_node += 1;
+                }
+            }
+        }
+        for (path, count) in [
+            ("kept", kept),
+            ("replaced", replaced),
+            ("short of room", short_of_room),
+            ("no node", no_node),
+        ] {
+            assert!(count > 20, "{path} ran only {count} times");
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! `mycel status`: nodes, deployments and replicas at a glance.
+
+use mycel_core::fleet::{NodeState, ReplicaState};
+
+use crate::cli::ListArgs;
+use crate::connect::client;
+use crate::output;
+
+pub async fn run(args: ListArgs) -> anyhow::Result<()> {
+    let status = client(&args.connect)?.status().await?;
+    if args.json {
+        return output::json(&status);
+    }
+    let mut rows = vec![vec![
+        "NODE".into(),
+        "LOCATION".into(),
+        "STATE".into(),
+        "REPLICAS".into(),
+        "CPUS".into(),
+        "MEMORY".into(),
+    ]];
+    for view in &status.nodes {
+        let spec = &view.node.spec;
+        let state = match view.node.state {
+            NodeState::Ready => "ready",
+            NodeState::Lost => "lost",
+        };
+        rows.push(vec![
+            spec.name.clone(),
+            spec.location.clone(),
+            state.into(),
+            view.replicas.to_string(),
+            format!("{:.1}/{:.1}", view.cpus_used, spec.cpus),
+            format!(
+                "{}/{}",
+                output::bytes(view.memory_used),
+                output::bytes(spec.memory_bytes)
+            ),
+        ]);
+    }
+    output::table(&rows);
+    println!();
+
+    let mut rows = vec![vec![
+        "DEPLOYMENT".into(),
+        "VERSION".into(),
+        "READY/DESIRED".into(),
+    ]];
+    for view in &status.deployments {
+        let per_location: Vec<String> = view
+            .locations
+            .iter()
+            .map(|l| format!("{} {}/{}", l.location, l.ready, l.desired))
+            .collect();
+        rows.push(vec![
+            view.deployment.name.clone(),
+            format!(
+                "{}@{} ({})",
+                view.deployment.component,
+                view.deployment.seq,
+                view.deployment.version.short()
+            ),
+            per_location.join("  "),
+        ]);
+    }
+    output::table(&rows);
+
+    let troubled: Vec<_> = status
+        .replicas
+        .iter()
+        .filter(|r| {
+            !matches!(
+                r.status.as_ref().map(|s| &s.state),
+                Some(ReplicaState::Ready)
+            )
+        })
+        .collect();
+    if !troubled.is_empty() {
+        println!();
+        let mut rows = vec![vec![
+            "REPLICA".into(),
+            "NODE".into(),
+            "STATE".into(),
+            "RESTARTS".into(),
+        ]];
+        let mut reasons = Vec::new();
+        for replica in &troubled {
+            let (state, restarts) = match &replica.status {
+                Some(s) => (s.state.to_string(), s.restarts.to_string()),
+                None => ("pending".into(), "0".into()),
+            };
+            if let Some(ReplicaState::Failed { reason }) = replica.status.as_ref().map(|s| &s.state)
+            {
+                reasons.push((replica.assignment.replica.clone(), reason.clone()));
+            }
+            rows.push(vec![
+                replica.assignment.replica.clone(),
+                replica.assignment.node.clone(),
+                state,
+                restarts,
+            ]);
+        }
+        output::table(&rows);
+        for (replica, reason) in reasons {
+            println!("\n{replica} failed:");
+            for line in reason.lines() {
+                println!("  {line}");
+            }
+        }
+    }
+    for unplaced in &status.unplaced {
+        println!(
+            "\n{}: {} copies in {} cannot be placed: {}",
+            unplaced.deployment, unplaced.count, unplaced.location, unplaced.reason
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,98 @@
+"""Resolves a component's `module:Class` entrypoint and builds the model."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import traceback
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Optional, Tuple
+
+_RUNTIME_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+class LoadError(Exception):
+    """The model could not be imported or constructed."""
+
+    def __init__(self, message: str, traceback_text: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.traceback = traceback_text
+
+
+def parse_entrypoint(entrypoint: str) -> Tuple[str, str]:
+    """("package.module", "Class") from "package.module:Class"."""
+    module_name, sep, class_name = entrypoint.partition(":")
+    valid = (
+        sep == ":"
+        and all(part.isidentifier() for part in module_name.split("."))
+        and class_name.isidentifier()
+    )
+    if not valid:
+        raise LoadError(
+            f"entrypoint {entrypoint!r} is malformed: expected 'module:Class', "
+            "e.g. 'model:ResNet50'"
+        )
+    return module_name, class_name
+
+
+def import_entrypoint(root: Path, entrypoint: str) -> Any:
+    """The class named by `entrypoint`, importing its module with `root` first on sys.path."""
+    module_name, class_name = parse_entrypoint(entrypoint)
+    root_str = str(root)
+    if sys.path[:1] != [root_str]:
+        sys.path.insert(0, root_str)
+    importlib.invalidate_caches()
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name is not None and (module_name == e.name or module_name.startswith(e.name + ".")):
+            raise LoadError(f"no module '{module_name}' in {root} (entrypoint '{entrypoint}')") from None
+        raise LoadError(
+            f"importing module '{module_name}' failed: {describe(e)}", user_traceback(e)
+        ) from None
+    except Exception as e:
+        raise LoadError(
+            f"importing module '{module_name}' failed: {describe(e)}", user_traceback(e)
+        ) from None
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        raise LoadError(f"module '{module_name}' has no class '{class_name}'{_outside_hint(module, root)}")
+    if not callable(cls):
+        raise LoadError(f"entrypoint '{entrypoint}' names a {type(cls).__name__}, not a class")
+    return cls
+
+
+def load_model(root: Path, entrypoint: str, ctx: Any) -> Any:
+    """Imports the entrypoint's class and returns `Class(ctx)`."""
+    cls = import_entrypoint(root, entrypoint)
+    try:
+        return cls(ctx)
+    except Exception as e:
+        name = getattr(cls, "__name__", entrypoint)
+        raise LoadError(f"{name}.__init__ failed: {describe(e)}", user_traceback(e)) from None
+
+
+def describe(exc: BaseException) -> str:
+    """`ExcType: message`, the way Python's last traceback line says it."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def user_traceback(exc: BaseException) -> str:
+    """The traceback of `exc`, starting at the first frame outside this runtime."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_RUNTIME_DIR):
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb or exc.__traceback__))
+
+
+def _outside_hint(module: ModuleType, root: Path) -> str:
+    # A component module named like an already-imported one ("json", "numpy") is
+    # shadowed by it; say so instead of leaving the user to wonder where the class went.
+    location: Optional[str] = getattr(module, "__file__", None)
+    if location is None or Path(location).resolve().is_relative_to(root):
+        return ""
+    return f" (that module was loaded from {location}, not from the version directory)"

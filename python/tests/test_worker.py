@@ -1,0 +1,355 @@
+"""End-to-end tests: real `python -m mycel_worker` processes on a real Unix socket."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from mycel_worker.client import WorkerError, WorkerExited
+from mycel_worker.protocol import pack_raw_frame
+
+from conftest import ECHO
+from test_protocol import FIXED
+
+RAISING = '''
+import numpy as np
+
+class Flaky:
+    def __init__(self, ctx):
+        pass
+
+    def predict(self, inputs):
+        if "fail" in inputs:
+            helper()
+        if "complex" in inputs:
+            return {"bad": np.array([1j])}
+        if "not_a_dict" in inputs:
+            return [1, 2]
+        print("predict called", flush=True)
+        return {"ok": np.ones(2, np.float32)}
+
+def helper():
+    raise ValueError("bad input")
+'''
+
+TRAINER = '''
+import numpy as np
+
+class Trainer:
+    def __init__(self, ctx):
+        self.w = np.zeros(3, np.float32)
+
+    def predict(self, inputs):
+        return {"y": inputs["x"] * self.w}
+
+    def get_weights(self):
+        return {"w": self.w}
+
+    def train(self, weights, config):
+        self.w = weights["w"] + np.float32(config.get("step", 1.0))
+        return {"w": self.w}, np.int64(12), {"loss": np.float32(0.25), "acc": [np.float64(0.5)], "nan": float("nan")}
+
+    def evaluate(self, weights, config):
+        return np.float64(weights["w"].sum()), 7, {"name": config.get("name")}
+'''
+
+CONTEXT = '''
+import json
+import numpy as np
+
+class Inspect:
+    def __init__(self, ctx):
+        self.info = {
+            "path": str(ctx.path),
+            "path_type": type(ctx.path).__name__,
+            "weights": ctx.weights,
+            "config": ctx.config,
+            "data_dir": ctx.data_dir,
+        }
+
+    def predict(self, inputs):
+        return {"info": json.dumps(self.info)}
+'''
+
+
+@pytest.mark.parametrize("datatype", sorted(FIXED))
+def test_every_fixed_datatype_round_trips(echo, datatype):
+    value = FIXED[datatype]
+    out = echo.client.predict({"x": value})
+    assert out["x"].dtype == value.dtype.newbyteorder("<")
+    assert out["x"].shape == value.shape
+    np.testing.assert_array_equal(out["x"], value)
+
+
+def test_bytes_zero_d_empty_and_multi_dim(echo):
+    inputs = {
+        "text": np.array([[b"a", b""], [b"\x00\x01", "é".encode()]], dtype=object),
+        "scalar": np.float64(3.25),
+        "empty": np.zeros((2, 0, 4), np.float32),
+        "empty_bytes": np.zeros((0,), dtype=object),
+        "cube": np.arange(24, dtype=np.int16).reshape(2, 3, 4),
+    }
+    out = echo.client.predict(inputs)
+    assert list(out) == list(inputs)
+    assert out["text"].tolist() == inputs["text"].tolist()
+    assert out["scalar"].shape == () and out["scalar"] == 3.25
+    assert out["empty"].shape == (2, 0, 4) and out["empty"].dtype == np.float32
+    assert out["empty_bytes"].shape == (0,)
+    np.testing.assert_array_equal(out["cube"], inputs["cube"])
+
+
+def test_ready_frame_and_log_line(component, worker):
+    process = worker(component({"model.py": ECHO}), "model:Echo")
+    ready = process.client.read_ready()
+    assert ready.header == {
+        "id": 0,
+        "method": "ready",
+        "pid": process.proc.pid,
+        "protocol": 1,
+        "methods": ["predict"],
+        "tensors": [],
+    }
+    process.client.ping()
+    assert process.stop() == 0
+    log = process.stderr_path.read_text()
+    assert f"mycel worker ready: model:Echo (pid {process.proc.pid})" in log
+
+
+def test_exception_in_predict_is_an_error_reply_and_the_worker_stays_up(component, worker):
+    process = worker(component({"model.py": RAISING}), "model:Flaky")
+    process.client.read_ready()
+    reply = process.client.request("predict", {"fail": np.zeros(1)})
+    assert reply.id == 1 and reply.method == "error"
+    assert reply.header["message"] == "ValueError: bad input"
+    assert "in helper" in reply.header["traceback"]
+    assert 'raise ValueError("bad input")' in reply.header["traceback"]
+    assert "mycel_worker" not in reply.header["traceback"]
+    out = process.client.predict({"x": np.zeros(1)})
+    np.testing.assert_array_equal(out["ok"], [1, 1])
+    assert process.stop() == 0
+    # User prints go to the process's stdout, not into the protocol.
+    assert "predict called" in process.stdout_path.read_text()
+
+
+def test_bad_outputs_are_error_replies_naming_the_output(component, worker):
+    process = worker(component({"model.py": RAISING}), "model:Flaky")
+    process.client.read_ready()
+    with pytest.raises(WorkerError, match="invalid result from Flaky.predict: tensor 'bad' has unsupported dtype complex128"):
+        process.client.predict({"complex": np.zeros(1)})
+    with pytest.raises(WorkerError, match="Flaky.predict returned outputs as list; expected a dict"):
+        process.client.predict({"not_a_dict": np.zeros(1)})
+    process.client.ping()
+
+
+def test_failing_init_sends_error_and_exits_1(component, worker):
+    path = component({"model.py": "class Broken:\n    def __init__(self, ctx):\n        raise RuntimeError('no gpu')\n"})
+    process = worker(path, "model:Broken")
+    with pytest.raises(WorkerError) as caught:
+        process.client.read_ready()
+    assert caught.value.message == "Broken.__init__ failed: RuntimeError: no gpu"
+    assert "raise RuntimeError('no gpu')" in caught.value.traceback
+    assert process.wait() == 1
+    assert "no gpu" in process.stderr_path.read_text()
+
+
+def test_failing_import_sends_error(component, worker):
+    process = worker(component({"model.py": "import not_installed_anywhere\n"}), "model:M")
+    with pytest.raises(WorkerError, match="importing module 'model' failed: ModuleNotFoundError: No module named 'not_installed_anywhere'") as caught:
+        process.client.read_ready()
+    assert "import not_installed_anywhere" in caught.value.traceback
+    assert process.wait() == 1
+
+
+@pytest.mark.parametrize(
+    "entrypoint, message",
+    [
+        ("model:Foo", "module 'model' has no class 'Foo'"),
+        ("nomodule:Echo", "no module 'nomodule' in "),
+        ("pkg.missing:Echo", "no module 'pkg.missing' in "),
+        ("model", "entrypoint 'model' is malformed: expected 'module:Class'"),
+        ("model:", "entrypoint 'model:' is malformed"),
+        ("mo-del:Echo", "entrypoint 'mo-del:Echo' is malformed"),
+        ("model:VALUE", "entrypoint 'model:VALUE' names a int, not a class"),
+    ],
+)
+def test_bad_entrypoint_says_what_is_missing(component, worker, entrypoint, message):
+    path = component({"model.py": ECHO + "\nVALUE = 3\n", "pkg/__init__.py": ""})
+    process = worker(path, entrypoint)
+    with pytest.raises(WorkerError) as caught:
+        process.client.read_ready()
+    assert message in caught.value.message
+    assert process.wait() == 1
+
+
+def test_shadowed_module_gets_a_hint(component, worker):
+    process = worker(component({"json.py": ECHO}), "json:Echo")
+    with pytest.raises(WorkerError, match="module 'json' has no class 'Echo' \\(that module was loaded from .*, not from the version directory\\)"):
+        process.client.read_ready()
+
+
+def test_wrong_tensor_length_is_an_error_naming_the_tensor(echo):
+    header = {
+        "id": 5,
+        "method": "predict",
+        "tensors": [{"name": "pixels", "datatype": "FP32", "shape": [2, 2], "offset": 0, "length": 12}],
+    }
+    reply = echo.client.send_raw(header, bytes(12))
+    assert reply.id == 5 and reply.method == "error"
+    assert reply.header["message"] == "tensor 'pixels' (FP32, shape [2, 2]) needs 16 bytes, got 12"
+    echo.client.ping()
+
+
+def test_malformed_requests_get_error_replies(echo):
+    reply = echo.client.send_raw({"method": "ping"})
+    assert reply.id == 0 and "no valid u64 'id'" in reply.header["message"]
+    reply = echo.client.send_raw({"id": 4, "method": "predict", "tensors": "nope"})
+    assert reply.id == 4 and "'tensors' must be a list" in reply.header["message"]
+    # A header that is not JSON still leaves the stream in step.
+    echo.client.sock.sendall(b"\x03\x00\x00\x00\x02\x00\x00\x00\x00\x00\x00\x00{{{ab")
+    reply = echo.client.read()
+    assert reply.id == 0 and "not UTF-8 JSON" in reply.header["message"]
+    echo.client.ping()
+
+
+def test_unknown_and_unimplemented_methods(echo):
+    reply = echo.client.request("frobnicate")
+    assert reply.method == "error" and reply.header["message"].startswith("unknown method 'frobnicate'")
+    with pytest.raises(WorkerError, match="model class Echo has no method 'train'"):
+        echo.client.train({"w": np.zeros(1)})
+    with pytest.raises(WorkerError, match="model class Echo has no method 'get_weights'"):
+        echo.client.get_weights()
+    echo.client.ping()
+
+
+def test_train_evaluate_get_weights(component, worker):
+    process = worker(component({"model.py": TRAINER}), "model:Trainer")
+    ready = process.client.read_ready()
+    assert ready.header["methods"] == ["predict", "get_weights", "train", "evaluate"]
+    np.testing.assert_array_equal(process.client.get_weights()["w"], [0, 0, 0])
+
+    weights, num_examples, metrics = process.client.train({"w": np.ones(3, np.float32)}, {"step": 2})
+    np.testing.assert_array_equal(weights["w"], [3, 3, 3])
+    assert weights["w"].dtype == np.float32
+    assert num_examples == 12
+    assert metrics == {"loss": 0.25, "acc": [0.5], "nan": None}
+
+    loss, num_examples, metrics = process.client.evaluate({"w": np.full(3, 2, np.float32)}, {"name": "eu"})
+    assert (loss, num_examples, metrics) == (6.0, 7, {"name": "eu"})
+    reply = process.client.request("evaluate", {"w": np.zeros(3, np.float32)})
+    assert reply.header["tensors"] == [] and reply.header["metrics"] == {"name": None}
+
+    out = process.client.predict({"x": np.ones(3, np.float32)})
+    np.testing.assert_array_equal(out["y"], [3, 3, 3])
+
+
+def test_inputs_are_writable_views(component, worker):
+    source = ECHO.replace("return dict(inputs)", "inputs['x'] += 1\n        return dict(inputs)")
+    process = worker(component({"model.py": source}), "model:Echo")
+    process.client.read_ready()
+    np.testing.assert_array_equal(process.client.predict({"x": np.arange(3)})["x"], [1, 2, 3])
+
+
+def test_shutdown_replies_bye_and_exits_0(echo):
+    reply = echo.client.request("shutdown")
+    assert reply.method == "bye" and reply.id == 1
+    assert echo.wait() == 0
+    assert "shutdown requested" in echo.stderr_path.read_text()
+
+
+def test_closing_the_socket_makes_the_worker_exit(echo):
+    echo.client.ping()
+    echo.client.close()
+    assert echo.wait() == 0
+
+
+def test_context_weights_config_and_data_dir(component, worker, tmp_path):
+    path = component(
+        {
+            "model.py": CONTEXT,
+            "weights/model.safetensors": b"w",
+            "weights/head.bin": b"h",
+            "a/shared.pt": b"1",
+            "b/shared.pt": b"2",
+        }
+    )
+    process = worker(
+        path,
+        "model:Inspect",
+        weights=["weights/model.safetensors", "weights/head.bin", "a/shared.pt", "b/shared.pt"],
+        config={"threads": 2, "labels": ["a"]},
+        data_dir=str(tmp_path / "data"),
+    )
+    process.client.read_ready()
+    info = json.loads(process.client.predict({})["info"].item())
+    root = str(path.resolve())
+    assert info["path"] == root and info["path_type"].endswith("Path")
+    assert info["weights"] == {
+        "weights/model.safetensors": os.path.join(root, "weights", "model.safetensors"),
+        "weights/head.bin": os.path.join(root, "weights", "head.bin"),
+        "a/shared.pt": os.path.join(root, "a", "shared.pt"),
+        "b/shared.pt": os.path.join(root, "b", "shared.pt"),
+        "model": os.path.join(root, "weights", "model.safetensors"),
+        "head": os.path.join(root, "weights", "head.bin"),
+    }
+    assert info["config"] == {"threads": 2, "labels": ["a"]}
+    assert info["data_dir"] == str(tmp_path / "data")
+
+
+def test_context_defaults(component, worker):
+    process = worker(component({"model.py": CONTEXT}), "model:Inspect")
+    process.client.read_ready()
+    info = json.loads(process.client.predict({})["info"].item())
+    assert (info["weights"], info["config"], info["data_dir"]) == ({}, {}, None)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"extra_args": ["--config", "[1]"]}, "--config must be a JSON object, got list"),
+        ({"extra_args": ["--config", "{oops"]}, "--config is not valid JSON"),
+        ({"weights": ["../outside.bin"]}, "must be a relative path inside the version directory"),
+    ],
+)
+def test_bad_arguments_are_error_frames(component, worker, kwargs, message):
+    process = worker(component({"model.py": ECHO}), "model:Echo", **kwargs)
+    with pytest.raises(WorkerError, match=message):
+        process.client.read_ready()
+    assert process.wait() == 1
+
+
+def test_worker_without_a_listener_exits_1(tmp_path, component):
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "mycel_worker", "--socket", str(tmp_path / "none.sock"),
+         "--path", str(component({"model.py": ECHO})), "--entrypoint", "model:Echo"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 1
+    assert "cannot connect to the agent" in result.stderr
+
+
+def test_start_worker_reports_an_early_exit(component):
+    from mycel_worker.client import start_worker
+
+    with pytest.raises(WorkerExited, match="status 2"):
+        start_worker(component({"model.py": ECHO}), "model:Echo", extra_args=["--bogus"], stderr=open(os.devnull, "w"))
+
+
+def test_pipelined_requests_are_answered_in_order(echo):
+    frames = b"".join(
+        pack_raw_frame({"id": i, "method": "ping"}) for i in range(10, 15)
+    )
+    echo.client.sock.sendall(frames)
+    assert [echo.client.read().id for _ in range(5)] == [10, 11, 12, 13, 14]
+
+
+def test_component_files_named_like_stdlib_modules_do_not_break_the_runtime(component, worker):
+    path = component({"model.py": ECHO, "struct.py": "raise ImportError('shadowed')\n", "socket.py": ""})
+    process = worker(path, "model:Echo")
+    process.client.read_ready()
+    np.testing.assert_array_equal(process.client.predict({"x": np.arange(2)})["x"], [0, 1])
