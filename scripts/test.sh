@@ -8,8 +8,12 @@ cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check uv -e './python[test]'
+.venv/bin/python -m pip install --quiet --disable-pip-version-check uv
 export PATH="$PWD/.venv/bin:$PATH"
+# The torchvision examples' tests run their models here; the gateway tests drive
+# tritonclient from here.
+uv pip install --quiet --python .venv/bin/python -e './python[test]' \
+  'tritonclient[http]' torch torchvision safetensors
 
 cargo test --workspace --locked
-python -m pytest -q python/tests
+python -m pytest -q python/tests examples/tests

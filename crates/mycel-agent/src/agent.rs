@@ -46,7 +46,12 @@ pub struct Config {
     pub runtime_dir: PathBuf,
     /// Time between heartbeats.
     pub heartbeat: Duration,
+    /// Largest inference request body accepted by the data plane.
+    pub max_request_bytes: usize,
 }
+
+/// Default for [`Config::max_request_bytes`].
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 256 << 20;
 
 /// Why the agent could not run.
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +99,8 @@ pub async fn run(
             config.runtime_dir.clone(),
         ),
         statuses: Mutex::new(HashMap::new()),
+        changed: tokio::sync::Notify::new(),
+        callers: Mutex::new(HashMap::new()),
     });
 
     let listener = TcpListener::bind(config.listen)
@@ -119,9 +126,12 @@ pub async fn run(
         stopping.cancel();
     });
     let data_plane = tokio::spawn(
-        axum::serve(listener, crate::data_plane::router(Arc::clone(&node)))
-            .with_graceful_shutdown(stop.clone().cancelled_owned())
-            .into_future(),
+        axum::serve(
+            listener,
+            crate::data_plane::router(Arc::clone(&node), config.max_request_bytes),
+        )
+        .with_graceful_shutdown(stop.clone().cancelled_owned())
+        .into_future(),
     );
     tracing::info!(node = %config.name, location = %config.location, url = %spec.agent_url, "agent starting");
 
@@ -180,6 +190,7 @@ async fn heartbeat_loop(
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(period) => {}
+            _ = node.changed.notified() => {}
         }
     }
 }
@@ -256,7 +267,7 @@ fn apply(
             let node = Arc::clone(node);
             tokio::spawn(async move {
                 let _ = handle.task.await;
-                node.remove(&id);
+                node.remove(&id, &handle.calls);
             });
         }
     }

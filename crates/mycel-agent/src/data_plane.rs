@@ -1,19 +1,34 @@
-//! The agent's HTTP data plane: replica statuses and logs (inference joins it with the
-//! gateway).
+//! The agent's HTTP data plane: inference calls from gateways (bodies are worker
+//! protocol frames, so tensors pass through as raw bytes), replica statuses and logs.
 
 use std::sync::Arc;
 
+use axum::body::Bytes;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
-use crate::replica::NodeContext;
+use mycel_core::api::{ErrorBody, ErrorDetail};
+use mycel_core::frame;
+use mycel_core::ErrorCode;
+use tokio::sync::oneshot;
 
-pub(crate) fn router(node: Arc<NodeContext>) -> Router {
+use crate::replica::{Call, NodeContext};
+use crate::worker::WorkerError;
+
+/// The content type of frame bodies.
+pub const FRAME_CONTENT_TYPE: &str = "application/x-mycel-frame";
+
+pub(crate) fn router(node: Arc<NodeContext>, max_request_bytes: usize) -> Router {
     Router::new()
+        .route(
+            "/v1/replicas/{replica}/infer",
+            post(infer).layer(DefaultBodyLimit::max(max_request_bytes)),
+        )
         .route("/v1/replicas", get(replicas))
         .route("/v1/replicas/{replica}/logs", get(logs))
         .with_state(node)
@@ -57,5 +72,74 @@ async fn logs(
         )
             .into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+fn error(code: ErrorCode, message: impl Into<String>) -> Response {
+    let status =
+        StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = ErrorBody {
+        error: ErrorDetail {
+            code,
+            message: message.into(),
+        },
+    };
+    (status, Json(body)).into_response()
+}
+
+/// `POST /v1/replicas/{replica}/infer`: one `predict` frame in, one `result` frame out.
+/// A replica that is not here or not ready answers 503, so the gateway tries another.
+async fn infer(
+    State(node): State<Arc<NodeContext>>,
+    Path(replica): Path<String>,
+    body: Bytes,
+) -> Response {
+    let request = match frame::decode_from(body) {
+        Ok(request) => request,
+        Err(e) => return error(ErrorCode::InvalidRequest, e.to_string()),
+    };
+    let caller = match node.caller(&replica) {
+        Some(caller) if node.is_ready(&replica) => caller,
+        _ => {
+            return error(
+                ErrorCode::Unavailable,
+                format!("replica {replica} is not ready on this node"),
+            )
+        }
+    };
+    let (reply, answer) = oneshot::channel();
+    let call = Call {
+        method: "predict".into(),
+        tensors: request.tensors,
+        extra: Default::default(),
+        reply,
+    };
+    if caller.send(call).await.is_err() {
+        return error(ErrorCode::Unavailable, format!("replica {replica} stopped"));
+    }
+    match answer.await {
+        Ok(Ok(result)) => {
+            match frame::encode_to_vec(&frame::Frame::new(request.id, "result", result.tensors)) {
+                Ok(bytes) => (
+                    [(axum::http::header::CONTENT_TYPE, FRAME_CONTENT_TYPE)],
+                    bytes,
+                )
+                    .into_response(),
+                Err(e) => error(ErrorCode::Internal, e.to_string()),
+            }
+        }
+        Ok(Err(WorkerError::Model { message, traceback })) => {
+            let message = if traceback.is_empty() {
+                message
+            } else {
+                format!("{message}\n{traceback}")
+            };
+            error(ErrorCode::ModelError, message)
+        }
+        Ok(Err(e)) => error(
+            ErrorCode::Unavailable,
+            format!("replica {replica} failed during the call: {e}"),
+        ),
+        Err(_) => error(ErrorCode::Unavailable, format!("replica {replica} stopped")),
     }
 }

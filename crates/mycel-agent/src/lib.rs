@@ -7,10 +7,12 @@
 #![warn(missing_docs)]
 
 mod agent;
+mod batch;
 mod data_plane;
 pub mod env;
 pub mod replica;
 pub mod sync;
 pub mod worker;
 
-pub use agent::{run, AgentError, Config};
+pub use agent::{run, AgentError, Config, DEFAULT_MAX_REQUEST_BYTES};
+pub use data_plane::FRAME_CONTENT_TYPE;

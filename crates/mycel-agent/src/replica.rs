@@ -1,23 +1,24 @@
 //! One replica's life on this node: sync its version, build its environment, start its
 //! worker, serve requests, and restart the worker with backoff when it dies.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mycel_core::fleet::{Assignment, ReplicaState, ReplicaStatus};
-use mycel_core::manifest::MANIFEST_FILE;
+use mycel_core::manifest::{ServeOptions, MANIFEST_FILE};
 use mycel_core::Manifest;
 use tokio::net::UnixListener;
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::batch;
 use crate::env::{EnvBuilder, EnvSpec};
 use crate::sync::{materialize, sync_version, BlobCache};
-use crate::worker::{Tensor, WorkerConn, WorkerError};
+use crate::worker::{Frame, Tensor, WorkerConn, WorkerError};
 
 /// How long a worker may take to import and construct the model.
 const START_TIMEOUT: Duration = Duration::from_secs(600);
@@ -45,6 +46,11 @@ pub struct NodeContext {
     pub envs: EnvBuilder,
     /// Replica statuses, reported with every heartbeat.
     pub statuses: Mutex<HashMap<String, ReplicaStatus>>,
+    /// Signalled when a replica's state changes, so the heartbeat reports it at once
+    /// instead of at the next tick: gateways learn of a ready replica sooner.
+    pub changed: tokio::sync::Notify,
+    /// Where each running replica takes calls, for the data plane.
+    pub callers: Mutex<HashMap<String, mpsc::Sender<Call>>>,
 }
 
 impl NodeContext {
@@ -56,13 +62,37 @@ impl NodeContext {
             restarts,
         };
         let mut statuses = self.statuses.lock().unwrap_or_else(|p| p.into_inner());
-        statuses.insert(replica.to_owned(), status);
+        let previous = statuses.insert(replica.to_owned(), status.clone());
+        if previous.is_none_or(|p| p.state != status.state) {
+            self.changed.notify_one();
+        }
     }
 
-    /// Forgets a stopped replica.
-    pub fn remove(&self, replica: &str) {
+    /// Forgets a stopped replica, unless a newer one under the same id (a changed
+    /// assignment) has taken its place.
+    pub fn remove(&self, replica: &str, calls: &mpsc::Sender<Call>) {
+        let mut callers = self.callers.lock().unwrap_or_else(|p| p.into_inner());
+        if callers.get(replica).is_some_and(|c| !c.same_channel(calls)) {
+            return;
+        }
+        callers.remove(replica);
+        drop(callers);
         let mut statuses = self.statuses.lock().unwrap_or_else(|p| p.into_inner());
         statuses.remove(replica);
+    }
+
+    /// Where to send calls for `replica`, if it runs here.
+    pub fn caller(&self, replica: &str) -> Option<mpsc::Sender<Call>> {
+        let callers = self.callers.lock().unwrap_or_else(|p| p.into_inner());
+        callers.get(replica).cloned()
+    }
+
+    /// Whether `replica` is ready to take calls.
+    pub fn is_ready(&self, replica: &str) -> bool {
+        let statuses = self.statuses.lock().unwrap_or_else(|p| p.into_inner());
+        statuses
+            .get(replica)
+            .is_some_and(|s| s.state == ReplicaState::Ready)
     }
 
     /// Every replica's status.
@@ -85,8 +115,10 @@ pub struct Call {
     pub method: String,
     /// Input tensors.
     pub tensors: Vec<Tensor>,
+    /// Other header fields, e.g. `config` for `train`.
+    pub extra: serde_json::Map<String, serde_json::Value>,
     /// Where the answer goes.
-    pub reply: oneshot::Sender<Result<Vec<Tensor>, WorkerError>>,
+    pub reply: oneshot::Sender<Result<Frame, WorkerError>>,
 }
 
 /// A running replica as the agent holds it.
@@ -103,7 +135,11 @@ pub struct ReplicaHandle {
 
 /// Starts a replica's task.
 pub fn start(node: Arc<NodeContext>, assignment: Assignment) -> ReplicaHandle {
-    let (calls, calls_rx) = mpsc::channel(256);
+    let (calls, calls_rx) = mpsc::channel(1024);
+    {
+        let mut callers = node.callers.lock().unwrap_or_else(|p| p.into_inner());
+        callers.insert(assignment.replica.clone(), calls.clone());
+    }
     let stop = CancellationToken::new();
     let task = tokio::spawn(run(
         Arc::clone(&node),
@@ -124,6 +160,7 @@ struct Prepared {
     python: PathBuf,
     version_dir: PathBuf,
     manifest: Manifest,
+    serve: ServeOptions,
 }
 
 async fn prepare(node: &NodeContext, assignment: &Assignment) -> Result<Prepared, String> {
@@ -154,6 +191,7 @@ async fn prepare(node: &NodeContext, assignment: &Assignment) -> Result<Prepared
         python: env.python,
         version_dir,
         manifest,
+        serve: assignment.serve,
     })
 }
 
@@ -282,27 +320,176 @@ async fn serve_once(
     node.set(replica, ReplicaState::Ready, pid, restarts);
     tracing::info!(%replica, pid, "replica ready");
 
+    let mut pending: VecDeque<Call> = VecDeque::new();
     loop {
-        tokio::select! {
-            _ = stop.cancelled() => {
-                stop_worker(&mut child, Some(&mut conn)).await;
-                return Ok(());
-            }
-            status = child.wait() => return Err(exit_reason(node, replica, status)),
-            call = calls.recv() => {
-                let Some(call) = call else {
+        let first = match pending.pop_front() {
+            Some(call) => call,
+            None => tokio::select! {
+                _ = stop.cancelled() => {
                     stop_worker(&mut child, Some(&mut conn)).await;
                     return Ok(());
-                };
-                let answer = conn.call(&call.method, &call.tensors, Default::default()).await;
-                let broken = matches!(answer, Err(WorkerError::Io(_) | WorkerError::Protocol(_)));
-                let _ = call.reply.send(answer.map(|frame| frame.tensors));
-                if broken {
-                    let status = child.wait().await;
-                    return Err(exit_reason(node, replica, status));
                 }
+                status = child.wait() => return Err(exit_reason(node, replica, status)),
+                call = calls.recv() => match call {
+                    Some(call) => call,
+                    None => {
+                        stop_worker(&mut child, Some(&mut conn)).await;
+                        return Ok(());
+                    }
+                },
+            },
+        };
+        let batch = gather(first, &mut pending, calls, prepared.serve).await;
+        if let Err(e) = run_batch(&mut conn, batch).await {
+            // The worker broke mid-call; its exit status says why.
+            let status = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+            let status = match status {
+                Ok(status) => status,
+                Err(_) => {
+                    let _ = child.kill().await;
+                    child.wait().await
+                }
+            };
+            return Err(format!("{e}; {}", exit_reason(node, replica, status)));
+        }
+    }
+}
+
+/// The calls to answer with one worker call: `first` alone, or with every queued or
+/// soon-arriving `predict` that can join its batch, up to `max_batch_size` rows.
+/// Calls that cannot join wait in `pending`, in order.
+async fn gather(
+    first: Call,
+    pending: &mut VecDeque<Call>,
+    calls: &mut mpsc::Receiver<Call>,
+    serve: ServeOptions,
+) -> Vec<Call> {
+    let max_rows = u64::from(serve.max_batch_size);
+    let key = match batch_key_of(&first) {
+        Some((key, rows)) if max_rows > 1 && rows < max_rows => (key, rows),
+        _ => return vec![first],
+    };
+    let (key, mut rows) = key;
+    let mut batch = vec![first];
+    let fits = |call: &Call, rows: &mut u64| match batch_key_of(call) {
+        Some((k, n)) if k == key && *rows + n <= max_rows => {
+            *rows += n;
+            true
+        }
+        _ => false,
+    };
+    let mut skipped = VecDeque::new();
+    while let Some(call) = pending.pop_front() {
+        if fits(&call, &mut rows) {
+            batch.push(call);
+        } else {
+            skipped.push_back(call);
+        }
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(serve.batch_wait_ms.into());
+    while rows < max_rows {
+        let next = match calls.try_recv() {
+            Ok(call) => Some(call),
+            Err(mpsc::error::TryRecvError::Disconnected) => None,
+            Err(mpsc::error::TryRecvError::Empty) => {
+                tokio::time::timeout_at(deadline, calls.recv())
+                    .await
+                    .ok()
+                    .flatten()
+            }
+        };
+        let Some(call) = next else { break };
+        if fits(&call, &mut rows) {
+            batch.push(call);
+        } else {
+            skipped.push_back(call);
+        }
+    }
+    *pending = skipped;
+    batch
+}
+
+fn batch_key_of(call: &Call) -> Option<(batch::BatchKey, u64)> {
+    if call.method != "predict" || !call.extra.is_empty() {
+        return None;
+    }
+    batch::batch_key(&call.tensors)
+}
+
+/// Answers a batch of calls with one worker call. Errs only when the connection to the
+/// worker broke, after telling every caller.
+async fn run_batch(conn: &mut WorkerConn, mut batch: Vec<Call>) -> Result<(), WorkerError> {
+    if batch.len() == 1 {
+        let call = batch.swap_remove(0);
+        let answer = conn.call(&call.method, call.tensors, call.extra).await;
+        return match answer {
+            Err(e @ (WorkerError::Io(_) | WorkerError::Protocol(_))) => {
+                let _ = call.reply.send(Err(copy_error(&e)));
+                Err(e)
+            }
+            answer => {
+                let _ = call.reply.send(answer);
+                Ok(())
+            }
+        };
+    }
+    let rows: Vec<u64> = batch
+        .iter()
+        .map(|c| {
+            c.tensors
+                .first()
+                .and_then(|t| t.shape.first())
+                .copied()
+                .unwrap_or(0)
+        })
+        .collect();
+    let inputs: Vec<&[Tensor]> = batch.iter().map(|c| c.tensors.as_slice()).collect();
+    let joined = match batch::join(&inputs) {
+        Ok(joined) => joined,
+        Err(message) => {
+            for call in batch {
+                let _ = call.reply.send(Err(WorkerError::Protocol(message.clone())));
+            }
+            return Ok(());
+        }
+    };
+    let answer = conn.call("predict", joined, Default::default()).await;
+    let outcome = match answer {
+        Ok(frame) => batch::split(frame.tensors, &rows).map_err(|message| WorkerError::Model {
+            message,
+            traceback: String::new(),
+        }),
+        Err(e) => Err(e),
+    };
+    match outcome {
+        Ok(parts) => {
+            for (call, outputs) in batch.into_iter().zip(parts) {
+                let _ = call.reply.send(Ok(Frame::new(0, "result", outputs)));
+            }
+            Ok(())
+        }
+        Err(e) => {
+            for call in batch {
+                let _ = call.reply.send(Err(copy_error(&e)));
+            }
+            match e {
+                WorkerError::Io(_) | WorkerError::Protocol(_) => Err(e),
+                _ => Ok(()),
             }
         }
+    }
+}
+
+/// The same error for another caller of a batch (io errors are not `Clone`).
+fn copy_error(e: &WorkerError) -> WorkerError {
+    match e {
+        WorkerError::Io(io) => WorkerError::Io(std::io::Error::new(io.kind(), io.to_string())),
+        WorkerError::Protocol(m) => WorkerError::Protocol(m.clone()),
+        WorkerError::Model { message, traceback } => WorkerError::Model {
+            message: message.clone(),
+            traceback: traceback.clone(),
+        },
+        WorkerError::TooLarge(a, b) => WorkerError::TooLarge(*a, *b),
     }
 }
 
@@ -332,6 +519,12 @@ fn spawn_worker(
     for weights in &prepared.manifest.weights {
         command.arg("--weights").arg(weights.as_str());
     }
+    // Math libraries otherwise start a thread per core in every worker; many workers on
+    // one node would then fight over the cores their replicas did not reserve.
+    let threads = prepared.manifest.resources.cpus.ceil().max(1.0).to_string();
+    for var in ["OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"] {
+        command.env(var, &threads);
+    }
     command
         .current_dir(&prepared.version_dir)
         .stdin(Stdio::null())
@@ -349,7 +542,7 @@ async fn stop_worker(child: &mut Child, conn: Option<&mut WorkerConn>) {
     if let Some(conn) = conn {
         let _ = tokio::time::timeout(
             Duration::from_secs(2),
-            conn.call("shutdown", &[], Default::default()),
+            conn.call("shutdown", Vec::new(), Default::default()),
         )
         .await;
     }

@@ -1,73 +1,12 @@
-//! The agent's end of the worker protocol: length-prefixed frames over a Unix socket.
-//!
-//! A frame is `u32 header_len | u64 body_len | header JSON | body`, little-endian. The
-//! header names the request id, the method and each tensor's name, datatype, shape and
-//! place in the body; tensor bytes travel raw (docs/worker-protocol.md).
+//! The agent's end of the worker protocol: frames (`mycel_core::frame`) over a Unix
+//! socket, one request at a time (docs/worker-protocol.md).
 
-use bytes::Bytes;
-use serde::{Deserialize, Serialize};
+use bytes::BytesMut;
+pub use mycel_core::frame::Frame;
+use mycel_core::frame::{self, PREFIX_LEN};
+pub use mycel_core::tensor::Tensor;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
-
-/// Largest header accepted from a worker.
-const MAX_HEADER_BYTES: u32 = 16 << 20;
-
-/// A tensor with its raw little-endian, C-order bytes.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Tensor {
-    /// Name.
-    pub name: String,
-    /// Open Inference Protocol datatype, e.g. `FP32`.
-    pub datatype: String,
-    /// Dimensions.
-    pub shape: Vec<u64>,
-    /// Raw bytes.
-    pub data: Bytes,
-}
-
-/// Where a tensor's bytes sit in a frame body.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct TensorDescriptor {
-    name: String,
-    datatype: String,
-    shape: Vec<u64>,
-    offset: u64,
-    length: u64,
-}
-
-/// A frame's header: the fixed fields plus whatever else the method carries.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct Header {
-    id: u64,
-    method: String,
-    #[serde(default)]
-    tensors: Vec<TensorDescriptor>,
-    #[serde(flatten)]
-    extra: serde_json::Map<String, serde_json::Value>,
-}
-
-/// A decoded frame.
-#[derive(Clone, Debug)]
-pub struct Frame {
-    /// Request id.
-    pub id: u64,
-    /// `ready`, `result`, `error`, `pong`, ...
-    pub method: String,
-    /// Its tensors.
-    pub tensors: Vec<Tensor>,
-    /// Method-specific fields (`message`, `traceback`, `metrics`, ...).
-    pub extra: serde_json::Map<String, serde_json::Value>,
-}
-
-impl Frame {
-    /// A string field of the header, or "".
-    pub fn text(&self, key: &str) -> &str {
-        self.extra
-            .get(key)
-            .and_then(|v| v.as_str())
-            .unwrap_or_default()
-    }
-}
 
 /// A broken conversation with a worker.
 #[derive(Debug, thiserror::Error)]
@@ -94,40 +33,11 @@ pub enum WorkerError {
 /// Writes one frame.
 pub async fn write_frame(
     stream: &mut (impl AsyncWriteExt + Unpin),
-    id: u64,
-    method: &str,
-    tensors: &[Tensor],
-    extra: serde_json::Map<String, serde_json::Value>,
+    frame: &Frame,
 ) -> Result<(), WorkerError> {
-    let mut offset = 0u64;
-    let descriptors = tensors
-        .iter()
-        .map(|t| {
-            let descriptor = TensorDescriptor {
-                name: t.name.clone(),
-                datatype: t.datatype.clone(),
-                shape: t.shape.clone(),
-                offset,
-                length: t.data.len() as u64,
-            };
-            offset += t.data.len() as u64;
-            descriptor
-        })
-        .collect();
-    let header = Header {
-        id,
-        method: method.to_owned(),
-        tensors: descriptors,
-        extra,
-    };
-    let header = serde_json::to_vec(&header).map_err(|e| WorkerError::Protocol(e.to_string()))?;
-    let mut prefix = [0u8; 12];
-    prefix[..4].copy_from_slice(&(header.len() as u32).to_le_bytes());
-    prefix[4..].copy_from_slice(&offset.to_le_bytes());
-    stream.write_all(&prefix).await?;
-    stream.write_all(&header).await?;
-    for tensor in tensors {
-        stream.write_all(&tensor.data).await?;
+    let buffers = frame::encode(frame).map_err(|e| WorkerError::Protocol(e.0))?;
+    for buffer in &buffers {
+        stream.write_all(buffer).await?;
     }
     stream.flush().await?;
     Ok(())
@@ -138,56 +48,18 @@ pub async fn read_frame(
     stream: &mut (impl AsyncReadExt + Unpin),
     max_body: u64,
 ) -> Result<Frame, WorkerError> {
-    let mut prefix = [0u8; 12];
+    let mut prefix = [0u8; PREFIX_LEN];
     stream.read_exact(&mut prefix).await?;
-    let header_len = u32::from_le_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
-    let mut body_len_bytes = [0u8; 8];
-    body_len_bytes.copy_from_slice(&prefix[4..]);
-    let body_len = u64::from_le_bytes(body_len_bytes);
-    if header_len > MAX_HEADER_BYTES {
-        return Err(WorkerError::TooLarge(
-            header_len.into(),
-            MAX_HEADER_BYTES.into(),
-        ));
-    }
+    let (header_len, body_len) =
+        frame::parse_prefix(&prefix).map_err(|e| WorkerError::Protocol(e.0))?;
     if body_len > max_body {
         return Err(WorkerError::TooLarge(body_len, max_body));
     }
     let mut header = vec![0u8; header_len as usize];
     stream.read_exact(&mut header).await?;
-    let header: Header = serde_json::from_slice(&header)
-        .map_err(|e| WorkerError::Protocol(format!("header: {e}")))?;
-    let mut body = vec![0u8; body_len as usize];
+    let mut body = BytesMut::zeroed(body_len as usize);
     stream.read_exact(&mut body).await?;
-    let body = Bytes::from(body);
-    let tensors = header
-        .tensors
-        .into_iter()
-        .map(|d| {
-            let end = d
-                .offset
-                .checked_add(d.length)
-                .filter(|&end| end <= body_len)
-                .ok_or_else(|| {
-                    WorkerError::Protocol(format!(
-                        "tensor {:?} lies outside the {body_len}-byte body",
-                        d.name
-                    ))
-                })?;
-            Ok(Tensor {
-                data: body.slice(d.offset as usize..end as usize),
-                name: d.name,
-                datatype: d.datatype,
-                shape: d.shape,
-            })
-        })
-        .collect::<Result<_, WorkerError>>()?;
-    Ok(Frame {
-        id: header.id,
-        method: header.method,
-        tensors,
-        extra: header.extra,
-    })
+    frame::decode(&header, body.freeze()).map_err(|e| WorkerError::Protocol(e.0))
 }
 
 /// A connected worker; one request at a time.
@@ -225,12 +97,18 @@ impl WorkerConn {
     pub async fn call(
         &mut self,
         method: &str,
-        tensors: &[Tensor],
+        tensors: Vec<Tensor>,
         extra: serde_json::Map<String, serde_json::Value>,
     ) -> Result<Frame, WorkerError> {
         let id = self.next_id;
         self.next_id += 1;
-        write_frame(&mut self.stream, id, method, tensors, extra).await?;
+        let request = Frame {
+            id,
+            method: method.to_owned(),
+            tensors,
+            extra,
+        };
+        write_frame(&mut self.stream, &request).await?;
         let frame = read_frame(&mut self.stream, self.max_body).await?;
         if frame.id != id {
             return Err(WorkerError::Protocol(format!(
@@ -255,62 +133,44 @@ fn model_error(frame: &Frame) -> WorkerError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
+    use mycel_core::tensor::Datatype;
 
     #[tokio::test]
-    async fn frames_round_trip() {
+    async fn frames_round_trip_over_a_stream() {
         let (mut a, mut b) = tokio::io::duplex(1 << 16);
-        let tensors = vec![
-            Tensor {
+        let mut frame = Frame::new(
+            7,
+            "predict",
+            vec![Tensor {
                 name: "x".into(),
-                datatype: "FP32".into(),
+                datatype: Datatype::Fp32,
                 shape: vec![2],
                 data: Bytes::from_static(&[0, 0, 128, 63, 0, 0, 0, 64]),
-            },
-            Tensor {
-                name: "empty".into(),
-                datatype: "INT8".into(),
-                shape: vec![0, 3],
-                data: Bytes::new(),
-            },
-        ];
-        let mut extra = serde_json::Map::new();
-        extra.insert("config".into(), serde_json::json!({"lr": 0.1}));
-        write_frame(&mut a, 7, "predict", &tensors, extra)
-            .await
-            .unwrap();
-        let frame = read_frame(&mut b, 1 << 20).await.unwrap();
-        assert_eq!(frame.id, 7);
-        assert_eq!(frame.method, "predict");
-        assert_eq!(frame.tensors, tensors);
-        assert_eq!(frame.extra["config"]["lr"], 0.1);
+            }],
+        );
+        frame
+            .extra
+            .insert("config".into(), serde_json::json!({"lr": 0.1}));
+        write_frame(&mut a, &frame).await.unwrap();
+        assert_eq!(read_frame(&mut b, 1 << 20).await.unwrap(), frame);
     }
 
     #[tokio::test]
-    async fn rejects_oversized_and_out_of_bounds_frames() {
+    async fn rejects_oversized_frames() {
         let (mut a, mut b) = tokio::io::duplex(1 << 16);
         let big = Tensor {
             name: "x".into(),
-            datatype: "UINT8".into(),
+            datatype: Datatype::Uint8,
             shape: vec![100],
             data: Bytes::from(vec![0u8; 100]),
         };
-        write_frame(&mut a, 1, "predict", &[big], Default::default())
+        write_frame(&mut a, &Frame::new(1, "predict", vec![big]))
             .await
             .unwrap();
         assert!(matches!(
             read_frame(&mut b, 10).await,
             Err(WorkerError::TooLarge(100, 10))
         ));
-
-        let (mut a, mut b) = tokio::io::duplex(1 << 16);
-        let header = br#"{"id":1,"method":"result","tensors":[{"name":"y","datatype":"UINT8","shape":[4],"offset":2,"length":4}]}"#;
-        a.write_all(&(header.len() as u32).to_le_bytes())
-            .await
-            .unwrap();
-        a.write_all(&4u64.to_le_bytes()).await.unwrap();
-        a.write_all(header).await.unwrap();
-        a.write_all(&[1, 2, 3, 4]).await.unwrap();
-        let err = read_frame(&mut b, 1 << 20).await.unwrap_err();
-        assert!(err.to_string().contains("outside"), "{err}");
     }
 }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use mycel_core::api::{DeployRequest, FleetStatus, Heartbeat, NodeAssignments};
+use mycel_core::api::{DeployRequest, FleetStatus, Heartbeat, NodeAssignments, RoutingTable};
 use mycel_core::fleet::{Deployment, Node, NodeSpec, ReplicaStatus};
 use reqwest::Method;
 
@@ -43,6 +43,20 @@ impl Client {
             wait.as_millis()
         );
         // The server holds the request up to `wait`; allow for that plus slack.
+        self.json(
+            self.request(Method::GET, &path)
+                .timeout(wait + Duration::from_secs(10)),
+        )
+        .await
+    }
+
+    /// The routing table once its generation passes `after`, or after `wait`.
+    pub async fn watch_routes(
+        &self,
+        after: u64,
+        wait: Duration,
+    ) -> Result<RoutingTable, ClientError> {
+        let path = format!("/v1/routes?after={after}&wait_ms={}", wait.as_millis());
         self.json(
             self.request(Method::GET, &path)
                 .timeout(wait + Duration::from_secs(10)),

@@ -8,7 +8,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use mycel_core::api::{DeploymentView, FleetStatus, LocationCount, NodeView, ReplicaView};
+use mycel_core::api::{
+    DeploymentView, FleetStatus, LocationCount, NodeView, ReplicaView, RouteModel, RouteReplica,
+    RoutingTable,
+};
 use mycel_core::fleet::{
     Assignment, Node, NodeSpec, NodeState, ReplicaId, ReplicaState, ReplicaStatus, Unplaced,
 };
@@ -32,6 +35,9 @@ pub(crate) struct Fleet {
     store: Arc<dyn Store>,
     /// Bumped on every assignment change; long-polls wait on it.
     generation: watch::Sender<u64>,
+    /// Bumped on every change a gateway cares about: assignments, and replicas becoming
+    /// ready or not; gateways' long-polls wait on it.
+    routes: watch::Sender<u64>,
     heartbeats: Mutex<HashMap<String, u64>>,
     statuses: Mutex<HashMap<ReplicaId, ReplicaStatus>>,
     unplaced: Mutex<Vec<Unplaced>>,
@@ -52,6 +58,7 @@ impl Fleet {
         Self {
             store,
             generation: watch::Sender::new(1),
+            routes: watch::Sender::new(1),
             heartbeats: Mutex::new(HashMap::new()),
             statuses: Mutex::new(HashMap::new()),
             unplaced: Mutex::new(Vec::new()),
@@ -79,6 +86,7 @@ impl Fleet {
                 .collect();
             lock(&self.statuses).retain(|replica, _| live.contains(replica.as_str()));
             self.generation.send_modify(|g| *g += 1);
+            self.routes.send_modify(|g| *g += 1);
             tracing::info!(
                 replicas = plan.assignments.len(),
                 generation = *self.generation.borrow(),
@@ -118,11 +126,20 @@ impl Fleet {
         };
         let now = now_ms();
         lock(&self.heartbeats).insert(node_name.to_owned(), now);
-        {
+        let readiness_changed = {
             let mut statuses = lock(&self.statuses);
+            let mut changed = false;
             for status in replicas {
-                statuses.insert(status.replica.clone(), status);
+                let ready = status.state == ReplicaState::Ready;
+                let was_ready = statuses
+                    .insert(status.replica.clone(), status)
+                    .is_some_and(|old| old.state == ReplicaState::Ready);
+                changed |= ready != was_ready;
             }
+            changed
+        };
+        if readiness_changed {
+            self.routes.send_modify(|g| *g += 1);
         }
         if node.state == NodeState::Lost {
             node.state = NodeState::Ready;
@@ -199,6 +216,67 @@ impl Fleet {
         })
         .await?;
         Ok((generation, assignments))
+    }
+
+    /// The routing table, waiting up to `wait` for a generation newer than `after`.
+    pub(crate) async fn routes(
+        &self,
+        after: u64,
+        wait: Duration,
+        stop: &CancellationToken,
+    ) -> Result<RoutingTable, StoreError> {
+        let mut rx = self.routes.subscribe();
+        if *rx.borrow_and_update() <= after {
+            tokio::select! {
+                _ = rx.changed() => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.cancelled() => {}
+            }
+        }
+        // Read the generation first: a change racing this read bumps it again, so the
+        // gateway's next poll picks it up.
+        let generation = *self.routes.borrow();
+        let (deployments, nodes, assignments) = blocking(&self.store, |s| {
+            Ok((s.deployments()?, s.nodes()?, s.assignments()?))
+        })
+        .await?;
+        let statuses = lock(&self.statuses).clone();
+        let urls: HashMap<&str, &str> = nodes
+            .iter()
+            .filter(|n| n.state == NodeState::Ready)
+            .map(|n| (n.spec.name.as_str(), n.spec.agent_url.as_str()))
+            .collect();
+        let models = deployments
+            .into_iter()
+            .map(|d| {
+                let replicas = assignments
+                    .iter()
+                    .filter(|a| a.deployment == d.name)
+                    .filter(|a| {
+                        statuses
+                            .get(&a.replica)
+                            .is_some_and(|s| s.state == ReplicaState::Ready)
+                    })
+                    .filter_map(|a| {
+                        Some(RouteReplica {
+                            replica: a.replica.clone(),
+                            version: a.version,
+                            location: a.location.clone(),
+                            agent_url: (*urls.get(a.node.as_str())?).to_owned(),
+                        })
+                    })
+                    .collect();
+                RouteModel {
+                    name: d.name,
+                    component: d.component,
+                    version: d.version,
+                    seq: d.seq,
+                    signature: d.signature,
+                    replicas,
+                }
+            })
+            .collect();
+        Ok(RoutingTable { generation, models })
     }
 
     /// Everything `mycel status` shows.

@@ -404,6 +404,7 @@ mod tests {
             copies: [("tokyo".to_owned(), 2)].into(),
             serve: Default::default(),
             resources: Default::default(),
+            signature: None,
             generation: 1,
         };
         store.put_deployment(&deployment).unwrap();

@@ -211,3 +211,42 @@ pub struct FleetStatus {
     /// Copies that could not be placed, and why.
     pub unplaced: Vec<crate::fleet::Unplaced>,
 }
+
+/// `GET /v1/routes`: what a gateway needs to route requests, and nothing more.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RoutingTable {
+    /// Bumped whenever a model or the set of ready replicas changes.
+    pub generation: u64,
+    /// Every deployment, served under its name.
+    pub models: Vec<RouteModel>,
+}
+
+/// One deployment as the gateway serves it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RouteModel {
+    /// The deployment's name: the model name clients use.
+    pub name: String,
+    /// The component it runs.
+    pub component: String,
+    /// The version it runs.
+    pub version: crate::VersionId,
+    /// That version's sequence number: the model version clients use.
+    pub seq: u64,
+    /// Declared inputs and outputs, for model metadata.
+    pub signature: Option<crate::manifest::Signature>,
+    /// Its ready replicas.
+    pub replicas: Vec<RouteReplica>,
+}
+
+/// A ready replica and where to reach it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RouteReplica {
+    /// Replica id.
+    pub replica: String,
+    /// The version this replica runs (during a rollout, not always the model's).
+    pub version: crate::VersionId,
+    /// Its location.
+    pub location: String,
+    /// The agent's data-plane URL.
+    pub agent_url: String,
+}

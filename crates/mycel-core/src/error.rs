@@ -25,6 +25,8 @@ pub enum ErrorCode {
     InvalidManifest,
     /// The server cannot serve this now; try again later.
     Unavailable,
+    /// The model's own code raised; the message carries its exception.
+    ModelError,
     /// A bug or an I/O failure on the server.
     Internal,
 }
@@ -39,7 +41,7 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::HashMismatch | ErrorCode::MissingBlobs | ErrorCode::InvalidManifest => 422,
             ErrorCode::Unavailable => 503,
-            ErrorCode::Internal => 500,
+            ErrorCode::Internal | ErrorCode::ModelError => 500,
         }
     }
 }

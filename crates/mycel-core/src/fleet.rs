@@ -8,7 +8,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::manifest::{Resources, ServeOptions};
+use crate::manifest::{Resources, ServeOptions, Signature};
 use crate::version::VersionId;
 
 /// What an agent says about its node when it registers.
@@ -70,6 +70,9 @@ pub struct Deployment {
     pub serve: ServeOptions,
     /// What each replica needs, from the manifest unless overridden.
     pub resources: Resources,
+    /// The tensors it takes and returns, from the manifest's `[signature]`.
+    #[serde(default)]
+    pub signature: Option<Signature>,
     /// Bumped on every change, so watchers can tell.
     pub generation: u64,
 }

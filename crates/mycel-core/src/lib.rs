@@ -8,10 +8,13 @@
 pub mod api;
 pub mod error;
 pub mod fleet;
+pub mod frame;
 pub mod hash;
 pub mod manifest;
+pub mod oip;
 pub mod path;
 pub mod reconcile;
+pub mod tensor;
 pub mod version;
 
 pub use error::ErrorCode;

@@ -85,7 +85,7 @@ pub enum Requirements {
 /// `[serve]`: how the agent batches requests for this component's workers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServeOptions {
-    /// Most requests joined into one worker call (1 = no batching).
+    /// Most rows (entries along axis 0) joined into one worker call; 1 = no batching.
     pub max_batch_size: u32,
     /// How long the first request of a batch waits for others, in milliseconds.
     pub batch_wait_ms: u32,

@@ -506,6 +506,7 @@ mod tests {
                 memory_bytes: GIB,
                 gpus: 0,
             },
+            signature: None,
             generation: 1,
         }
     }

@@ -15,7 +15,7 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Run the control plane: the /v1 API, the registry and the state store.
+    /// Run the control plane (the /v1 API, the registry, the state store) and a gateway.
     Server(ServerArgs),
     /// Create a new component directory with a manifest and a numpy model.
     Init(InitArgs),
@@ -37,8 +37,12 @@ pub enum Command {
     Status(ListArgs),
     /// Print (or follow) the logs of a deployment's replicas.
     Logs(LogsArgs),
-    /// Run the whole system on this machine: control plane plus one agent per node.
+    /// Run the whole system on this machine: control plane, gateway, one agent per node.
     Up(UpArgs),
+    /// Run a gateway alone: the Open Inference Protocol v2 in front of every deployment.
+    Gateway(GatewayArgs),
+    /// Send one inference request through the gateway and print the answer.
+    Predict(PredictArgs),
 }
 
 /// Where the local data directory is; `mycel server` keeps its state there and the
@@ -63,6 +67,52 @@ pub struct ServerArgs {
     /// A node silent this long is marked lost and its replicas placed elsewhere.
     #[arg(long, env = "MYCEL_LOST_AFTER", default_value = "15s", value_parser = humantime::parse_duration)]
     pub lost_after: std::time::Duration,
+    /// Address of the gateway (OIP v2); its URL is written to DATA/gateway.url.
+    #[arg(long, env = "MYCEL_GATEWAY_LISTEN", default_value = "127.0.0.1:7800")]
+    pub gateway: SocketAddr,
+}
+
+#[derive(Args, Debug)]
+pub struct PredictArgs {
+    /// The model: a deployment's name.
+    pub model: String,
+    /// An input, repeatable: NAME=FILE.npy, NAME=IMAGE.jpg|png (resized to the model's
+    /// declared size), NAME=@FILE.json or NAME='[[1, 2], [3, 4]]'.
+    #[arg(long = "input", short, value_name = "NAME=VALUE", value_parser = parse_input, required = true)]
+    pub inputs: Vec<(String, String)>,
+    /// Check that the model serves this version (the component's version number).
+    #[arg(long = "model-version", value_name = "N")]
+    pub model_version: Option<String>,
+    /// Gateway URL [default: read from DATA/gateway.url].
+    #[arg(long, env = "MYCEL_GATEWAY")]
+    pub gateway: Option<String>,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Print the gateway's JSON answer as it is.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_input(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .filter(|(k, v)| !k.is_empty() && !v.is_empty())
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{text:?} is not NAME=VALUE, e.g. image=cat.jpg"))
+}
+
+#[derive(Args, Debug)]
+pub struct GatewayArgs {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:7800")]
+    pub listen: SocketAddr,
+    /// This gateway's location: requests go to replicas there while any is ready.
+    #[arg(long)]
+    pub location: Option<String>,
+    /// Largest request body, e.g. 64MiB.
+    #[arg(long, default_value = "64MiB", value_parser = parse_size)]
+    pub max_request_size: u64,
 }
 
 /// How to reach a server.
@@ -248,6 +298,9 @@ pub struct UpArgs {
     /// Control-plane address.
     #[arg(long, default_value = "127.0.0.1:7700")]
     pub listen: SocketAddr,
+    /// Gateway address (OIP v2).
+    #[arg(long, default_value = "127.0.0.1:7800")]
+    pub gateway: SocketAddr,
     /// CPUs each local node offers [default: the machine's cores].
     #[arg(long)]
     pub node_cpus: Option<f64>,

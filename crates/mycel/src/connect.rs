@@ -32,6 +32,12 @@ fn read_trimmed(path: &Path) -> Option<String> {
 
 /// A client for the server named by flags, environment or the data directory.
 pub fn client(args: &ConnectArgs) -> anyhow::Result<Client> {
+    let (server, token) = server_and_token(args)?;
+    Ok(Client::new(&server, token)?)
+}
+
+/// The server URL and token named by flags, environment or the data directory.
+pub fn server_and_token(args: &ConnectArgs) -> anyhow::Result<(String, Option<String>)> {
     let data = data_dir(&args.data)?;
     let server = match &args.server {
         Some(url) => url.clone(),
@@ -46,5 +52,5 @@ pub fn client(args: &ConnectArgs) -> anyhow::Result<Client> {
         .token
         .clone()
         .or_else(|| read_trimmed(&data.join(ADMIN_TOKEN_FILE)));
-    Ok(Client::new(&server, token)?)
+    Ok((server, token))
 }

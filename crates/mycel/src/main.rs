@@ -3,6 +3,7 @@
 mod cli;
 mod commands;
 mod connect;
+mod npy;
 mod output;
 mod walk;
 

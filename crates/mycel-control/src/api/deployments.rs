@@ -1,10 +1,11 @@
 //! `/v1/deployments` and `/v1/status`: desired state, and the fleet as it is.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::Json;
-use mycel_core::api::{DeployRequest, FleetStatus};
+use mycel_core::api::{DeployRequest, FleetStatus, RoutingTable};
 use mycel_core::fleet::Deployment;
 use mycel_core::manifest::validate_name;
 use mycel_core::ErrorCode;
@@ -66,6 +67,7 @@ pub(super) async fn put(
         copies: request.copies,
         serve,
         resources: manifest.resources,
+        signature: manifest.signature,
         generation: previous.map_or(1, |p| p.generation + 1),
     };
     let stored = deployment.clone();
@@ -103,4 +105,15 @@ pub(super) async fn status(
     _caller: Caller,
 ) -> Result<Json<FleetStatus>, ApiError> {
     Ok(Json(state.fleet.status().await?))
+}
+
+/// `GET /v1/routes?after=G&wait_ms=W`: the routing table, long-polled by gateways.
+pub(super) async fn routes(
+    State(state): State<Arc<AppState>>,
+    _caller: Caller,
+    Query(query): Query<super::nodes::WatchQuery>,
+) -> Result<Json<RoutingTable>, ApiError> {
+    let wait = Duration::from_millis(query.wait_ms).min(super::nodes::MAX_WAIT);
+    let table = state.fleet.routes(query.after, wait, &state.stop).await?;
+    Ok(Json(table))
 }

@@ -51,6 +51,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
             put(deployments::put).delete(deployments::delete),
         )
         .route("/v1/status", get(deployments::status))
+        .route("/v1/routes", get(deployments::routes))
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such API route") })
         .layer(DefaultBodyLimit::max(MAX_JSON_BYTES))
         .with_state(state)

@@ -15,7 +15,7 @@ use super::{ApiError, ApiJson, Caller};
 use crate::AppState;
 
 /// The longest a watch may hang before answering with no change.
-const MAX_WAIT: Duration = Duration::from_secs(60);
+pub(super) const MAX_WAIT: Duration = Duration::from_secs(60);
 
 pub(super) async fn register(
     State(state): State<Arc<AppState>>,
@@ -61,10 +61,10 @@ pub(super) async fn heartbeat(
 pub(super) struct WatchQuery {
     /// Answer once the generation is past this one.
     #[serde(default)]
-    after: u64,
+    pub(super) after: u64,
     /// How long to wait for a change, in milliseconds.
     #[serde(default = "default_wait")]
-    wait_ms: u64,
+    pub(super) wait_ms: u64,
 }
 
 fn default_wait() -> u64 {

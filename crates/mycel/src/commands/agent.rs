@@ -47,6 +47,7 @@ pub fn config(args: &AgentArgs) -> anyhow::Result<mycel_agent::Config> {
         uv: args.runtime.uv.clone(),
         runtime_dir: runtime_dir(&args.runtime),
         heartbeat: args.runtime.heartbeat,
+        max_request_bytes: mycel_agent::DEFAULT_MAX_REQUEST_BYTES,
     })
 }
 

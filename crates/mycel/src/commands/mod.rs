@@ -2,11 +2,12 @@
 
 mod agent;
 mod deploy;
+mod gateway;
 mod init;
 mod list;
 mod logs;
+mod predict;
 mod push;
-mod server;
 mod status;
 mod up;
 
@@ -14,7 +15,7 @@ use crate::cli::{Cli, Command};
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Server(args) => server::run(args).await,
+        Command::Server(args) => up::server(args).await,
         Command::Init(args) => init::run(args),
         Command::Push(args) => push::run(args).await,
         Command::Components(args) => list::components(args).await,
@@ -26,6 +27,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(args) => status::run(args).await,
         Command::Logs(args) => logs::run(args).await,
         Command::Up(args) => up::run(args).await,
+        Command::Gateway(args) => gateway::run(args).await,
+        Command::Predict(args) => predict::run(args).await,
     }
 }
 

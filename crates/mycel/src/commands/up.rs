@@ -1,49 +1,140 @@
-//! `mycel up`: the whole system on one machine — control plane and one agent per node,
-//! in this process, with an embedded store in the data directory.
+//! `mycel up` and `mycel server`: roles run as tasks of one process — the control plane
+//! with its embedded store, the gateway, and for `up` one agent per named node.
 
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::UpArgs;
+use crate::cli::{ServerArgs, UpArgs};
 use crate::commands::agent::{machine_cpus, machine_memory, runtime_dir};
 use crate::connect::data_dir;
 
+/// Roles running in this process, stopped together.
+struct Roles {
+    data: PathBuf,
+    stop: CancellationToken,
+    tasks: JoinSet<anyhow::Result<()>>,
+    server: String,
+    token: String,
+}
+
+impl Roles {
+    /// Starts the control plane and waits until it listens.
+    async fn start(config: mycel_control::Config) -> anyhow::Result<Self> {
+        let data = config.data_dir.clone();
+        std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
+        let url_file = data.join(mycel_control::URL_FILE);
+        let _ = std::fs::remove_file(&url_file);
+        let stop = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let stopped = stop.clone();
+        tasks.spawn(async move {
+            mycel_control::run(config, stopped.cancelled_owned())
+                .await
+                .map_err(anyhow::Error::from)
+        });
+        let server = tokio::select! {
+            url = wait_for_file(&url_file) => url?,
+            // The control plane failed before listening: say why.
+            Some(result) = tasks.join_next() => {
+                result??;
+                anyhow::bail!("the control plane stopped before it started listening");
+            }
+        };
+        let token = std::fs::read_to_string(data.join(mycel_control::auth::ADMIN_TOKEN_FILE))
+            .context("reading the admin token")?
+            .trim()
+            .to_owned();
+        Ok(Self {
+            data,
+            stop,
+            tasks,
+            server,
+            token,
+        })
+    }
+
+    /// Starts a gateway following this control plane; its URL goes to DATA/gateway.url.
+    fn gateway(&mut self, listen: SocketAddr) {
+        let config = mycel_gateway::Config {
+            server: self.server.clone(),
+            token: Some(self.token.clone()),
+            listen,
+            location: None,
+            max_request_bytes: mycel_gateway::DEFAULT_MAX_REQUEST_BYTES,
+        };
+        let url_file = self.data.join(mycel_gateway::URL_FILE);
+        let stopped = self.stop.clone();
+        self.tasks.spawn(async move {
+            mycel_gateway::run(config, stopped.cancelled_owned(), move |addr| {
+                if let Err(e) = std::fs::write(&url_file, format!("http://{addr}\n")) {
+                    tracing::warn!(error = %e, file = %url_file.display(), "cannot write the gateway URL");
+                }
+            })
+            .await
+            .map_err(anyhow::Error::from)
+        });
+    }
+
+    /// Runs until SIGINT or SIGTERM, or until a role fails; then stops every role and
+    /// waits for them (agents stop their workers first).
+    async fn run(mut self) -> anyhow::Result<()> {
+        let mut failure = None;
+        tokio::select! {
+            _ = super::shutdown_signal() => {}
+            Some(result) = self.tasks.join_next() => {
+                failure = Some(result.map_err(anyhow::Error::from).and_then(|r| r).err());
+            }
+        }
+        self.stop.cancel();
+        while let Some(result) = self.tasks.join_next().await {
+            if let Err(e) = result.map_err(anyhow::Error::from).and_then(|r| r) {
+                failure.get_or_insert(Some(e));
+            }
+        }
+        match failure.flatten() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+/// `mycel server`: control plane and gateway.
+pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
+    let config = mycel_control::Config {
+        data_dir: data_dir(&args.data)?,
+        listen: args.listen,
+        max_blob_bytes: args.max_blob_size,
+        lost_after: args.lost_after,
+    };
+    let mut roles = Roles::start(config).await?;
+    roles.gateway(args.gateway);
+    roles.run().await
+}
+
+/// `mycel up`: control plane, gateway and one agent per node.
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     for node in &args.nodes {
         mycel_core::manifest::validate_name(node)
             .map_err(|m| anyhow::anyhow!("--nodes: node {m}"))?;
     }
     let data = data_dir(&args.data)?;
-    std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
-    let url_file = data.join(mycel_control::URL_FILE);
-    let _ = std::fs::remove_file(&url_file);
-
-    let stop = CancellationToken::new();
-    let mut tasks = tokio::task::JoinSet::new();
     let control = mycel_control::Config {
         data_dir: data.clone(),
         listen: args.listen,
         max_blob_bytes: mycel_control::DEFAULT_MAX_BLOB_BYTES,
         lost_after: mycel_control::DEFAULT_LOST_AFTER,
     };
-    let stopped = stop.clone();
-    tasks.spawn(async move {
-        mycel_control::run(control, stopped.cancelled_owned())
-            .await
-            .map_err(anyhow::Error::from)
-    });
-
-    let server = wait_for_file(&url_file).await?;
-    let token = std::fs::read_to_string(data.join(mycel_control::auth::ADMIN_TOKEN_FILE))
-        .context("reading the admin token")?
-        .trim()
-        .to_owned();
+    let mut roles = Roles::start(control).await?;
+    roles.gateway(args.gateway);
     for node in &args.nodes {
         let config = mycel_agent::Config {
-            server: server.clone(),
-            token: Some(token.clone()),
+            server: roles.server.clone(),
+            token: Some(roles.token.clone()),
             name: node.clone(),
             location: node.clone(),
             labels: Default::default(),
@@ -55,42 +146,28 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             uv: args.runtime.uv.clone(),
             runtime_dir: runtime_dir(&args.runtime),
             heartbeat: args.runtime.heartbeat,
+            max_request_bytes: mycel_agent::DEFAULT_MAX_REQUEST_BYTES,
         };
-        let stopped = stop.clone();
-        tasks.spawn(async move {
+        let stopped = roles.stop.clone();
+        roles.tasks.spawn(async move {
             mycel_agent::run(config, stopped.cancelled_owned())
                 .await
                 .map_err(anyhow::Error::from)
         });
     }
+    let gateway = wait_for_file(&data.join(mycel_gateway::URL_FILE)).await?;
     eprintln!(
-        "mycel is up: control plane {server}, nodes {}, data {}\npush with `mycel push DIR`, deploy with `mycel deploy NAME --copies {}=1`; Ctrl-C stops everything",
+        "mycel is up: control plane {}, gateway {gateway}, nodes {}, data {}\n\
+         push with `mycel push DIR`, deploy with `mycel deploy NAME --copies {}=1`; Ctrl-C stops everything",
+        roles.server,
         args.nodes.join(", "),
         data.display(),
         args.nodes[0]
     );
-
-    let mut failure = None;
-    tokio::select! {
-        _ = super::shutdown_signal() => {}
-        Some(result) = tasks.join_next() => {
-            // A role stopped on its own: bring the rest down and report why.
-            failure = Some(result.map_err(anyhow::Error::from).and_then(|r| r).err());
-        }
-    }
-    stop.cancel();
-    while let Some(result) = tasks.join_next().await {
-        if let Err(e) = result.map_err(anyhow::Error::from).and_then(|r| r) {
-            failure.get_or_insert(Some(e));
-        }
-    }
-    match failure.flatten() {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
+    roles.run().await
 }
 
-async fn wait_for_file(path: &std::path::Path) -> anyhow::Result<String> {
+async fn wait_for_file(path: &Path) -> anyhow::Result<String> {
     for _ in 0..600 {
         if let Ok(text) = std::fs::read_to_string(path) {
             if !text.trim().is_empty() {
@@ -99,8 +176,5 @@ async fn wait_for_file(path: &std::path::Path) -> anyhow::Result<String> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    anyhow::bail!(
-        "the control plane did not start within 30s (no {})",
-        path.display()
-    )
+    anyhow::bail!("{} did not appear within 30s", path.display())
 }

@@ -2,6 +2,7 @@
 //! directory, and helpers to drive it.
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
+use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -42,7 +43,14 @@ impl TestServer {
         let url_file = data.join("server.url");
         let _ = std::fs::remove_file(&url_file);
         let child = Command::new(mycel_bin())
-            .args(["server", "--listen", "127.0.0.1:0", "--data"])
+            .args([
+                "server",
+                "--listen",
+                "127.0.0.1:0",
+                "--gateway",
+                "127.0.0.1:0",
+                "--data",
+            ])
             .arg(data)
             .args(extra)
             .env("MYCEL_LOG", "warn")
@@ -68,6 +76,16 @@ impl TestServer {
             },
         );
         server
+    }
+
+    /// The gateway's URL, once it listens.
+    pub fn gateway(&self) -> String {
+        eventually("the gateway URL", Duration::from_secs(10), || {
+            std::fs::read_to_string(self.data.join("gateway.url"))
+                .ok()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+        })
     }
 
     pub fn token(&self) -> String {
@@ -149,4 +167,127 @@ pub fn component(root: &Path, name: &str) {
             ("util/helpers.py", b"X = 1\n"),
         ],
     );
+}
+
+/// Environment builds download packages on a cold cache; allow for it.
+pub const READY_PATIENCE: Duration = Duration::from_secs(300);
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+/// A `mycel agent` process, stopped on drop.
+pub struct TestAgent {
+    pub name: String,
+    child: Option<Child>,
+}
+
+impl TestAgent {
+    pub fn start(server: &TestServer, root: &Path, name: &str, location: &str) -> Self {
+        let data = root.join(name);
+        let child = Command::new(mycel_bin())
+            .args([
+                "agent",
+                "--server",
+                &server.url,
+                "--name",
+                name,
+                "--location",
+                location,
+            ])
+            .args([
+                "--cpus",
+                "4",
+                "--memory",
+                "8GiB",
+                "--heartbeat",
+                "200ms",
+                "--data",
+            ])
+            .arg(&data)
+            .arg("--envs")
+            .arg(root.join("envs"))
+            .env("MYCEL_TOKEN", server.token())
+            .env("MYCEL_LOG", "info")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        Self {
+            name: name.into(),
+            child: Some(child),
+        }
+    }
+
+    /// SIGTERM, as an operator stopping the agent; waits for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status()
+                .unwrap();
+            let status = child.wait().unwrap();
+            assert!(status.success(), "agent {} exited with {status}", self.name);
+        }
+    }
+}
+
+impl Drop for TestAgent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn status(server: &TestServer) -> Value {
+    server.cli_json(&["status"])
+}
+
+/// Replicas of `deployment` as (replica, node, state, pid, restarts).
+pub fn replicas(
+    status: &Value,
+    deployment: &str,
+) -> Vec<(String, String, String, Option<u64>, u64)> {
+    status["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["assignment"]["deployment"] == deployment)
+        .map(|r| {
+            let s = &r["status"];
+            (
+                r["assignment"]["replica"].as_str().unwrap().to_owned(),
+                r["assignment"]["node"].as_str().unwrap().to_owned(),
+                s["state"].as_str().unwrap_or("unreported").to_owned(),
+                s["pid"].as_u64(),
+                s["restarts"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+pub fn all_ready(status: &Value, deployment: &str, count: usize) -> bool {
+    let replicas = replicas(status, deployment);
+    replicas.len() == count && replicas.iter().all(|r| r.2 == "ready")
+}
+
+pub fn alive(pid: u64) -> bool {
+    // A zombie is dead for our purposes.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| !stat.contains(") Z "))
+        .unwrap_or(false)
+}
+
+pub fn cmdline(pid: u64) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .unwrap_or_default()
 }

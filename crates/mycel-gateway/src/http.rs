@@ -1,0 +1,394 @@
+//! The OIP v2 REST handlers: health, server and model metadata, readiness, and infer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use mycel_core::api::ErrorBody;
+use mycel_core::frame::{self, Frame};
+use mycel_core::oip;
+use serde_json::json;
+
+use crate::routes::{self, Model};
+
+/// The binary-data extension's header: how many leading body bytes are JSON.
+const HEADER_LENGTH: &str = "inference-header-content-length";
+const FRAME_CONTENT_TYPE: &str = "application/x-mycel-frame";
+
+struct Gateway {
+    router: Arc<routes::Router>,
+    agents: reqwest::Client,
+    max_request_bytes: usize,
+}
+
+pub(crate) fn app(
+    router: Arc<routes::Router>,
+    max_request_bytes: usize,
+) -> Result<Router, reqwest::Error> {
+    let agents = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(2))
+        .pool_idle_timeout(Duration::from_secs(60))
+        .tcp_nodelay(true)
+        .build()?;
+    let state = Arc::new(Gateway {
+        router,
+        agents,
+        max_request_bytes,
+    });
+    Ok(Router::new()
+        .route(
+            "/v2/health/live",
+            get(|| async { Json(json!({"live": true})) }),
+        )
+        .route("/v2/health/ready", get(server_ready))
+        .route("/v2", get(server_metadata))
+        .route("/v2/models/{model}", get(model_metadata))
+        .route(
+            "/v2/models/{model}/versions/{version}",
+            get(model_metadata_at),
+        )
+        .route("/v2/models/{model}/ready", get(model_ready))
+        .route(
+            "/v2/models/{model}/versions/{version}/ready",
+            get(model_ready_at),
+        )
+        .route("/v2/models/{model}/infer", post(infer))
+        .route(
+            "/v2/models/{model}/versions/{version}/infer",
+            post(infer_at),
+        )
+        .fallback(|| async {
+            oip_error(
+                StatusCode::NOT_FOUND,
+                "no such route; this is an Open Inference Protocol v2 endpoint (/v2/...)",
+            )
+        })
+        .layer(DefaultBodyLimit::max(max_request_bytes))
+        .with_state(state))
+}
+
+/// The protocol's error shape: `{"error": "..."}`.
+fn oip_error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+/// An error answer not yet rendered.
+struct Failure(StatusCode, String);
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        oip_error(self.0, self.1)
+    }
+}
+
+async fn server_ready(State(gw): State<Arc<Gateway>>) -> Response {
+    // Ready once the routing table arrived: before that every model looks absent.
+    let ready = gw.router.table().generation > 0;
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(json!({ "ready": ready }))).into_response()
+}
+
+async fn server_metadata() -> Json<serde_json::Value> {
+    Json(json!({
+        "name": "mycel",
+        "version": env!("CARGO_PKG_VERSION"),
+        "extensions": ["binary_tensor_data"],
+    }))
+}
+
+/// The model named in the path, at the version named (if any).
+fn find(gw: &Gateway, name: &str, version: Option<&str>) -> Result<Arc<Model>, Failure> {
+    let table = gw.router.table();
+    let model = table.models.get(name).cloned().ok_or_else(|| {
+        let mut known: Vec<&str> = table.models.keys().map(String::as_str).collect();
+        known.sort_unstable();
+        Failure(
+            StatusCode::NOT_FOUND,
+            format!(
+                "unknown model {name:?}; deployed models: {}",
+                known.join(", ")
+            ),
+        )
+    })?;
+    if let Some(version) = version {
+        if version != model.info.seq.to_string() {
+            return Err(Failure(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "model {name:?} has no version {version:?}; it serves version {}",
+                    model.info.seq
+                ),
+            ));
+        }
+    }
+    Ok(model)
+}
+
+fn metadata(model: &Model) -> serde_json::Value {
+    let tensors = |specs: Option<&Vec<mycel_core::manifest::TensorSpec>>| {
+        specs
+            .map(|specs| {
+                specs
+                    .iter()
+                    .map(|t| json!({"name": t.name, "datatype": t.datatype, "shape": t.shape}))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+    };
+    let signature = model.info.signature.as_ref();
+    json!({
+        "name": model.info.name,
+        "versions": [model.info.seq.to_string()],
+        "platform": "mycel",
+        "inputs": tensors(signature.map(|s| &s.inputs)),
+        "outputs": tensors(signature.map(|s| &s.outputs)),
+    })
+}
+
+async fn model_metadata(State(gw): State<Arc<Gateway>>, Path(name): Path<String>) -> Response {
+    match find(&gw, &name, None) {
+        Ok(model) => Json(metadata(&model)).into_response(),
+        Err(failure) => failure.into_response(),
+    }
+}
+
+async fn model_metadata_at(
+    State(gw): State<Arc<Gateway>>,
+    Path((name, version)): Path<(String, String)>,
+) -> Response {
+    match find(&gw, &name, Some(&version)) {
+        Ok(model) => Json(metadata(&model)).into_response(),
+        Err(failure) => failure.into_response(),
+    }
+}
+
+fn readiness(model: &Model) -> Response {
+    let ready = !model.replicas.is_empty();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({ "name": model.info.name, "ready": ready })),
+    )
+        .into_response()
+}
+
+async fn model_ready(State(gw): State<Arc<Gateway>>, Path(name): Path<String>) -> Response {
+    match find(&gw, &name, None) {
+        Ok(model) => readiness(&model),
+        Err(failure) => failure.into_response(),
+    }
+}
+
+async fn model_ready_at(
+    State(gw): State<Arc<Gateway>>,
+    Path((name, version)): Path<(String, String)>,
+) -> Response {
+    match find(&gw, &name, Some(&version)) {
+        Ok(model) => readiness(&model),
+        Err(failure) => failure.into_response(),
+    }
+}
+
+async fn infer(
+    State(gw): State<Arc<Gateway>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    serve(&gw, &name, None, &headers, body).await
+}
+
+async fn infer_at(
+    State(gw): State<Arc<Gateway>>,
+    Path((name, version)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    serve(&gw, &name, Some(&version), &headers, body).await
+}
+
+async fn serve(
+    gw: &Gateway,
+    name: &str,
+    version: Option<&str>,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return oip_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "request body is over the gateway's limit of {} bytes",
+                    gw.max_request_bytes
+                ),
+            )
+        }
+        Err(rejection) => return oip_error(rejection.status(), rejection.body_text()),
+    };
+    let model = match find(gw, name, version) {
+        Ok(model) => model,
+        Err(failure) => return failure.into_response(),
+    };
+    let json_len = match headers.get(HEADER_LENGTH) {
+        None => None,
+        Some(value) => match value
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+        {
+            Some(n) => Some(n),
+            None => {
+                return oip_error(
+                    StatusCode::BAD_REQUEST,
+                    "Inference-Header-Content-Length must be a byte count",
+                )
+            }
+        },
+    };
+    let request = match oip::parse_request(body, json_len) {
+        Ok(request) => request,
+        Err(e) => return oip_error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let frame = match frame::encode_to_vec(&Frame::new(0, "predict", request.inputs.clone())) {
+        Ok(bytes) => Bytes::from(bytes),
+        Err(e) => return oip_error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+
+    let outputs = match call(gw, &model, frame).await {
+        Ok(outputs) => outputs,
+        Err(failure) => return failure.into_response(),
+    };
+    let version = model.info.seq.to_string();
+    match oip::encode_response(
+        &model.info.name,
+        &version,
+        request.id.as_deref(),
+        &outputs,
+        &request,
+    ) {
+        Ok(encoded) => {
+            let mut response = encoded.body.into_response();
+            let headers = response.headers_mut();
+            match encoded.json_len {
+                Some(n) => {
+                    headers.insert(HEADER_LENGTH, HeaderValue::from(n));
+                    headers.insert(
+                        axum::http::header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/octet-stream"),
+                    );
+                }
+                None => {
+                    headers.insert(
+                        axum::http::header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    );
+                }
+            }
+            response
+        }
+        Err(e) => oip_error(StatusCode::BAD_REQUEST, e.to_string()),
+    }
+}
+
+/// How one attempt at a replica ended.
+enum Attempt {
+    Done(Vec<mycel_core::tensor::Tensor>),
+    /// The replica could not take the request (gone, not ready, died mid-call): another
+    /// replica may.
+    Retry(String),
+    Fail(Failure),
+}
+
+/// Sends the frame to a replica; if that replica cannot serve it, once more to another.
+async fn call(
+    gw: &Gateway,
+    model: &Model,
+    frame: Bytes,
+) -> Result<Vec<mycel_core::tensor::Tensor>, Failure> {
+    let mut failed: Option<(String, String)> = None;
+    for _ in 0..2 {
+        let exclude = failed.as_ref().map(|(replica, _)| replica.as_str());
+        let Some(in_flight) = gw.router.pick(model, exclude) else {
+            break;
+        };
+        let replica = &in_flight.replica().route;
+        match attempt(gw, replica, frame.clone()).await {
+            Attempt::Done(outputs) => return Ok(outputs),
+            Attempt::Fail(response) => return Err(response),
+            Attempt::Retry(reason) => {
+                tracing::warn!(replica = %replica.replica, %reason, "replica could not serve; retrying elsewhere");
+                failed = Some((replica.replica.clone(), reason));
+            }
+        }
+    }
+    let message = match failed {
+        Some((replica, reason)) => format!(
+            "no ready replica of model {:?} could serve the request (last: {replica}: {reason})",
+            model.info.name
+        ),
+        None => format!(
+            "model {:?} has no ready replica; see `mycel status`",
+            model.info.name
+        ),
+    };
+    Err(Failure(StatusCode::SERVICE_UNAVAILABLE, message))
+}
+
+async fn attempt(gw: &Gateway, replica: &mycel_core::api::RouteReplica, frame: Bytes) -> Attempt {
+    let url = format!(
+        "{}/v1/replicas/{}/infer",
+        replica.agent_url, replica.replica
+    );
+    let sent = gw
+        .agents
+        .post(&url)
+        .header(axum::http::header::CONTENT_TYPE, FRAME_CONTENT_TYPE)
+        .body(frame)
+        .send()
+        .await;
+    let response = match sent {
+        Ok(response) => response,
+        Err(e) => return Attempt::Retry(format!("agent unreachable: {e}")),
+    };
+    let status = response.status();
+    let body = match response.bytes().await {
+        Ok(body) => body,
+        Err(e) => return Attempt::Retry(format!("agent answer broke off: {e}")),
+    };
+    if status.is_success() {
+        return match frame::decode_from(body) {
+            Ok(answer) => Attempt::Done(answer.tensors),
+            Err(e) => Attempt::Fail(Failure(
+                StatusCode::BAD_GATEWAY,
+                format!("replica {} answered with {e}", replica.replica),
+            )),
+        };
+    }
+    let message = serde_json::from_slice::<ErrorBody>(&body)
+        .map(|b| b.error.message)
+        .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
+    match status.as_u16() {
+        503 | 404 => Attempt::Retry(message),
+        _ => {
+            let status =
+                StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            Attempt::Fail(Failure(status, message))
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! mycel's gateway: the Open Inference Protocol v2 REST API (the KServe/Triton protocol)
+//! in front of every deployment. Each model is a deployment; each request goes to one
+//! of its ready replicas, as a worker-protocol frame to that replica's agent.
+//!
+//! It talks to the control plane only through `mycel-client` (to follow the routing
+//! table) and to agents only over HTTP.
+#![warn(missing_docs)]
+
+mod http;
+pub mod routes;
+
+use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// File in a data directory holding the URL of the gateway started there.
+pub const URL_FILE: &str = "gateway.url";
+/// Default for [`Config::max_request_bytes`].
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 64 << 20;
+
+/// How to run a gateway.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The control plane's URL.
+    pub server: String,
+    /// Bearer token for the control plane.
+    pub token: Option<String>,
+    /// Where to listen; port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// The gateway's location: replicas there are preferred.
+    pub location: Option<String>,
+    /// Largest request body accepted.
+    pub max_request_bytes: usize,
+}
+
+/// Why the gateway could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The listener or the server failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The control plane client could not be built.
+    #[error(transparent)]
+    Client(#[from] mycel_client::ClientError),
+}
+
+/// Runs the gateway until `shutdown` resolves. `on_listening` gets the bound address
+/// (for writing it where others can find it).
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_listening: impl FnOnce(SocketAddr),
+) -> Result<(), GatewayError> {
+    let client = mycel_client::Client::new(&config.server, config.token.clone())?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| GatewayError::Io {
+            what: format!("listening on {}", config.listen),
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| GatewayError::Io {
+        what: "reading the listen address".into(),
+        source,
+    })?;
+    let router = Arc::new(routes::Router::new(config.location.clone()));
+    let stop = CancellationToken::new();
+    let follower = tokio::spawn(routes::follow(client, Arc::clone(&router), stop.clone()));
+    let app = http::app(router, config.max_request_bytes).map_err(|e| GatewayError::Io {
+        what: "building the HTTP client for agents".into(),
+        source: std::io::Error::other(e),
+    })?;
+    tracing::info!(url = %format!("http://{addr}"), "gateway listening");
+    on_listening(addr);
+    let stopping = stop.clone();
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            stopping.cancel();
+        })
+        .into_future()
+        .await;
+    stop.cancel();
+    let _ = follower.await;
+    served.map_err(|source| GatewayError::Io {
+        what: "serving".into(),
+        source,
+    })
+}

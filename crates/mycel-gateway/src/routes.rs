@@ -1,0 +1,248 @@
+//! The gateway's routing table: which ready replicas serve each model, kept current by
+//! long-polling the control plane, and the choice of replica per request (least
+//! outstanding requests, same location first).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use mycel_core::api::{RouteModel, RouteReplica, RoutingTable};
+use tokio_util::sync::CancellationToken;
+
+/// A replica as the router sees it.
+#[derive(Debug)]
+pub struct Replica {
+    /// Id, location, URL.
+    pub route: RouteReplica,
+    /// Requests sent and not yet answered; shared across table updates.
+    pub outstanding: Arc<AtomicU32>,
+}
+
+/// One model's routes.
+#[derive(Debug)]
+pub struct Model {
+    /// As the control plane describes it.
+    pub info: RouteModel,
+    /// Its ready replicas.
+    pub replicas: Vec<Arc<Replica>>,
+}
+
+/// All models, by name.
+#[derive(Debug, Default)]
+pub struct Table {
+    /// The control plane's generation this was built from.
+    pub generation: u64,
+    /// Models by name.
+    pub models: HashMap<String, Arc<Model>>,
+}
+
+/// The live table and the counters that outlive its updates.
+pub struct Router {
+    table: RwLock<Arc<Table>>,
+    counters: std::sync::Mutex<HashMap<String, Arc<AtomicU32>>>,
+    location: Option<String>,
+    /// Breaks ties between equally loaded replicas, so they share the load.
+    turn: AtomicUsize,
+}
+
+/// Decrements a replica's outstanding count when the request ends, however it ends.
+pub struct InFlight(Arc<Replica>);
+
+impl InFlight {
+    /// The replica serving this request.
+    pub fn replica(&self) -> &Replica {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.outstanding.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Router {
+    /// An empty router for a gateway in `location` (if any).
+    pub fn new(location: Option<String>) -> Self {
+        Self {
+            table: RwLock::new(Arc::new(Table::default())),
+            counters: Default::default(),
+            location,
+            turn: AtomicUsize::new(0),
+        }
+    }
+
+    /// The current table.
+    pub fn table(&self) -> Arc<Table> {
+        Arc::clone(&self.table.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Replaces the table, keeping the outstanding counts of replicas that remain.
+    pub fn update(&self, routing: RoutingTable) {
+        let mut counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+        let mut live = HashMap::new();
+        let models = routing
+            .models
+            .into_iter()
+            .map(|mut info| {
+                let replicas = std::mem::take(&mut info.replicas)
+                    .into_iter()
+                    .map(|route| {
+                        let outstanding = counters.get(&route.replica).cloned().unwrap_or_default();
+                        live.insert(route.replica.clone(), Arc::clone(&outstanding));
+                        Arc::new(Replica { route, outstanding })
+                    })
+                    .collect();
+                (info.name.clone(), Arc::new(Model { info, replicas }))
+            })
+            .collect();
+        *counters = live;
+        let table = Arc::new(Table {
+            generation: routing.generation,
+            models,
+        });
+        *self.table.write().unwrap_or_else(|p| p.into_inner()) = table;
+    }
+
+    /// Picks the replica for one request: among replicas in this gateway's location if
+    /// any is ready there, else among all, the one with the fewest outstanding requests.
+    /// `exclude` is a replica that just failed this request.
+    pub fn pick(&self, model: &Model, exclude: Option<&str>) -> Option<InFlight> {
+        let candidates = |local: bool| {
+            model.replicas.iter().filter(move |r| {
+                Some(r.route.replica.as_str()) != exclude
+                    && (!local || self.location.as_deref() == Some(r.route.location.as_str()))
+            })
+        };
+        let local = self.location.is_some() && candidates(true).next().is_some();
+        let count = candidates(local).count();
+        if count == 0 {
+            return None;
+        }
+        // Start the scan at a rotating offset so that ties go round-robin.
+        let start = self.turn.fetch_add(1, Ordering::Relaxed) % count;
+        let chosen = candidates(local)
+            .cycle()
+            .skip(start)
+            .take(count)
+            .min_by_key(|r| r.outstanding.load(Ordering::Relaxed))?;
+        chosen.outstanding.fetch_add(1, Ordering::Relaxed);
+        Some(InFlight(Arc::clone(chosen)))
+    }
+}
+
+/// Keeps `router` current until `stop`: long-polls the control plane's routing table,
+/// backing off while it is unreachable (the last table keeps serving meanwhile).
+pub async fn follow(client: mycel_client::Client, router: Arc<Router>, stop: CancellationToken) {
+    let mut after = 0;
+    let mut retry = Duration::from_millis(100);
+    loop {
+        let poll = client.watch_routes(after, Duration::from_secs(30));
+        let result = tokio::select! {
+            _ = stop.cancelled() => return,
+            result = poll => result,
+        };
+        match result {
+            Ok(table) => {
+                retry = Duration::from_millis(100);
+                if table.generation != after {
+                    after = table.generation;
+                    tracing::debug!(
+                        generation = after,
+                        models = table.models.len(),
+                        "routes updated"
+                    );
+                    router.update(table);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read routes from the control plane; serving the last known");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(retry) => {}
+                }
+                retry = (retry * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mycel_core::hash::BlobHash;
+    use mycel_core::VersionId;
+
+    fn routing(replicas: &[(&str, &str)]) -> RoutingTable {
+        let version = VersionId(BlobHash::of(b"v1"));
+        RoutingTable {
+            generation: 1,
+            models: vec![RouteModel {
+                name: "m".into(),
+                component: "m".into(),
+                version,
+                seq: 1,
+                signature: None,
+                replicas: replicas
+                    .iter()
+                    .map(|(id, location)| RouteReplica {
+                        replica: (*id).into(),
+                        version,
+                        location: (*location).into(),
+                        agent_url: format!("http://{id}"),
+                    })
+                    .collect(),
+            }],
+        }
+    }
+
+    fn pick(router: &Router, exclude: Option<&str>) -> Option<InFlight> {
+        let table = router.table();
+        router.pick(&table.models["m"], exclude)
+    }
+
+    #[test]
+    fn least_outstanding_wins_and_ties_rotate() {
+        let router = Router::new(None);
+        router.update(routing(&[("a", "x"), ("b", "x")]));
+        let first = pick(&router, None).unwrap();
+        let second = pick(&router, None).unwrap();
+        assert_ne!(
+            first.replica().route.replica,
+            second.replica().route.replica
+        );
+        drop(first);
+        // The one with nothing outstanding now is the one just released.
+        let third = pick(&router, None).unwrap();
+        assert_ne!(
+            third.replica().route.replica,
+            second.replica().route.replica
+        );
+    }
+
+    #[test]
+    fn same_location_first_then_anywhere() {
+        let router = Router::new(Some("tokyo".into()));
+        router.update(routing(&[("far", "london"), ("near", "tokyo")]));
+        let held: Vec<InFlight> = (0..3).map(|_| pick(&router, None).unwrap()).collect();
+        assert!(held.iter().all(|f| f.replica().route.replica == "near"));
+        let other = pick(&router, Some("near")).unwrap();
+        assert_eq!(other.replica().route.replica, "far");
+        assert!(pick(&router, Some("far")).is_some());
+    }
+
+    #[test]
+    fn outstanding_counts_survive_updates_and_none_when_empty() {
+        let router = Router::new(None);
+        router.update(routing(&[("a", "x")]));
+        let held = pick(&router, None).unwrap();
+        router.update(routing(&[("a", "x"), ("b", "x")]));
+        // "a" still has one outstanding request, so "b" is chosen.
+        assert_eq!(pick(&router, None).unwrap().replica().route.replica, "b");
+        drop(held);
+        router.update(routing(&[]));
+        assert!(pick(&router, None).is_none());
+        assert!(pick(&router, Some("a")).is_none());
+    }
+}

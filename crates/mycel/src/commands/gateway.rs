@@ -1,0 +1,23 @@
+//! `mycel gateway`: a gateway on its own, following a remote control plane.
+
+use anyhow::Context;
+
+use crate::cli::GatewayArgs;
+use crate::connect;
+
+pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
+    let (server, token) = connect::server_and_token(&args.connect)?;
+    let config = mycel_gateway::Config {
+        server,
+        token,
+        listen: args.listen,
+        location: args.location,
+        max_request_bytes: usize::try_from(args.max_request_size)
+            .context("--max-request-size is too large for this machine")?,
+    };
+    mycel_gateway::run(config, super::shutdown_signal(), |addr| {
+        eprintln!("gateway listening on http://{addr}");
+    })
+    .await?;
+    Ok(())
+}

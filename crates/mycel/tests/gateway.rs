@@ -1,0 +1,406 @@
+//! End-to-end tests of the gateway: a real control plane with its gateway, a real agent
+//! and real Python workers on 127.0.0.1, spoken to in the Open Inference Protocol v2.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::{
+    all_ready, eventually, replicas, status, write_tree, TestAgent, TestServer, READY_PATIENCE,
+};
+
+/// A numpy model that echoes its inputs, reports how many rows each call saw, fails on
+/// request, and can be made slow (to be killed mid-call).
+const PROBE: &str = r#"
+import os, time
+import numpy as np
+
+class Probe:
+    def __init__(self, ctx):
+        pass
+
+    def predict(self, inputs):
+        if "fail" in inputs:
+            raise ValueError("asked to fail")
+        if "marker" in inputs:
+            # Tell the test which process took the call, then take a while.
+            path = inputs["marker"].reshape(-1)[0].decode()
+            with open(path, "a") as f:
+                f.write(f"{os.getpid()}\n")
+            time.sleep(3)
+            return {"pid": np.full(inputs["marker"].shape[0], os.getpid(), dtype=np.int64)}
+        outputs = dict(inputs)
+        rows = next(iter(inputs.values())).shape[0] if inputs else 0
+        if "x" in inputs and inputs["x"].ndim > 0:
+            outputs["batch"] = np.full(rows, rows, dtype=np.int64)
+        return outputs
+"#;
+
+const MANIFEST: &str = r#"
+[component]
+name = "probe"
+entrypoint = "model:Probe"
+
+[python]
+requirements = ["numpy"]
+
+[serve]
+max_batch_size = 8
+batch_wait_ms = 200
+
+[[signature.inputs]]
+name = "x"
+datatype = "FP32"
+shape = [-1, 2]
+"#;
+
+struct Fleet {
+    server: TestServer,
+    _agent: TestAgent,
+    gateway: String,
+    http: reqwest::blocking::Client,
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+}
+
+/// Server, gateway and one agent serving two replicas of the probe model.
+fn fleet() -> Fleet {
+    let data = tempfile::tempdir().unwrap();
+    let nodes = tempfile::tempdir().unwrap();
+    let server = TestServer::start(data.path());
+    let agent = TestAgent::start(&server, nodes.path(), "n1", "here");
+    let component = nodes.path().join("probe");
+    write_tree(
+        &component,
+        &[
+            ("mycel.toml", MANIFEST.as_bytes()),
+            ("model.py", PROBE.as_bytes()),
+        ],
+    );
+    server.cli_json(&["push", component.to_str().unwrap()]);
+    let out = server.cli(&["deploy", "probe", "--copies", "here=2"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually("2 probe replicas ready", READY_PATIENCE, || {
+        all_ready(&status(&server), "probe", 2).then_some(())
+    });
+    let gateway = server.gateway();
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    // The gateway learns of ready replicas by watching the control plane.
+    eventually(
+        "the gateway to route to probe",
+        Duration::from_secs(20),
+        || {
+            let r = http
+                .get(format!("{gateway}/v2/models/probe/ready"))
+                .send()
+                .ok()?;
+            r.status().is_success().then_some(())
+        },
+    );
+    Fleet {
+        server,
+        _agent: agent,
+        gateway,
+        http,
+        _dirs: (data, nodes),
+    }
+}
+
+impl Fleet {
+    fn infer(&self, body: &Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}/v2/models/probe/infer", self.gateway))
+            .json(body)
+            .send()
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().unwrap())
+    }
+}
+
+#[test]
+fn oip_json_and_binary_round_trip_every_datatype_and_errors_are_clear() {
+    let f = fleet();
+    let get = |path: &str| {
+        let r = f.http.get(format!("{}{path}", f.gateway)).send().unwrap();
+        (r.status().as_u16(), r.json::<Value>().unwrap())
+    };
+    assert_eq!(get("/v2/health/live").0, 200);
+    assert_eq!(get("/v2/health/ready").0, 200);
+    assert_eq!(get("/v2").1["extensions"][0], "binary_tensor_data");
+    let (code, meta) = get("/v2/models/probe");
+    assert_eq!(code, 200);
+    assert_eq!(meta["versions"], json!(["1"]));
+    assert_eq!(
+        meta["inputs"][0],
+        json!({"name": "x", "datatype": "FP32", "shape": [-1, 2]})
+    );
+    assert_eq!(get("/v2/models/probe/versions/1/ready").0, 200);
+    let (code, body) = get("/v2/models/nope");
+    assert_eq!(code, 404);
+    assert!(body["error"].as_str().unwrap().contains("probe"), "{body}");
+    assert_eq!(get("/v2/models/probe/versions/9").0, 404);
+
+    // Every datatype through JSON, nested data included.
+    let inputs = json!([
+        {"name": "b", "datatype": "BOOL", "shape": [2], "data": [true, false]},
+        {"name": "i8", "datatype": "INT8", "shape": [2], "data": [-128, 127]},
+        {"name": "i16", "datatype": "INT16", "shape": [1], "data": [-32768]},
+        {"name": "i32", "datatype": "INT32", "shape": [1], "data": [2147483647]},
+        {"name": "i64", "datatype": "INT64", "shape": [1], "data": [-9007199254740993i64]},
+        {"name": "u8", "datatype": "UINT8", "shape": [2, 2], "data": [[0, 255], [1, 2]]},
+        {"name": "u16", "datatype": "UINT16", "shape": [1], "data": [65535]},
+        {"name": "u32", "datatype": "UINT32", "shape": [1], "data": [4294967295u64]},
+        {"name": "u64", "datatype": "UINT64", "shape": [1], "data": [18446744073709551615u64]},
+        {"name": "f16", "datatype": "FP16", "shape": [2], "data": [1.5, -2.0]},
+        {"name": "f32", "datatype": "FP32", "shape": [1], "data": [0.25]},
+        {"name": "f64", "datatype": "FP64", "shape": [1], "data": [1e-300]},
+        {"name": "s", "datatype": "BYTES", "shape": [2], "data": ["héllo", ""]},
+    ]);
+    let (code, answer) = f.infer(&json!({"id": "r1", "inputs": inputs}));
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(answer["id"], "r1");
+    assert_eq!(answer["model_name"], "probe");
+    for input in inputs.as_array().unwrap() {
+        let output = answer["outputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["name"] == input["name"])
+            .unwrap_or_else(|| panic!("no output {}", input["name"]));
+        assert_eq!(output["datatype"], input["datatype"]);
+        assert_eq!(output["shape"], input["shape"]);
+        let flat: Vec<Value> = match &input["data"] {
+            Value::Array(items) => items
+                .iter()
+                .flat_map(|v| v.as_array().cloned().unwrap_or_else(|| vec![v.clone()]))
+                .collect(),
+            other => vec![other.clone()],
+        };
+        assert_eq!(output["data"], Value::Array(flat), "{}", input["name"]);
+    }
+
+    // The binary-data extension both ways.
+    let header = json!({
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "parameters": {"binary_data_size": 8}}],
+        "outputs": [{"name": "x", "parameters": {"binary_data": true}}],
+    })
+    .to_string();
+    let mut body = header.clone().into_bytes();
+    body.extend(1.5f32.to_le_bytes());
+    body.extend((-3.0f32).to_le_bytes());
+    let r = f
+        .http
+        .post(format!("{}/v2/models/probe/infer", f.gateway))
+        .header("Inference-Header-Content-Length", header.len())
+        .body(body)
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let json_len: usize = r.headers()["inference-header-content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let bytes = r.bytes().unwrap();
+    let answer: Value = serde_json::from_slice(&bytes[..json_len]).unwrap();
+    assert_eq!(answer["outputs"].as_array().unwrap().len(), 1, "{answer}");
+    assert_eq!(answer["outputs"][0]["parameters"]["binary_data_size"], 8);
+    assert_eq!(
+        &bytes[json_len..],
+        &[1.5f32.to_le_bytes(), (-3.0f32).to_le_bytes()].concat()[..]
+    );
+
+    // Bad input is refused before it reaches a worker, naming the field.
+    let (code, body) = f.infer(
+        &json!({"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 2], "data": [1, 2, 3]}]}),
+    );
+    assert_eq!(code, 400);
+    assert!(
+        body["error"].as_str().unwrap().contains("inputs[0]"),
+        "{body}"
+    );
+    let (code, body) = f.infer(
+        &json!({"inputs": [{"name": "x", "datatype": "UINT8", "shape": [1], "data": [300]}]}),
+    );
+    assert_eq!(code, 400, "{body}");
+    let r = f
+        .http
+        .post(format!("{}/v2/models/probe/infer", f.gateway))
+        .body("{\"inputs\": [")
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+
+    // A model error is a 500 with the worker's message; the replica keeps serving.
+    let (code, body) = f.infer(
+        &json!({"inputs": [{"name": "fail", "datatype": "INT8", "shape": [1], "data": [1]}]}),
+    );
+    assert_eq!(code, 500);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("ValueError: asked to fail"),
+        "{body}"
+    );
+    let (code, _) = f.infer(
+        &json!({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1, 2]}]}),
+    );
+    assert_eq!(code, 200);
+
+    // `mycel predict` goes through the same door.
+    let out = f
+        .server
+        .cli(&["predict", "probe", "--input", "x=[[0.5, 1.5]]"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("x FP32 [1, 2]: [0.5, 1.5]"), "{stdout}");
+}
+
+#[test]
+fn concurrent_requests_are_batched_and_a_request_whose_replica_dies_is_retried() {
+    let f = fleet();
+    // Eight concurrent one-row requests within the batch window: some share a call, and
+    // each still gets exactly its own row back.
+    let answers: Vec<Value> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let f = &f;
+                s.spawn(move || {
+                    let (code, answer) = f.infer(&json!({"inputs": [
+                        {"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [i, i + 1]}
+                    ]}));
+                    assert_eq!(code, 200, "{answer}");
+                    (i, answer)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                let (i, answer) = h.join().unwrap();
+                let x = answer["outputs"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|o| o["name"] == "x")
+                    .unwrap();
+                assert_eq!(x["data"], json!([i as f64, (i + 1) as f64]));
+                answer
+            })
+            .collect()
+    });
+    let largest = answers
+        .iter()
+        .filter_map(|a| {
+            a["outputs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|o| o["name"] == "batch")?["data"][0]
+                .as_u64()
+        })
+        .max()
+        .unwrap();
+    assert!(largest > 1, "no request shared a worker call: {answers:?}");
+
+    // Kill the worker that holds a request: the gateway retries it on the other replica.
+    let marker = f._dirs.1.path().join("marker");
+    let request = json!({"inputs": [
+        {"name": "marker", "datatype": "BYTES", "shape": [1], "data": [marker.to_str().unwrap()]}
+    ]});
+    let answer = std::thread::scope(|s| {
+        let call = s.spawn(|| f.infer(&request));
+        let victim: u64 = eventually(
+            "a worker to take the slow call",
+            Duration::from_secs(20),
+            || {
+                std::fs::read_to_string(&marker)
+                    .ok()?
+                    .lines()
+                    .next()?
+                    .parse()
+                    .ok()
+            },
+        );
+        Command::new("kill")
+            .args(["-KILL", &victim.to_string()])
+            .status()
+            .unwrap();
+        let (code, answer) = call.join().unwrap();
+        assert_eq!(code, 200, "{answer}");
+        let served_by = answer["outputs"][0]["data"][0].as_u64().unwrap();
+        assert_ne!(served_by, victim, "the answer came from the killed worker");
+        answer
+    });
+    assert_eq!(answer["outputs"][0]["name"], "pid");
+    // Both replicas are running again afterwards.
+    eventually("the killed replica to be back", READY_PATIENCE, || {
+        let s = status(&f.server);
+        (replicas(&s, "probe").len() == 2 && all_ready(&s, "probe", 2)).then_some(())
+    });
+}
+
+#[test]
+fn tritonclient_works_unchanged() {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python");
+    let python = std::env::var("MYCEL_TEST_PYTHON").map_or(python, Into::into);
+    let f = fleet();
+    let url = f.gateway.trim_start_matches("http://").to_owned();
+    let script = r#"
+import sys
+import numpy as np
+import tritonclient.http as httpclient
+
+client = httpclient.InferenceServerClient(url=sys.argv[1])
+assert client.is_server_live() and client.is_server_ready()
+assert client.is_model_ready("probe")
+meta = client.get_model_metadata("probe")
+assert meta["inputs"][0]["name"] == "x", meta
+x = np.arange(6, dtype=np.float32).reshape(3, 2)
+s = np.array([b"alpha", b"beta"], dtype=np.object_)
+for binary in (False, True):
+    a = httpclient.InferInput("x", list(x.shape), "FP32")
+    a.set_data_from_numpy(x, binary_data=binary)
+    b = httpclient.InferInput("s", list(s.shape), "BYTES")
+    b.set_data_from_numpy(s, binary_data=binary)
+    outputs = [httpclient.InferRequestedOutput(n, binary_data=binary) for n in ("x", "s")]
+    result = client.infer("probe", [a, b], outputs=outputs)
+    assert np.array_equal(result.as_numpy("x"), x), result.as_numpy("x")
+    # JSON answers carry BYTES as text, which tritonclient hands back as str.
+    got = [v if isinstance(v, bytes) else v.encode() for v in result.as_numpy("s")]
+    assert got == [b"alpha", b"beta"], result.as_numpy("s")
+print("tritonclient ok")
+"#;
+    let out = Command::new(&python)
+        .args(["-c", script, &url])
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "running {} (set MYCEL_TEST_PYTHON to a Python with tritonclient[http]): {e}",
+                python.display()
+            )
+        });
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("tritonclient ok"),
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,44 @@
+"""InceptionV3 built from torchvision's model source: 1000 ImageNet classes.
+
+Takes `image` as FP32 [N, 3, 299, 299] already normalized, or as UINT8 pixels
+[N, 299, 299, 3] that it normalizes itself; returns `probabilities` and `class`.
+"""
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+from torchvision.models import inception_v3
+
+SIZE = 299
+MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32).reshape(1, 3, 1, 1)
+STD = np.array([0.229, 0.224, 0.225], dtype=np.float32).reshape(1, 3, 1, 1)
+
+
+class InceptionV3:
+    def __init__(self, ctx):
+        # The same random weights in every replica, so every copy answers alike.
+        torch.manual_seed(0)
+        self.model = inception_v3(weights=None, aux_logits=False, init_weights=False)
+        files = sorted({p for p in ctx.weights.values() if p.endswith(".safetensors")})
+        if len(files) > 1:
+            raise ValueError(f"expected at most one .safetensors weights file, got {files}")
+        if files:
+            self.model.load_state_dict(load_file(files[0]), strict=True)
+        self.model.eval()
+
+    def predict(self, inputs):
+        image = inputs["image"]
+        if image.dtype == np.uint8:
+            image = (image.transpose(0, 3, 1, 2).astype(np.float32) / 255.0 - MEAN) / STD
+        if image.ndim != 4 or image.shape[1:] != (3, SIZE, SIZE):
+            raise ValueError(
+                f"image must be FP32 [N, 3, {SIZE}, {SIZE}] or UINT8 [N, {SIZE}, {SIZE}, 3], "
+                f"got {image.dtype} {list(image.shape)}"
+            )
+        with torch.inference_mode():
+            logits = self.model(torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)))
+            probabilities = torch.softmax(logits, dim=1)
+        return {
+            "probabilities": probabilities.numpy(),
+            "class": probabilities.argmax(dim=1).numpy().astype(np.int64),
+        }
