@@ -101,6 +101,8 @@ pub async fn run(
         statuses: Mutex::new(HashMap::new()),
         changed: tokio::sync::Notify::new(),
         callers: Mutex::new(HashMap::new()),
+        location: config.location.clone(),
+        metrics: Default::default(),
     });
 
     let listener = TcpListener::bind(config.listen)

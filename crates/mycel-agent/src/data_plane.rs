@@ -17,7 +17,7 @@ use mycel_core::frame;
 use mycel_core::ErrorCode;
 use tokio::sync::oneshot;
 
-use crate::replica::{Call, NodeContext};
+use crate::replica::{Call, Caller, NodeContext};
 use crate::worker::WorkerError;
 
 /// The content type of frame bodies.
@@ -30,8 +30,21 @@ pub(crate) fn router(node: Arc<NodeContext>, max_request_bytes: usize) -> Router
             post(infer).layer(DefaultBodyLimit::max(max_request_bytes)),
         )
         .route("/v1/replicas", get(replicas))
+        .route("/metrics", get(metrics))
         .route("/v1/replicas/{replica}/logs", get(logs))
         .with_state(node)
+}
+
+async fn metrics(State(node): State<Arc<NodeContext>>) -> Response {
+    crate::replica::update_queue_depths(&node);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        node.metrics.render(),
+    )
+        .into_response()
 }
 
 async fn replicas(
@@ -94,17 +107,31 @@ async fn infer(
     Path(replica): Path<String>,
     body: Bytes,
 ) -> Response {
+    let started = std::time::Instant::now();
+    let caller = node.caller(&replica);
+    let (response, outcome) = call(&node, &replica, caller.as_ref(), body).await;
+    if let Some(caller) = caller {
+        node.metrics
+            .observe(&caller.labels, outcome, started.elapsed().as_secs_f64());
+    }
+    response
+}
+
+async fn call(
+    node: &NodeContext,
+    replica: &str,
+    caller: Option<&Caller>,
+    body: Bytes,
+) -> (Response, &'static str) {
     let request = match frame::decode_from(body) {
         Ok(request) => request,
-        Err(e) => return error(ErrorCode::InvalidRequest, e.to_string()),
+        Err(e) => return (error(ErrorCode::InvalidRequest, e.to_string()), "invalid"),
     };
-    let caller = match node.caller(&replica) {
-        Some(caller) if node.is_ready(&replica) => caller,
+    let caller = match caller {
+        Some(caller) if node.is_ready(replica) => caller,
         _ => {
-            return error(
-                ErrorCode::Unavailable,
-                format!("replica {replica} is not ready on this node"),
-            )
+            let message = format!("replica {replica} is not ready on this node");
+            return (error(ErrorCode::Unavailable, message), "unavailable");
         }
     };
     let (reply, answer) = oneshot::channel();
@@ -114,18 +141,22 @@ async fn infer(
         extra: Default::default(),
         reply,
     };
-    if caller.send(call).await.is_err() {
-        return error(ErrorCode::Unavailable, format!("replica {replica} stopped"));
+    let stopped = || {
+        let message = format!("replica {replica} stopped");
+        (error(ErrorCode::Unavailable, message), "unavailable")
+    };
+    if caller.calls.send(call).await.is_err() {
+        return stopped();
     }
     match answer.await {
         Ok(Ok(result)) => {
-            match frame::encode_to_vec(&frame::Frame::new(request.id, "result", result.tensors)) {
-                Ok(bytes) => (
-                    [(axum::http::header::CONTENT_TYPE, FRAME_CONTENT_TYPE)],
-                    bytes,
-                )
-                    .into_response(),
-                Err(e) => error(ErrorCode::Internal, e.to_string()),
+            let answer = frame::Frame::new(request.id, "result", result.tensors);
+            match frame::encode_to_vec(&answer) {
+                Ok(bytes) => {
+                    let content_type = [(axum::http::header::CONTENT_TYPE, FRAME_CONTENT_TYPE)];
+                    ((content_type, bytes).into_response(), "ok")
+                }
+                Err(e) => (error(ErrorCode::Internal, e.to_string()), "invalid"),
             }
         }
         Ok(Err(WorkerError::Model { message, traceback })) => {
@@ -134,12 +165,12 @@ async fn infer(
             } else {
                 format!("{message}\n{traceback}")
             };
-            error(ErrorCode::ModelError, message)
+            (error(ErrorCode::ModelError, message), "model_error")
         }
-        Ok(Err(e)) => error(
-            ErrorCode::Unavailable,
-            format!("replica {replica} failed during the call: {e}"),
-        ),
-        Err(_) => error(ErrorCode::Unavailable, format!("replica {replica} stopped")),
+        Ok(Err(e)) => {
+            let message = format!("replica {replica} failed during the call: {e}");
+            (error(ErrorCode::Unavailable, message), "unavailable")
+        }
+        Err(_) => stopped(),
     }
 }

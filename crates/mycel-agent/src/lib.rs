@@ -10,6 +10,7 @@ mod agent;
 mod batch;
 mod data_plane;
 pub mod env;
+pub mod metrics;
 pub mod replica;
 pub mod sync;
 pub mod worker;

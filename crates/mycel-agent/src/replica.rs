@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::batch;
 use crate::env::{EnvBuilder, EnvSpec};
+use crate::metrics::{Metrics, ModelLabels, ReplicaLabels};
 use crate::sync::{materialize, sync_version, BlobCache};
 use crate::worker::{Frame, Tensor, WorkerConn, WorkerError};
 
@@ -50,7 +51,20 @@ pub struct NodeContext {
     /// instead of at the next tick: gateways learn of a ready replica sooner.
     pub changed: tokio::sync::Notify,
     /// Where each running replica takes calls, for the data plane.
-    pub callers: Mutex<HashMap<String, mpsc::Sender<Call>>>,
+    pub callers: Mutex<HashMap<String, Caller>>,
+    /// This node's location, for metrics.
+    pub location: String,
+    /// Inference metrics.
+    pub metrics: Metrics,
+}
+
+/// How the data plane reaches a replica.
+#[derive(Clone)]
+pub struct Caller {
+    /// Its call queue.
+    pub calls: mpsc::Sender<Call>,
+    /// Its metric labels.
+    pub labels: ModelLabels,
 }
 
 impl NodeContext {
@@ -72,7 +86,10 @@ impl NodeContext {
     /// assignment) has taken its place.
     pub fn remove(&self, replica: &str, calls: &mpsc::Sender<Call>) {
         let mut callers = self.callers.lock().unwrap_or_else(|p| p.into_inner());
-        if callers.get(replica).is_some_and(|c| !c.same_channel(calls)) {
+        if callers
+            .get(replica)
+            .is_some_and(|c| !c.calls.same_channel(calls))
+        {
             return;
         }
         callers.remove(replica);
@@ -82,7 +99,7 @@ impl NodeContext {
     }
 
     /// Where to send calls for `replica`, if it runs here.
-    pub fn caller(&self, replica: &str) -> Option<mpsc::Sender<Call>> {
+    pub fn caller(&self, replica: &str) -> Option<Caller> {
         let callers = self.callers.lock().unwrap_or_else(|p| p.into_inner());
         callers.get(replica).cloned()
     }
@@ -138,7 +155,11 @@ pub fn start(node: Arc<NodeContext>, assignment: Assignment) -> ReplicaHandle {
     let (calls, calls_rx) = mpsc::channel(1024);
     {
         let mut callers = node.callers.lock().unwrap_or_else(|p| p.into_inner());
-        callers.insert(assignment.replica.clone(), calls.clone());
+        let caller = Caller {
+            calls: calls.clone(),
+            labels: labels_of(&node, &assignment),
+        };
+        callers.insert(assignment.replica.clone(), caller);
     }
     let stop = CancellationToken::new();
     let task = tokio::spawn(run(
@@ -155,12 +176,38 @@ pub fn start(node: Arc<NodeContext>, assignment: Assignment) -> ReplicaHandle {
     }
 }
 
+fn labels_of(node: &NodeContext, assignment: &Assignment) -> ModelLabels {
+    ModelLabels {
+        model: assignment.deployment.clone(),
+        version: assignment.version.short(),
+        location: node.location.clone(),
+    }
+}
+
+/// Sets each replica's queue-depth gauge from its queue.
+pub fn update_queue_depths(node: &NodeContext) {
+    let callers = node.callers.lock().unwrap_or_else(|p| p.into_inner());
+    node.metrics.queue_depth.clear();
+    for (replica, caller) in callers.iter() {
+        let waiting = caller.calls.max_capacity() - caller.calls.capacity();
+        let labels = ReplicaLabels {
+            model: caller.labels.model.clone(),
+            replica: replica.clone(),
+        };
+        node.metrics
+            .queue_depth
+            .get_or_create(&labels)
+            .set(waiting as i64);
+    }
+}
+
 /// Everything a worker needs to start, prepared once per replica.
 struct Prepared {
     python: PathBuf,
     version_dir: PathBuf,
     manifest: Manifest,
     serve: ServeOptions,
+    labels: ModelLabels,
 }
 
 async fn prepare(node: &NodeContext, assignment: &Assignment) -> Result<Prepared, String> {
@@ -192,6 +239,7 @@ async fn prepare(node: &NodeContext, assignment: &Assignment) -> Result<Prepared
         version_dir,
         manifest,
         serve: assignment.serve,
+        labels: labels_of(node, assignment),
     })
 }
 
@@ -340,6 +388,19 @@ async fn serve_once(
             },
         };
         let batch = gather(first, &mut pending, calls, prepared.serve).await;
+        if batch[0].method == "predict" {
+            let rows = batch
+                .iter()
+                .map(|c| {
+                    c.tensors
+                        .first()
+                        .and_then(|t| t.shape.first())
+                        .copied()
+                        .unwrap_or(1)
+                })
+                .sum();
+            node.metrics.batch(&prepared.labels, rows);
+        }
         if let Err(e) = run_batch(&mut conn, batch).await {
             // The worker broke mid-call; its exit status says why.
             let status = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;

@@ -15,6 +15,7 @@ use mycel_core::frame::{self, Frame};
 use mycel_core::oip;
 use serde_json::json;
 
+use crate::metrics::{Metrics, RequestLabels};
 use crate::routes::{self, Model};
 
 /// The binary-data extension's header: how many leading body bytes are JSON.
@@ -25,6 +26,7 @@ struct Gateway {
     router: Arc<routes::Router>,
     agents: reqwest::Client,
     max_request_bytes: usize,
+    metrics: Metrics,
 }
 
 pub(crate) fn app(
@@ -40,6 +42,7 @@ pub(crate) fn app(
         router,
         agents,
         max_request_bytes,
+        metrics: Metrics::new(),
     });
     Ok(Router::new()
         .route(
@@ -48,6 +51,7 @@ pub(crate) fn app(
         )
         .route("/v2/health/ready", get(server_ready))
         .route("/v2", get(server_metadata))
+        .route("/metrics", get(metrics))
         .route("/v2/models/{model}", get(model_metadata))
         .route(
             "/v2/models/{model}/versions/{version}",
@@ -96,6 +100,17 @@ async fn server_ready(State(gw): State<Arc<Gateway>>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(json!({ "ready": ready }))).into_response()
+}
+
+async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        gw.metrics.render(),
+    )
+        .into_response()
 }
 
 async fn server_metadata() -> Json<serde_json::Value> {
@@ -221,12 +236,34 @@ async fn infer_at(
     serve(&gw, &name, Some(&version), &headers, body).await
 }
 
+/// Answers one infer request and records it in the metrics.
 async fn serve(
     gw: &Gateway,
     name: &str,
     version: Option<&str>,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let started = std::time::Instant::now();
+    let mut labels = RequestLabels {
+        model: String::new(),
+        version: String::new(),
+        location: String::new(),
+        code: 0,
+    };
+    let response = answer(gw, name, version, headers, body, &mut labels).await;
+    labels.code = response.status().as_u16();
+    gw.metrics.observe(&labels, started.elapsed().as_secs_f64());
+    response
+}
+
+async fn answer(
+    gw: &Gateway,
+    name: &str,
+    version: Option<&str>,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    labels: &mut RequestLabels,
 ) -> Response {
     let body = match body {
         Ok(body) => body,
@@ -245,6 +282,8 @@ async fn serve(
         Ok(model) => model,
         Err(failure) => return failure.into_response(),
     };
+    labels.model.clone_from(&model.info.name);
+    labels.version = model.info.seq.to_string();
     let json_len = match headers.get(HEADER_LENGTH) {
         None => None,
         Some(value) => match value
@@ -270,7 +309,7 @@ async fn serve(
         Err(e) => return oip_error(StatusCode::BAD_REQUEST, e.to_string()),
     };
 
-    let outputs = match call(gw, &model, frame).await {
+    let outputs = match call(gw, &model, frame, labels).await {
         Ok(outputs) => outputs,
         Err(failure) => return failure.into_response(),
     };
@@ -320,6 +359,7 @@ async fn call(
     gw: &Gateway,
     model: &Model,
     frame: Bytes,
+    labels: &mut RequestLabels,
 ) -> Result<Vec<mycel_core::tensor::Tensor>, Failure> {
     let mut failed: Option<(String, String)> = None;
     for _ in 0..2 {
@@ -328,11 +368,13 @@ async fn call(
             break;
         };
         let replica = &in_flight.replica().route;
+        labels.location.clone_from(&replica.location);
         match attempt(gw, replica, frame.clone()).await {
             Attempt::Done(outputs) => return Ok(outputs),
             Attempt::Fail(response) => return Err(response),
             Attempt::Retry(reason) => {
                 tracing::warn!(replica = %replica.replica, %reason, "replica could not serve; retrying elsewhere");
+                gw.metrics.retried(labels);
                 failed = Some((replica.replica.clone(), reason));
             }
         }

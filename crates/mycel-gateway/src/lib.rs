@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 mod http;
+mod metrics;
 pub mod routes;
 
 use std::future::{Future, IntoFuture};

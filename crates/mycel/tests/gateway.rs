@@ -320,6 +320,33 @@ fn concurrent_requests_are_batched_and_a_request_whose_replica_dies_is_retried()
         .unwrap();
     assert!(largest > 1, "no request shared a worker call: {answers:?}");
 
+    // Both the gateway and the agent expose what happened as Prometheus metrics.
+    let text = |url: String| f.http.get(url).send().unwrap().text().unwrap();
+    let gateway = text(format!("{}/metrics", f.gateway));
+    assert!(
+        gateway.contains(r#"mycel_gateway_requests_total{model="probe",version="1",location="here",code="200"} 8"#),
+        "{gateway}"
+    );
+    assert!(
+        gateway.contains("mycel_gateway_request_duration_seconds_bucket"),
+        "{gateway}"
+    );
+    let agent_url = status(&f.server)["nodes"][0]["node"]["spec"]["agent_url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let agent = text(format!("{agent_url}/metrics"));
+    assert!(
+        agent.contains(r#"mycel_agent_requests_total{model="probe""#),
+        "{agent}"
+    );
+    assert!(agent.contains(r#"outcome="ok"} 8"#), "{agent}");
+    assert!(agent.contains("mycel_agent_batch_size_bucket"), "{agent}");
+    assert!(
+        agent.contains(r#"mycel_agent_queue_depth{model="probe""#),
+        "{agent}"
+    );
+
     // Kill the worker that holds a request: the gateway retries it on the other replica.
     let marker = f._dirs.1.path().join("marker");
     let request = json!({"inputs": [
