@@ -24,7 +24,7 @@ cleanup() {
 trap cleanup EXIT
 
 # Three nodes on one machine; each offers 8 cpus and 16 GiB to its replicas.
-"$mycel" up --nodes new-york,london,tokyo --listen 127.0.0.1:0 --gateway 127.0.0.1:0 \
+MYCEL_LOG=warn "$mycel" up --nodes new-york,london,tokyo --listen 127.0.0.1:0 --gateway 127.0.0.1:0 \
   --node-cpus 8 --node-memory 16GiB &
 up=$!
 for _ in $(seq 600); do [ -s "$data/gateway.url" ] && break; sleep 0.1; done

@@ -202,3 +202,81 @@ fn unplaceable_copies_say_why() {
     let text = String::from_utf8_lossy(&server.cli(&["status"]).stdout).to_string();
     assert!(text.contains("cannot be placed"), "{text}");
 }
+
+#[test]
+fn up_runs_everything_and_ctrl_c_leaves_no_process_behind() {
+    let data = tempfile::tempdir().unwrap();
+    let up = TestServer::up(data.path(), "new-york,tokyo");
+    let echo = repo_root().join("examples/echo");
+    up.cli_json(&["push", echo.to_str().unwrap()]);
+    let out = up.cli(&[
+        "deploy",
+        "echo",
+        "--copies",
+        "new-york=2",
+        "--copies",
+        "tokyo=1",
+        "--wait",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ready = eventually("3 echo replicas ready", READY_PATIENCE, || {
+        let s = status(&up);
+        all_ready(&s, "echo", 3).then_some(s)
+    });
+    let pids: Vec<u64> = replicas(&ready, "echo")
+        .into_iter()
+        .map(|r| r.3.expect("ready replicas report a pid"))
+        .collect();
+    assert!(pids.iter().all(|&pid| alive(pid)));
+
+    // The embedded gateway serves the deployment.
+    let answer = eventually(
+        "a prediction through the gateway",
+        Duration::from_secs(20),
+        || {
+            let out = up.cli(&["predict", "echo", "--input", "x=[1, 2, 3]"]);
+            out.status
+                .success()
+                .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+        },
+    );
+    assert!(answer.contains("x INT64 [3]: [1, 2, 3]"), "{answer}");
+
+    up.signal("INT");
+    for pid in pids {
+        assert!(!alive(pid), "worker {pid} outlived mycel up");
+    }
+}
+
+#[test]
+fn mobilenet_v2_from_torchvision_source_serves_through_the_gateway() {
+    let data = tempfile::tempdir().unwrap();
+    let up = TestServer::up(data.path(), "tokyo");
+    let model = repo_root().join("examples/mobilenet-v2");
+    up.cli_json(&["push", model.to_str().unwrap()]);
+    // The first environment with torch in it takes a while to build.
+    let out = up.cli(&["deploy", "mobilenet-v2", "--copies", "tokyo=1", "--wait"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let image = repo_root().join("examples/images/gradient.png");
+    let answer = eventually("a MobileNetV2 prediction", Duration::from_secs(20), || {
+        let input = format!("image={}", image.display());
+        let out = up.cli(&["predict", "mobilenet-v2", "--input", &input]);
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    });
+    assert!(
+        answer.contains("probabilities FP32 [1, 1000]: top"),
+        "{answer}"
+    );
+    assert!(answer.contains("class INT64 [1]: ["), "{answer}");
+    up.signal("INT");
+}

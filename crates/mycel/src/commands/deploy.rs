@@ -114,6 +114,9 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How long `--wait` lets nodes join before reporting copies that cannot be placed.
+const PLACEMENT_GRACE: Duration = Duration::from_secs(5);
+
 /// Polls status until every copy of `names` is ready; fails early when a replica
 /// failed to build or copies cannot be placed, naming why.
 pub async fn wait_ready(
@@ -136,11 +139,13 @@ pub async fn wait_ready(
             desired += view.locations.iter().map(|l| l.desired).sum::<u32>();
             ready += view.locations.iter().map(|l| l.ready).sum::<u32>();
         }
-        if let Some(unplaced) = status
+        // Nodes may still be joining (right after `mycel up`, say): give them a moment
+        // before calling copies unplaceable.
+        let unplaced = status
             .unplaced
             .iter()
-            .find(|u| names.contains(&u.deployment))
-        {
+            .find(|u| names.contains(&u.deployment));
+        if let Some(unplaced) = unplaced.filter(|_| started.elapsed() > PLACEMENT_GRACE) {
             bail!(
                 "{}: {} copies in {} cannot be placed: {}",
                 unplaced.deployment,

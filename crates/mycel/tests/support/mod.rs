@@ -40,11 +40,31 @@ impl TestServer {
     }
 
     pub fn start_with(data: &Path, extra: &[&str]) -> Self {
+        Self::spawn("server", data, extra)
+    }
+
+    /// `mycel up`: control plane, gateway and one agent per node in one process.
+    pub fn up(data: &Path, nodes: &str) -> Self {
+        Self::spawn(
+            "up",
+            data,
+            &[
+                "--nodes",
+                nodes,
+                "--node-cpus",
+                "4",
+                "--node-memory",
+                "8GiB",
+            ],
+        )
+    }
+
+    fn spawn(command: &str, data: &Path, extra: &[&str]) -> Self {
         let url_file = data.join("server.url");
         let _ = std::fs::remove_file(&url_file);
         let child = Command::new(mycel_bin())
             .args([
-                "server",
+                command,
                 "--listen",
                 "127.0.0.1:0",
                 "--gateway",
@@ -124,13 +144,21 @@ impl TestServer {
     }
 
     /// Stops the server with SIGTERM and waits for it, as an operator would.
-    pub fn stop(mut self) {
+    pub fn stop(self) {
+        self.signal("TERM");
+    }
+
+    /// Sends SIGNAL (e.g. "INT" for Ctrl-C) and waits for a clean exit.
+    pub fn signal(mut self, signal: &str) {
         let _ = Command::new("kill")
-            .arg("-TERM")
+            .arg(format!("-{signal}"))
             .arg(self.child.id().to_string())
             .status();
         let status = self.child.wait().unwrap();
-        assert!(status.success(), "server exited with {status} on SIGTERM");
+        assert!(
+            status.success(),
+            "mycel exited with {status} on SIG{signal}"
+        );
     }
 }
 
