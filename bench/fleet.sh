@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 runs=${1:-5}
 
 cargo build --release --quiet --bin mycel
-mycel=$PWD/target/release/mycel
+mycel=${CARGO_TARGET_DIR:-$PWD/target}/release/mycel
 if ! command -v uv >/dev/null; then
   [ -x .venv/bin/uv ] || { python3 -m venv .venv && .venv/bin/python -m pip install -q uv; }
   export PATH="$PWD/.venv/bin:$PATH"
@@ -34,7 +34,7 @@ rss() { awk '/VmRSS/ {printf "%.1f MiB", $2 / 1024}' "/proc/$agent/status"; }
 echo "agent idle RSS (no replicas): $(rss)"
 
 "$mycel" push examples/echo >/dev/null
-"$mycel" deploy echo --copies bench=1 --wait >/dev/null   # builds the environment
+"$mycel" deploy echo --copies bench=1 --wait >/dev/null 2>&1   # builds the environment
 "$mycel" undeploy echo >/dev/null
 sleep 1
 
@@ -43,7 +43,7 @@ for i in $(seq "$runs"); do
   : >"$data/agent.log.mark"
   lines=$(wc -l <"$data/agent.log")
   start=$(date +%s%3N)
-  "$mycel" deploy echo --copies bench=1 --wait >/dev/null
+  "$mycel" deploy echo --copies bench=1 --wait >/dev/null 2>&1
   wall=$(( $(date +%s%3N) - start ))
   log=$(tail -n +"$((lines + 1))" "$data/agent.log" | sed 's/\x1b\[[0-9;]*m//g')
   assigned=$(echo "$log" | grep -m1 'starting replica' | awk '{print $1}')
@@ -53,6 +53,6 @@ for i in $(seq "$runs"); do
   sleep 1
 done
 
-"$mycel" deploy echo --copies bench=4 --wait >/dev/null
+"$mycel" deploy echo --copies bench=4 --wait >/dev/null 2>&1
 sleep 2
 echo "agent RSS with 4 echo replicas: $(rss)"
