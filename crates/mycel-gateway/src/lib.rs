@@ -19,8 +19,6 @@ use tokio_util::sync::CancellationToken;
 
 /// File in a data directory holding the URL of the gateway started there.
 pub const URL_FILE: &str = "gateway.url";
-/// Default for [`Config::max_request_bytes`].
-pub const DEFAULT_MAX_REQUEST_BYTES: usize = 64 << 20;
 
 /// How to run a gateway.
 #[derive(Clone, Debug)]

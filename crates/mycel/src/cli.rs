@@ -70,6 +70,9 @@ pub struct ServerArgs {
     /// Address of the gateway (OIP v2); its URL is written to DATA/gateway.url.
     #[arg(long, env = "MYCEL_GATEWAY_LISTEN", default_value = "127.0.0.1:7800")]
     pub gateway: SocketAddr,
+    /// Largest inference request the gateway accepts, e.g. 64MiB.
+    #[arg(long, default_value = "64MiB", value_parser = parse_size)]
+    pub max_request_size: u64,
 }
 
 #[derive(Args, Debug)]
@@ -301,6 +304,9 @@ pub struct UpArgs {
     /// Gateway address (OIP v2).
     #[arg(long, default_value = "127.0.0.1:7800")]
     pub gateway: SocketAddr,
+    /// Largest inference request the gateway accepts, e.g. 64MiB.
+    #[arg(long, default_value = "64MiB", value_parser = parse_size)]
+    pub max_request_size: u64,
     /// CPUs each local node offers [default: the machine's cores].
     #[arg(long)]
     pub node_cpus: Option<f64>,

@@ -431,3 +431,23 @@ print("tritonclient ok")
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn oversized_requests_are_refused_with_the_limit_named() {
+    let data = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(data.path(), &["--max-request-size", "1KiB"]);
+    let r = reqwest::blocking::Client::new()
+        .post(format!("{}/v2/models/any/infer", server.gateway()))
+        .body(vec![b' '; 2048])
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 413);
+    let body: Value = r.json().unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("limit of 1024 bytes"),
+        "{body}"
+    );
+}

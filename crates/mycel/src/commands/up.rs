@@ -59,13 +59,14 @@ impl Roles {
     }
 
     /// Starts a gateway following this control plane; its URL goes to DATA/gateway.url.
-    fn gateway(&mut self, listen: SocketAddr) {
+    fn gateway(&mut self, listen: SocketAddr, max_request_size: u64) -> anyhow::Result<()> {
         let config = mycel_gateway::Config {
             server: self.server.clone(),
             token: Some(self.token.clone()),
             listen,
             location: None,
-            max_request_bytes: mycel_gateway::DEFAULT_MAX_REQUEST_BYTES,
+            max_request_bytes: usize::try_from(max_request_size)
+                .context("--max-request-size is too large for this machine")?,
         };
         let url_file = self.data.join(mycel_gateway::URL_FILE);
         let stopped = self.stop.clone();
@@ -78,6 +79,7 @@ impl Roles {
             .await
             .map_err(anyhow::Error::from)
         });
+        Ok(())
     }
 
     /// Runs until SIGINT or SIGTERM, or until a role fails; then stops every role and
@@ -112,7 +114,7 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
         lost_after: args.lost_after,
     };
     let mut roles = Roles::start(config).await?;
-    roles.gateway(args.gateway);
+    roles.gateway(args.gateway, args.max_request_size)?;
     roles.run().await
 }
 
@@ -130,7 +132,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         lost_after: mycel_control::DEFAULT_LOST_AFTER,
     };
     let mut roles = Roles::start(control).await?;
-    roles.gateway(args.gateway);
+    roles.gateway(args.gateway, args.max_request_size)?;
     for node in &args.nodes {
         let config = mycel_agent::Config {
             server: roles.server.clone(),
