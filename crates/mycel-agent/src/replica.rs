@@ -401,7 +401,17 @@ async fn serve_once(
                 .sum();
             node.metrics.batch(&prepared.labels, rows);
         }
-        if let Err(e) = run_batch(&mut conn, batch).await {
+        let outcome = tokio::select! {
+            outcome = run_batch(&mut conn, batch) => outcome,
+            // A model stuck in a call must not hold up stopping: the callers of the
+            // dropped batch get 503 and the gateway retries them elsewhere.
+            _ = stop.cancelled() => {
+                let _ = child.kill().await;
+                let _ = child.wait().await;
+                return Ok(());
+            }
+        };
+        if let Err(e) = outcome {
             // The worker broke mid-call; its exit status says why.
             let status = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
             let status = match status {

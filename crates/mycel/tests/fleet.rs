@@ -280,3 +280,52 @@ fn mobilenet_v2_from_torchvision_source_serves_through_the_gateway() {
     assert!(answer.contains("class INT64 [1]: ["), "{answer}");
     up.signal("INT");
 }
+
+#[test]
+fn a_model_stuck_in_a_call_does_not_hold_up_ctrl_c() {
+    let data = tempfile::tempdir().unwrap();
+    let up = TestServer::up(data.path(), "here");
+    let component = data.path().join("stuck");
+    let marker = data.path().join("called");
+    let model = format!(
+        "import time\n\nclass Stuck:\n    def __init__(self, ctx):\n        pass\n\n    def predict(self, inputs):\n        open({:?}, 'w').close()\n        time.sleep(600)\n        return inputs\n",
+        marker.to_str().unwrap()
+    );
+    write_tree(
+        &component,
+        &[
+            (
+                "mycel.toml",
+                b"[component]\nname = \"stuck\"\nentrypoint = \"model:Stuck\"\n\n[python]\nrequirements = [\"numpy\"]\n",
+            ),
+            ("model.py", model.as_bytes()),
+        ],
+    );
+    up.cli_json(&["push", component.to_str().unwrap()]);
+    let out = up.cli(&["deploy", "stuck", "--copies", "here=1", "--wait"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pid = replicas(&status(&up), "stuck")[0].3.unwrap();
+
+    let data_dir = data.path().to_owned();
+    std::thread::spawn(move || {
+        let _ = Command::new(support::mycel_bin())
+            .args(["predict", "stuck", "--input", "x=[1]"])
+            .env("MYCEL_DATA", data_dir)
+            .output();
+    });
+    eventually(
+        "the model to be inside predict",
+        Duration::from_secs(20),
+        || marker.exists().then_some(()),
+    );
+    let stopping = std::thread::spawn(move || up.signal("INT"));
+    eventually("mycel up to exit", Duration::from_secs(20), || {
+        stopping.is_finished().then_some(())
+    });
+    stopping.join().unwrap();
+    assert!(!alive(pid), "the stuck worker {pid} survived");
+}
