@@ -12,6 +12,7 @@ use std::time::Duration;
 use mycel_core::fleet::NodeSpec;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::env::EnvBuilder;
 use crate::replica::{self, NodeContext, ReplicaHandle};
@@ -103,6 +104,7 @@ pub async fn run(
         callers: Mutex::new(HashMap::new()),
         location: config.location.clone(),
         metrics: Default::default(),
+        synced: Mutex::new(HashMap::new()),
     });
 
     let listener = TcpListener::bind(config.listen)
@@ -144,16 +146,19 @@ pub async fn run(
         config.heartbeat,
         stop.clone(),
     ));
-    let mut replicas: HashMap<String, ReplicaHandle> = HashMap::new();
+    let mut replicas = Replicas {
+        running: HashMap::new(),
+        draining: TaskTracker::new(),
+    };
     watch_loop(&client, &spec, &node, &mut replicas, &stop).await;
 
-    // Shutdown: stop every replica (and so every worker) before returning.
-    for handle in replicas.values() {
-        handle.stop.cancel();
-    }
-    for (_, handle) in replicas.drain() {
+    // Shutdown: `stop` has stopped every replica, draining ones too; wait for every
+    // worker to be gone before returning.
+    for (_, handle) in replicas.running.drain() {
         let _ = handle.task.await;
     }
+    replicas.draining.close();
+    replicas.draining.wait().await;
     let _ = heartbeats.await;
     let _ = data_plane.await;
     tracing::info!(node = %config.name, "agent stopped");
@@ -197,11 +202,17 @@ async fn heartbeat_loop(
     }
 }
 
+/// The replicas this agent runs, and the tasks of those draining.
+struct Replicas {
+    running: HashMap<String, ReplicaHandle>,
+    draining: TaskTracker,
+}
+
 async fn watch_loop(
     client: &mycel_client::Client,
     spec: &NodeSpec,
     node: &Arc<NodeContext>,
-    replicas: &mut HashMap<String, ReplicaHandle>,
+    replicas: &mut Replicas,
     stop: &CancellationToken,
 ) {
     let mut registered = false;
@@ -227,7 +238,7 @@ async fn watch_loop(
             Ok(answer) => {
                 retry = Duration::from_millis(200);
                 generation = answer.generation;
-                apply(node, replicas, answer.assignments);
+                apply(node, replicas, answer.assignments, stop);
             }
             Err(e) => {
                 // Keep serving what we run; the control plane may be restarting.
@@ -247,36 +258,43 @@ async fn backoff(retry: &mut Duration, stop: &CancellationToken) {
     *retry = (*retry * 2).min(Duration::from_secs(5));
 }
 
-/// Starts replicas newly assigned and stops those no longer assigned.
+/// Starts replicas newly assigned and drains those no longer assigned.
 fn apply(
     node: &Arc<NodeContext>,
-    replicas: &mut HashMap<String, ReplicaHandle>,
+    replicas: &mut Replicas,
     assignments: Vec<mycel_core::fleet::Assignment>,
+    shutdown: &CancellationToken,
 ) {
+    let Replicas { running, draining } = replicas;
     let wanted: HashMap<String, mycel_core::fleet::Assignment> = assignments
         .into_iter()
         .map(|a| (a.replica.clone(), a))
         .collect();
-    let gone: Vec<String> = replicas
+    let gone: Vec<String> = running
         .iter()
         .filter(|(id, handle)| wanted.get(*id) != Some(&handle.assignment))
         .map(|(id, _)| id.clone())
         .collect();
     for id in gone {
-        if let Some(handle) = replicas.remove(&id) {
-            tracing::info!(replica = %id, "stopping replica");
-            handle.stop.cancel();
+        if let Some(mut handle) = running.remove(&id) {
+            tracing::info!(replica = %id, "draining replica");
+            handle.drain.cancel();
             let node = Arc::clone(node);
-            tokio::spawn(async move {
-                let _ = handle.task.await;
+            draining.spawn(async move {
+                let drained = tokio::time::timeout(replica::DRAIN_TIMEOUT, &mut handle.task).await;
+                if drained.is_err() {
+                    tracing::warn!(replica = %id, "replica did not drain in time; stopping it");
+                    handle.stop.cancel();
+                    let _ = handle.task.await;
+                }
                 node.remove(&id, &handle.calls);
             });
         }
     }
     for (id, assignment) in wanted {
-        if let std::collections::hash_map::Entry::Vacant(slot) = replicas.entry(id) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = running.entry(id) {
             tracing::info!(replica = %slot.key(), version = %assignment.version.short(), "starting replica");
-            slot.insert(replica::start(Arc::clone(node), assignment));
+            slot.insert(replica::start(Arc::clone(node), assignment, shutdown));
         }
     }
 }

@@ -101,7 +101,8 @@ fn error(code: ErrorCode, message: impl Into<String>) -> Response {
 }
 
 /// `POST /v1/replicas/{replica}/infer`: one `predict` frame in, one `result` frame out.
-/// A replica that is not here or not ready answers 503, so the gateway tries another.
+/// A replica that is not here, not ready or draining answers 503 `not_serving`: nothing
+/// ran, so the gateway tries another.
 async fn infer(
     State(node): State<Arc<NodeContext>>,
     Path(replica): Path<String>,
@@ -131,7 +132,7 @@ async fn call(
         Some(caller) if node.is_ready(replica) => caller,
         _ => {
             let message = format!("replica {replica} is not ready on this node");
-            return (error(ErrorCode::Unavailable, message), "unavailable");
+            return (error(ErrorCode::NotServing, message), "unavailable");
         }
     };
     let (reply, answer) = oneshot::channel();
@@ -141,12 +142,10 @@ async fn call(
         extra: Default::default(),
         reply,
     };
-    let stopped = || {
-        let message = format!("replica {replica} stopped");
-        (error(ErrorCode::Unavailable, message), "unavailable")
-    };
     if caller.calls.send(call).await.is_err() {
-        return stopped();
+        // Draining or stopped before the call got in: nothing ran.
+        let message = format!("replica {replica} is stopping");
+        return (error(ErrorCode::NotServing, message), "unavailable");
     }
     match answer.await {
         Ok(Ok(result)) => {
@@ -171,6 +170,9 @@ async fn call(
             let message = format!("replica {replica} failed during the call: {e}");
             (error(ErrorCode::Unavailable, message), "unavailable")
         }
-        Err(_) => stopped(),
+        Err(_) => {
+            let message = format!("replica {replica} stopped during the call");
+            (error(ErrorCode::Unavailable, message), "unavailable")
+        }
     }
 }

@@ -41,6 +41,13 @@ pub struct ReplicaLabels {
     pub replica: String,
 }
 
+/// What bytes fetched from the control plane were.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FetchLabels {
+    /// `blob` (file contents) or `version` (a version's file list).
+    pub kind: &'static str,
+}
+
 /// Every metric the agent keeps.
 pub struct Metrics {
     registry: Registry,
@@ -49,6 +56,7 @@ pub struct Metrics {
     batch_size: Family<ModelLabels, Histogram>,
     /// Set from the replicas' queues when rendered.
     pub queue_depth: Family<ReplicaLabels, Gauge>,
+    fetched: Family<FetchLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -80,12 +88,19 @@ impl Default for Metrics {
             "Calls waiting for a replica's worker",
             queue_depth.clone(),
         );
+        let fetched = Family::<FetchLabels, Counter>::default();
+        registry.register(
+            "fetched_bytes",
+            "Bytes fetched from the control plane to run versions: blobs this node lacked and version file lists",
+            fetched.clone(),
+        );
         Self {
             registry,
             requests,
             latency,
             batch_size,
             queue_depth,
+            fetched,
         }
     }
 }
@@ -106,6 +121,13 @@ impl Metrics {
     /// Records the rows of one worker call.
     pub fn batch(&self, labels: &ModelLabels, rows: u64) {
         self.batch_size.get_or_create(labels).observe(rows as f64);
+    }
+
+    /// Counts bytes fetched from the control plane.
+    pub fn fetched(&self, kind: &'static str, bytes: u64) {
+        self.fetched
+            .get_or_create(&FetchLabels { kind })
+            .inc_by(bytes);
     }
 
     /// The Prometheus text exposition.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use mycel_core::fleet::{Assignment, ReplicaState, ReplicaStatus};
 use mycel_core::manifest::{ServeOptions, MANIFEST_FILE};
-use mycel_core::Manifest;
+use mycel_core::{Manifest, VersionId};
 use tokio::net::UnixListener;
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot};
@@ -30,6 +30,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 const HEALTHY_AFTER: Duration = Duration::from_secs(30);
 /// Largest worker answer accepted.
 const MAX_BODY: u64 = 4 << 30;
+/// How long a replica no longer assigned may take to finish the requests it holds.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What every replica on this node shares.
 pub struct NodeContext {
@@ -56,6 +58,9 @@ pub struct NodeContext {
     pub location: String,
     /// Inference metrics.
     pub metrics: Metrics,
+    /// Versions synced and materialized on this node, or being so: replicas of one
+    /// version share one fetch.
+    pub synced: Mutex<HashMap<VersionId, Arc<tokio::sync::OnceCell<PathBuf>>>>,
 }
 
 /// How the data plane reaches a replica.
@@ -144,14 +149,20 @@ pub struct ReplicaHandle {
     pub assignment: Assignment,
     /// Requests for its worker.
     pub calls: mpsc::Sender<Call>,
-    /// Cancelling stops the replica and its worker.
+    /// Cancelling stops the replica and its worker at once.
     pub stop: CancellationToken,
+    /// Cancelling makes the replica refuse new requests, answer those it holds, and stop.
+    pub drain: CancellationToken,
     /// The replica's task.
     pub task: tokio::task::JoinHandle<()>,
 }
 
-/// Starts a replica's task.
-pub fn start(node: Arc<NodeContext>, assignment: Assignment) -> ReplicaHandle {
+/// Starts a replica's task; cancelling `shutdown` stops it, draining or not.
+pub fn start(
+    node: Arc<NodeContext>,
+    assignment: Assignment,
+    shutdown: &CancellationToken,
+) -> ReplicaHandle {
     let (calls, calls_rx) = mpsc::channel(1024);
     {
         let mut callers = node.callers.lock().unwrap_or_else(|p| p.into_inner());
@@ -161,17 +172,22 @@ pub fn start(node: Arc<NodeContext>, assignment: Assignment) -> ReplicaHandle {
         };
         callers.insert(assignment.replica.clone(), caller);
     }
-    let stop = CancellationToken::new();
+    let stop = shutdown.child_token();
+    let drain = CancellationToken::new();
     let task = tokio::spawn(run(
         Arc::clone(&node),
         assignment.clone(),
         calls_rx,
-        stop.clone(),
+        Signals {
+            stop: stop.clone(),
+            drain: drain.clone(),
+        },
     ));
     ReplicaHandle {
         assignment,
         calls,
         stop,
+        drain,
         task,
     }
 }
@@ -210,21 +226,47 @@ struct Prepared {
     labels: ModelLabels,
 }
 
+/// Fetches what this node lacks of a version and lays it out; once per version, however
+/// many replicas run it. Returns the version's directory.
+async fn sync(node: &NodeContext, assignment: &Assignment) -> Result<PathBuf, String> {
+    let once = {
+        let mut synced = node.synced.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(synced.entry(assignment.version).or_default())
+    };
+    let dir = once
+        .get_or_try_init(|| async {
+            let id = assignment.version;
+            let (version, size) = node
+                .client
+                .version_sized(&assignment.component, &id.to_string())
+                .await
+                .map_err(|e| format!("cannot fetch version {}: {e}", id.short()))?;
+            node.metrics.fetched("version", size);
+            // The control plane is trusted with bytes, not with meaning: the file list
+            // must hash to the id that was assigned, as every blob to its name.
+            if version.id != id || VersionId::of(&version.files) != id {
+                return Err(format!(
+                    "the control plane sent a file list that does not hash to version {}",
+                    id.short()
+                ));
+            }
+            let report = sync_version(&node.client, &node.cache, &version)
+                .await
+                .map_err(|e| format!("sync failed: {e}"))?;
+            node.metrics.fetched("blob", report.bytes_fetched);
+            tracing::info!(version = %version.label(), fetched = report.bytes_fetched, blobs = report.blobs_fetched, "version synced");
+            materialize(&node.cache, &node.versions_dir, &version)
+                .await
+                .map_err(|e| format!("materialize failed: {e}"))
+        })
+        .await?;
+    Ok(dir.clone())
+}
+
 async fn prepare(node: &NodeContext, assignment: &Assignment) -> Result<Prepared, String> {
     let replica = &assignment.replica;
     node.set(replica, ReplicaState::Syncing, None, 0);
-    let version = node
-        .client
-        .version(&assignment.component, &assignment.version.to_string())
-        .await
-        .map_err(|e| format!("cannot fetch version {}: {e}", assignment.version.short()))?;
-    let report = sync_version(&node.client, &node.cache, &version)
-        .await
-        .map_err(|e| format!("sync failed: {e}"))?;
-    tracing::info!(%replica, fetched = report.bytes_fetched, blobs = report.blobs_fetched, "version synced");
-    let version_dir = materialize(&node.cache, &node.versions_dir, &version)
-        .await
-        .map_err(|e| format!("materialize failed: {e}"))?;
+    let version_dir = sync(node, assignment).await?;
     let text = tokio::fs::read_to_string(version_dir.join(MANIFEST_FILE))
         .await
         .map_err(|e| format!("reading {MANIFEST_FILE}: {e}"))?;
@@ -243,15 +285,37 @@ async fn prepare(node: &NodeContext, assignment: &Assignment) -> Result<Prepared
     })
 }
 
+/// How a replica is told to end.
+struct Signals {
+    /// At once, killing a call in progress (the node is shutting down).
+    stop: CancellationToken,
+    /// After answering what it holds (it is no longer assigned).
+    drain: CancellationToken,
+}
+
+impl Signals {
+    /// Either signal; before a replica serves, draining is stopping.
+    async fn ended(&self) {
+        tokio::select! {
+            _ = self.stop.cancelled() => {}
+            _ = self.drain.cancelled() => {}
+        }
+    }
+
+    fn is_ended(&self) -> bool {
+        self.stop.is_cancelled() || self.drain.is_cancelled()
+    }
+}
+
 async fn run(
     node: Arc<NodeContext>,
     assignment: Assignment,
     mut calls: mpsc::Receiver<Call>,
-    stop: CancellationToken,
+    signals: Signals,
 ) {
     let replica = assignment.replica.clone();
     let prepared = tokio::select! {
-        _ = stop.cancelled() => return,
+        _ = signals.ended() => return,
         prepared = prepare(&node, &assignment) => prepared,
     };
     let prepared = match prepared {
@@ -260,7 +324,7 @@ async fn run(
             tracing::warn!(%replica, %reason, "replica failed");
             node.set(&replica, ReplicaState::Failed { reason }, None, 0);
             // Answer callers until stopped, so nobody waits on a replica that cannot start.
-            drain_failed(&mut calls, &stop).await;
+            drain_failed(&mut calls, &signals).await;
             return;
         }
     };
@@ -270,8 +334,8 @@ async fn run(
     loop {
         node.set(&replica, ReplicaState::Starting, None, restarts);
         let started = tokio::time::Instant::now();
-        let outcome = serve_once(&node, &replica, &prepared, &mut calls, &stop, restarts).await;
-        if stop.is_cancelled() {
+        let outcome = serve_once(&node, &replica, &prepared, &mut calls, &signals, restarts).await;
+        if signals.is_ended() {
             return;
         }
         let reason = match outcome {
@@ -284,7 +348,7 @@ async fn run(
             backoff = BACKOFF_START;
         }
         tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = signals.ended() => return,
             _ = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -292,10 +356,10 @@ async fn run(
     }
 }
 
-async fn drain_failed(calls: &mut mpsc::Receiver<Call>, stop: &CancellationToken) {
+async fn drain_failed(calls: &mut mpsc::Receiver<Call>, signals: &Signals) {
     loop {
         tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = signals.ended() => return,
             call = calls.recv() => match call {
                 Some(call) => {
                     let error = std::io::Error::other("replica failed to start");
@@ -308,15 +372,16 @@ async fn drain_failed(calls: &mut mpsc::Receiver<Call>, stop: &CancellationToken
 }
 
 /// Starts one worker process and serves calls until it dies (Err) or the replica is
-/// stopped (Ok).
+/// stopped or drained (Ok).
 async fn serve_once(
     node: &NodeContext,
     replica: &str,
     prepared: &Prepared,
     calls: &mut mpsc::Receiver<Call>,
-    stop: &CancellationToken,
+    signals: &Signals,
     restarts: u32,
 ) -> Result<(), String> {
+    let stop = &signals.stop;
     let socket = node.run_dir.join(format!("{replica}.sock"));
     let _ = std::fs::remove_file(&socket);
     let listener =
@@ -325,7 +390,7 @@ async fn serve_once(
     let pid = child.id();
 
     let accepted = tokio::select! {
-        _ = stop.cancelled() => { stop_worker(&mut child, None).await; return Ok(()); }
+        _ = signals.ended() => { stop_worker(&mut child, None).await; return Ok(()); }
         status = child.wait() => Err(exit_reason(node, replica, status)),
         accepted = tokio::time::timeout(START_TIMEOUT, listener.accept()) => match accepted {
             Ok(Ok((stream, _))) => Ok(stream),
@@ -344,7 +409,7 @@ async fn serve_once(
     };
     let mut conn = WorkerConn::new(stream, MAX_BODY);
     let handshake = tokio::select! {
-        _ = stop.cancelled() => { stop_worker(&mut child, Some(&mut conn)).await; return Ok(()); }
+        _ = signals.ended() => { stop_worker(&mut child, Some(&mut conn)).await; return Ok(()); }
         handshake = tokio::time::timeout(START_TIMEOUT, conn.handshake()) => handshake,
     };
     match handshake {
@@ -369,6 +434,7 @@ async fn serve_once(
     tracing::info!(%replica, pid, "replica ready");
 
     let mut pending: VecDeque<Call> = VecDeque::new();
+    let mut draining = false;
     loop {
         let first = match pending.pop_front() {
             Some(call) => call,
@@ -376,6 +442,14 @@ async fn serve_once(
                 _ = stop.cancelled() => {
                     stop_worker(&mut child, Some(&mut conn)).await;
                     return Ok(());
+                }
+                // No longer assigned: refuse new calls (the gateway sends them to another
+                // replica), answer the queued ones, then stop when the queue runs dry.
+                _ = signals.drain.cancelled(), if !draining => {
+                    draining = true;
+                    node.set(replica, ReplicaState::Draining, pid, restarts);
+                    calls.close();
+                    continue;
                 }
                 status = child.wait() => return Err(exit_reason(node, replica, status)),
                 call = calls.recv() => match call {

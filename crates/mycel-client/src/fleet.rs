@@ -2,8 +2,11 @@
 
 use std::time::Duration;
 
-use mycel_core::api::{DeployRequest, FleetStatus, Heartbeat, NodeAssignments, RoutingTable};
-use mycel_core::fleet::{Deployment, Node, NodeSpec, ReplicaStatus};
+use mycel_core::api::{
+    DeployRequest, FleetStatus, Heartbeat, NodeAssignments, RollbackRequest, RolloutStatus,
+    RoutingTable,
+};
+use mycel_core::fleet::{Deployment, Node, NodeSpec, ReplicaStatus, Rollout};
 use reqwest::Method;
 
 use crate::{Client, ClientError};
@@ -91,6 +94,41 @@ impl Client {
     /// Nodes, deployments and replicas.
     pub async fn status(&self) -> Result<FleetStatus, ClientError> {
         self.json(self.request(Method::GET, "/v1/status")).await
+    }
+
+    /// Where a deployment's latest rollout stands, once the generation passes `after`
+    /// or after `wait`.
+    pub async fn rollout_status(
+        &self,
+        name: &str,
+        after: u64,
+        wait: Duration,
+    ) -> Result<RolloutStatus, ClientError> {
+        let path = format!(
+            "/v1/deployments/{name}/rollout?after={after}&wait_ms={}",
+            wait.as_millis()
+        );
+        self.json(
+            self.request(Method::GET, &path)
+                .timeout(wait + Duration::from_secs(10)),
+        )
+        .await
+    }
+
+    /// A deployment's rollouts, oldest first.
+    pub async fn history(&self, name: &str) -> Result<Vec<Rollout>, ClientError> {
+        self.json(self.request(Method::GET, &format!("/v1/deployments/{name}/history")))
+            .await
+    }
+
+    /// Rolls a deployment back to version `to`, or to the one served before.
+    pub async fn rollback(&self, name: &str, to: Option<u64>) -> Result<Deployment, ClientError> {
+        self.call(
+            Method::POST,
+            &format!("/v1/deployments/{name}/rollback"),
+            &RollbackRequest { to },
+        )
+        .await
     }
 }
 

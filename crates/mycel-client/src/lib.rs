@@ -136,16 +136,25 @@ impl Client {
     }
 
     async fn json<T: DeserializeOwned>(&self, builder: RequestBuilder) -> Result<T, ClientError> {
+        Ok(self.json_sized(builder).await?.0)
+    }
+
+    /// [`Client::json`], with the size of the body in bytes.
+    async fn json_sized<T: DeserializeOwned>(
+        &self,
+        builder: RequestBuilder,
+    ) -> Result<(T, u64), ClientError> {
         let response = self.send(builder).await?;
         let status = response.status().as_u16();
         let bytes = response
             .bytes()
             .await
             .map_err(|source| self.transport(source))?;
-        serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol {
+        let value = serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol {
             status,
             detail: e.to_string(),
-        })
+        })?;
+        Ok((value, bytes.len() as u64))
     }
 
     async fn call<B: Serialize, T: DeserializeOwned>(
@@ -280,7 +289,16 @@ impl Client {
 
     /// One version by number, `latest` or id.
     pub async fn version(&self, component: &str, reference: &str) -> Result<Version, ClientError> {
-        self.json(self.request(
+        Ok(self.version_sized(component, reference).await?.0)
+    }
+
+    /// [`Client::version`], with the size of the answer in bytes.
+    pub async fn version_sized(
+        &self,
+        component: &str,
+        reference: &str,
+    ) -> Result<(Version, u64), ClientError> {
+        self.json_sized(self.request(
             Method::GET,
             &format!("/v1/components/{component}/versions/{reference}"),
         ))

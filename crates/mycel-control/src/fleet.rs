@@ -1,10 +1,13 @@
-//! The fleet control loop: nodes register and heartbeat, deployments change, and each
-//! change runs the pure reconciler and publishes the new assignments to watchers.
+//! The fleet control loop: nodes register and heartbeat, deployments change, replicas
+//! become ready or fail, and each change runs the pure reconciler, publishes the new
+//! assignments to watchers and moves rollouts along ([`rollout`]).
 //!
-//! Durable: nodes, deployments, assignments (in the [`Store`]). Soft, rebuilt from the
-//! next heartbeats after a restart: last-heartbeat times and replica statuses.
+//! Durable: nodes, deployments, rollouts, assignments (in the [`Store`]). Soft, rebuilt
+//! from the next heartbeats after a restart: last-heartbeat times and replica statuses.
 
-use std::collections::HashMap;
+mod rollout;
+
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -46,6 +49,35 @@ pub(crate) struct Fleet {
     lost_after: Duration,
 }
 
+/// Waits until `generation` passes `after`, `wait` elapses or `stop`; returns the
+/// generation then. The long-polls of agents, gateways and the CLI rest on it.
+async fn wait_past(
+    generation: &watch::Sender<u64>,
+    after: u64,
+    wait: Duration,
+    stop: &CancellationToken,
+) -> u64 {
+    let mut rx = generation.subscribe();
+    if *rx.borrow_and_update() <= after {
+        tokio::select! {
+            _ = rx.changed() => {}
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.cancelled() => {}
+        }
+    }
+    let now = *generation.borrow();
+    now
+}
+
+/// The replicas whose agents last said they are ready.
+fn ready_set(statuses: &HashMap<ReplicaId, ReplicaStatus>) -> HashSet<&str> {
+    statuses
+        .values()
+        .filter(|s| s.state == ReplicaState::Ready)
+        .map(|s| s.replica.as_str())
+        .collect()
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding one of these maps leaves plain data behind; keep going.
     mutex
@@ -70,12 +102,32 @@ impl Fleet {
     /// Recomputes assignments; publishes a new generation if they changed.
     pub(crate) async fn reconcile(&self) -> Result<(), StoreError> {
         let _guard = self.reconciling.lock().await;
+        self.reconcile_locked().await
+    }
+
+    /// [`Fleet::reconcile`] for a caller that holds `reconciling`.
+    async fn reconcile_locked(&self) -> Result<(), StoreError> {
+        // A rollout that ends may change what a deployment serves (an automatic
+        // rollback); that needs one more plan.
+        for _ in 0..3 {
+            if !self.reconcile_once().await? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// One plan, written if it changed, then rollouts moved along; true if a rollout
+    /// changed a deployment.
+    async fn reconcile_once(&self) -> Result<bool, StoreError> {
         let (deployments, nodes, current) = blocking(&self.store, |s| {
             Ok((s.deployments()?, s.nodes()?, s.assignments()?))
         })
         .await?;
-        let plan = reconcile(&deployments, &nodes, &current);
-        *lock(&self.unplaced) = plan.unplaced;
+        let statuses = lock(&self.statuses).clone();
+        let ready = ready_set(&statuses);
+        let plan = reconcile(&deployments, &nodes, &current, &ready);
+        *lock(&self.unplaced) = plan.unplaced.clone();
         if plan.assignments != current {
             let assignments = plan.assignments.clone();
             blocking(&self.store, move |s| s.replace_assignments(&assignments)).await?;
@@ -93,7 +145,8 @@ impl Fleet {
                 "assignments changed"
             );
         }
-        Ok(())
+        self.advance_rollouts(&deployments, &plan.assignments, &statuses)
+            .await
     }
 
     /// An agent registers (or re-registers) its node.
@@ -126,20 +179,32 @@ impl Fleet {
         };
         let now = now_ms();
         lock(&self.heartbeats).insert(node_name.to_owned(), now);
-        let readiness_changed = {
+        let (readiness_changed, failed) = {
             let mut statuses = lock(&self.statuses);
-            let mut changed = false;
-            for status in replicas {
+            let (mut changed, mut failed) = (false, false);
+            // A draining replica is no longer assigned; it has nothing to tell.
+            for status in replicas
+                .into_iter()
+                .filter(|s| s.state != ReplicaState::Draining)
+            {
                 let ready = status.state == ReplicaState::Ready;
-                let was_ready = statuses
-                    .insert(status.replica.clone(), status)
-                    .is_some_and(|old| old.state == ReplicaState::Ready);
+                let newly_failed = matches!(status.state, ReplicaState::Failed { .. });
+                let old = statuses.insert(status.replica.clone(), status);
+                let was_ready = old.as_ref().is_some_and(|o| o.state == ReplicaState::Ready);
+                let was_failed =
+                    old.is_some_and(|o| matches!(o.state, ReplicaState::Failed { .. }));
                 changed |= ready != was_ready;
+                failed |= newly_failed && !was_failed;
             }
-            changed
+            (changed, failed)
         };
         if readiness_changed {
             self.routes.send_modify(|g| *g += 1);
+        }
+        if readiness_changed || failed {
+            // Rollouts move on readiness: an old replica goes, a new one starts, a
+            // failure rolls back.
+            self.reconcile().await?;
         }
         if node.state == NodeState::Lost {
             node.state = NodeState::Ready;
@@ -171,9 +236,10 @@ impl Fleet {
             }
         }
         if changed {
-            self.reconcile().await?;
+            tracing::info!("re-placing the replicas of lost nodes");
         }
-        Ok(())
+        // Also how rollout deadlines are noticed.
+        self.reconcile().await
     }
 
     /// Runs the heartbeat checker until `stop` is cancelled.
@@ -198,15 +264,7 @@ impl Fleet {
         wait: Duration,
         stop: &CancellationToken,
     ) -> Result<(u64, Vec<Assignment>), StoreError> {
-        let mut rx = self.generation.subscribe();
-        if *rx.borrow_and_update() <= after {
-            tokio::select! {
-                _ = rx.changed() => {}
-                _ = tokio::time::sleep(wait) => {}
-                _ = stop.cancelled() => {}
-            }
-        }
-        let generation = *self.generation.borrow();
+        let generation = wait_past(&self.generation, after, wait, stop).await;
         let owned = node_name.to_owned();
         let assignments = blocking(&self.store, move |s| {
             Ok(s.assignments()?
@@ -225,17 +283,9 @@ impl Fleet {
         wait: Duration,
         stop: &CancellationToken,
     ) -> Result<RoutingTable, StoreError> {
-        let mut rx = self.routes.subscribe();
-        if *rx.borrow_and_update() <= after {
-            tokio::select! {
-                _ = rx.changed() => {}
-                _ = tokio::time::sleep(wait) => {}
-                _ = stop.cancelled() => {}
-            }
-        }
-        // Read the generation first: a change racing this read bumps it again, so the
-        // gateway's next poll picks it up.
-        let generation = *self.routes.borrow();
+        // The generation is read before the state: a change racing this read bumps it
+        // again, so the gateway's next poll picks it up.
+        let generation = wait_past(&self.routes, after, wait, stop).await;
         let (deployments, nodes, assignments) = blocking(&self.store, |s| {
             Ok((s.deployments()?, s.nodes()?, s.assignments()?))
         })
@@ -261,6 +311,7 @@ impl Fleet {
                         Some(RouteReplica {
                             replica: a.replica.clone(),
                             version: a.version,
+                            seq: a.seq,
                             location: a.location.clone(),
                             agent_url: (*urls.get(a.node.as_str())?).to_owned(),
                         })

@@ -1,4 +1,5 @@
-//! Durable state: versions, per-component sequence numbers and tokens.
+//! Durable state: versions, per-component sequence numbers, tokens, nodes, deployments,
+//! their rollouts and the current assignments.
 //!
 //! [`Store`] is the seam: [`RedbStore`] is the embedded default for one machine; a
 //! store on etcd implements the same trait for a multi-instance control plane. Methods
@@ -6,7 +7,7 @@
 
 use std::path::Path;
 
-use mycel_core::fleet::{Assignment, Deployment, Node};
+use mycel_core::fleet::{Assignment, Deployment, Node, Rollout};
 use mycel_core::{Version, VersionId};
 use redb::{Database, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
@@ -24,6 +25,8 @@ const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
 const DEPLOYMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("deployments");
 /// Replica id → assignment JSON: the reconciler's last plan.
 const ASSIGNMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("assignments");
+/// (deployment, rollout number) → rollout JSON: each deployment's history.
+const ROLLOUTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("rollouts");
 
 /// A failure of the state store.
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +88,16 @@ pub trait Store: Send + Sync + 'static {
 
     /// Replaces every assignment with `assignments`, in one transaction.
     fn replace_assignments(&self, assignments: &[Assignment]) -> Result<(), StoreError>;
+
+    /// A deployment's rollouts, oldest first.
+    fn rollouts(&self, deployment: &str) -> Result<Vec<Rollout>, StoreError>;
+
+    /// Adds or replaces `rollouts`, and `deployment` if given, in one transaction.
+    fn put_rollouts(
+        &self,
+        deployment: Option<&Deployment>,
+        rollouts: &[Rollout],
+    ) -> Result<(), StoreError>;
 }
 
 /// The embedded store: one redb file.
@@ -104,6 +117,7 @@ impl RedbStore {
         tx.open_table(NODES).map_err(db)?;
         tx.open_table(DEPLOYMENTS).map_err(db)?;
         tx.open_table(ASSIGNMENTS).map_err(db)?;
+        tx.open_table(ROLLOUTS).map_err(db)?;
         tx.commit().map_err(db)?;
         Ok(Self { db: database })
     }
@@ -191,6 +205,45 @@ impl Store for RedbStore {
 
     fn assignments(&self) -> Result<Vec<Assignment>, StoreError> {
         self.all(ASSIGNMENTS)
+    }
+
+    fn rollouts(&self, deployment: &str) -> Result<Vec<Rollout>, StoreError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let table = tx.open_table(ROLLOUTS).map_err(db)?;
+        let mut out = Vec::new();
+        for entry in table
+            .range((deployment, 0)..=(deployment, u64::MAX))
+            .map_err(db)?
+        {
+            let (_, value) = entry.map_err(db)?;
+            out.push(from_json(value.value())?);
+        }
+        Ok(out)
+    }
+
+    fn put_rollouts(
+        &self,
+        deployment: Option<&Deployment>,
+        rollouts: &[Rollout],
+    ) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(db)?;
+        {
+            let mut table = tx.open_table(ROLLOUTS).map_err(db)?;
+            for rollout in rollouts {
+                let key = (rollout.deployment.as_str(), rollout.number);
+                table
+                    .insert(key, to_json(rollout)?.as_slice())
+                    .map_err(db)?;
+            }
+            if let Some(deployment) = deployment {
+                tx.open_table(DEPLOYMENTS)
+                    .map_err(db)?
+                    .insert(deployment.name.as_str(), to_json(deployment)?.as_slice())
+                    .map_err(db)?;
+            }
+        }
+        tx.commit().map_err(db)?;
+        Ok(())
     }
 
     fn replace_assignments(&self, assignments: &[Assignment]) -> Result<(), StoreError> {
@@ -332,7 +385,7 @@ impl Store for RedbStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mycel_core::fleet::{NodeSpec, NodeState};
+    use mycel_core::fleet::{NodeSpec, NodeState, RolloutKind, RolloutOutcome};
     use mycel_core::{BlobHash, ComponentPath, FileEntry, FileMode};
 
     fn version(component: &str, content: &[u8]) -> Version {
@@ -406,6 +459,8 @@ mod tests {
             resources: Default::default(),
             signature: None,
             generation: 1,
+            surge: Default::default(),
+            deadline_s: 60,
         };
         store.put_deployment(&deployment).unwrap();
         assert_eq!(store.deployments().unwrap(), vec![deployment.clone()]);
@@ -415,6 +470,7 @@ mod tests {
             deployment: "a".into(),
             component: "a".into(),
             version: a1.id,
+            seq: 1,
             node: "n1".into(),
             location: "tokyo".into(),
             resources: Default::default(),
@@ -433,6 +489,34 @@ mod tests {
             .map(|a| a.replica)
             .collect();
         assert_eq!(replicas, ["a-tokyo-1", "a-tokyo-2"]);
+
+        let deployment_served = deployment.served();
+        let rollout = |deployment: &str, number: u64| Rollout {
+            deployment: deployment.into(),
+            number,
+            kind: RolloutKind::Deploy,
+            from_seq: None,
+            to: deployment_served.clone(),
+            by: "admin".into(),
+            started_ms: number,
+            ended_ms: None,
+            outcome: RolloutOutcome::Progressing,
+        };
+        let mut second = deployment.clone();
+        second.generation = 2;
+        store
+            .put_rollouts(
+                Some(&second),
+                &[rollout("a", 2), rollout("a", 1), rollout("ab", 1)],
+            )
+            .unwrap();
+        assert_eq!(store.deployments().unwrap(), vec![second]);
+        let mut done = rollout("a", 2);
+        done.outcome = RolloutOutcome::Complete;
+        store.put_rollouts(None, &[done.clone()]).unwrap();
+        assert_eq!(store.rollouts("a").unwrap(), vec![rollout("a", 1), done]);
+        assert_eq!(store.rollouts("ab").unwrap(), vec![rollout("ab", 1)]);
+        assert!(store.rollouts("b").unwrap().is_empty());
 
         assert!(store.delete_deployment("a").unwrap());
         assert!(!store.delete_deployment("a").unwrap());

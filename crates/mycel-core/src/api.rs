@@ -151,6 +151,53 @@ pub struct DeployRequest {
     /// Overrides the manifest's `[serve].batch_wait_ms`.
     #[serde(default)]
     pub batch_wait_ms: Option<u32>,
+    /// New replicas a rolling update may start beyond `copies`, per location: `2` or
+    /// `25%` (the default).
+    #[serde(default)]
+    pub surge: Option<crate::fleet::Surge>,
+    /// Seconds the rollout may take before it is rolled back (default 600).
+    #[serde(default)]
+    pub deadline_s: Option<u64>,
+}
+
+/// `POST /v1/deployments/{name}/rollback`: serve an earlier version again.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    /// The version's sequence number; by default the version served before the current
+    /// one.
+    #[serde(default)]
+    pub to: Option<u64>,
+}
+
+/// One location of a rollout in progress.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutLocation {
+    /// The location.
+    pub location: String,
+    /// Copies wanted.
+    pub desired: u32,
+    /// Replicas running what the deployment asks for now.
+    pub updated: u32,
+    /// Of those, how many are ready.
+    pub ready: u32,
+    /// Replicas of an earlier version (or options) still running.
+    pub outdated: u32,
+}
+
+/// `GET /v1/deployments/{name}/rollout`: where a deployment's latest rollout stands.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RolloutStatus {
+    /// Pass back as `after` to wait for the next change.
+    pub generation: u64,
+    /// The deployment as it is now.
+    pub deployment: crate::fleet::Deployment,
+    /// Its latest rollout; `None` for a deployment from before rollouts were recorded.
+    pub rollout: Option<crate::fleet::Rollout>,
+    /// Progress per location.
+    pub locations: Vec<RolloutLocation>,
+    /// Copies that cannot be placed, and why.
+    pub unplaced: Vec<crate::fleet::Unplaced>,
 }
 
 fn latest() -> String {
@@ -245,6 +292,9 @@ pub struct RouteReplica {
     pub replica: String,
     /// The version this replica runs (during a rollout, not always the model's).
     pub version: crate::VersionId,
+    /// That version's sequence number.
+    #[serde(default)]
+    pub seq: u64,
     /// Its location.
     pub location: String,
     /// The agent's data-plane URL.

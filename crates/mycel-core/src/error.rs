@@ -25,6 +25,9 @@ pub enum ErrorCode {
     InvalidManifest,
     /// The server cannot serve this now; try again later.
     Unavailable,
+    /// A replica did not take the request (not ready, draining, or not on this node):
+    /// nothing ran, so any other replica may take it.
+    NotServing,
     /// The model's own code raised; the message carries its exception.
     ModelError,
     /// A bug or an I/O failure on the server.
@@ -40,7 +43,7 @@ impl ErrorCode {
             ErrorCode::NotFound => 404,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::HashMismatch | ErrorCode::MissingBlobs | ErrorCode::InvalidManifest => 422,
-            ErrorCode::Unavailable => 503,
+            ErrorCode::Unavailable | ErrorCode::NotServing => 503,
             ErrorCode::Internal | ErrorCode::ModelError => 500,
         }
     }

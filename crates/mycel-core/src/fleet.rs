@@ -75,6 +75,232 @@ pub struct Deployment {
     pub signature: Option<Signature>,
     /// Bumped on every change, so watchers can tell.
     pub generation: u64,
+    /// How many new replicas per location a rolling update starts beyond `copies`.
+    #[serde(default)]
+    pub surge: Surge,
+    /// Seconds a rollout may take to get every new replica ready before it is rolled
+    /// back.
+    #[serde(default = "default_deadline_s")]
+    pub deadline_s: u64,
+}
+
+/// Default for [`Deployment::deadline_s`]: long enough for a first environment build
+/// with PyTorch in it.
+pub const DEFAULT_DEADLINE_S: u64 = 600;
+
+fn default_deadline_s() -> u64 {
+    DEFAULT_DEADLINE_S
+}
+
+impl Deployment {
+    /// What this deployment serves, apart from how many copies where.
+    pub fn served(&self) -> Served {
+        Served {
+            version: self.version,
+            seq: self.seq,
+            serve: self.serve,
+            resources: self.resources,
+            signature: self.signature.clone(),
+        }
+    }
+
+    /// Serves `served` from now on.
+    pub fn serve(&mut self, served: Served) {
+        self.version = served.version;
+        self.seq = served.seq;
+        self.serve = served.serve;
+        self.resources = served.resources;
+        self.signature = served.signature;
+    }
+}
+
+/// A version and how to run it: everything a rollout changes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Served {
+    /// The version.
+    pub version: VersionId,
+    /// Its sequence number.
+    pub seq: u64,
+    /// Batching options.
+    pub serve: ServeOptions,
+    /// What each replica needs.
+    pub resources: Resources,
+    /// Declared inputs and outputs.
+    #[serde(default)]
+    pub signature: Option<Signature>,
+}
+
+/// How many replicas beyond the desired copies a rolling update may run at once, per
+/// location: a count (`2`) or a share of the copies (`25%`, rounded up). Never less
+/// than one, so that a rollout always makes progress without taking a ready replica
+/// away first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Surge {
+    /// So many replicas.
+    Count(u32),
+    /// This percentage of the copies, rounded up.
+    Percent(u32),
+}
+
+impl Default for Surge {
+    fn default() -> Self {
+        Surge::Percent(25)
+    }
+}
+
+impl Surge {
+    /// The extra replicas allowed in a location that wants `copies`.
+    pub fn of(self, copies: u32) -> u32 {
+        let n = match self {
+            Surge::Count(n) => n,
+            Surge::Percent(p) => {
+                u32::try_from((u64::from(copies) * u64::from(p)).div_ceil(100)).unwrap_or(u32::MAX)
+            }
+        };
+        n.max(1)
+    }
+}
+
+impl fmt::Display for Surge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Surge::Count(n) => write!(f, "{n}"),
+            Surge::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+impl std::str::FromStr for Surge {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let expected =
+            "expected a count of replicas such as 2 or a share of the copies such as 25%";
+        let bad = || format!("invalid surge {s:?}; {expected}");
+        match s.strip_suffix('%') {
+            Some(p) => match p.parse::<u32>() {
+                Ok(p @ 1..=1000) => Ok(Surge::Percent(p)),
+                _ => Err(bad()),
+            },
+            None => match s.parse::<u32>() {
+                Ok(n @ 1..=10_000) => Ok(Surge::Count(n)),
+                _ => Err(bad()),
+            },
+        }
+    }
+}
+
+impl Serialize for Surge {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Surge {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // `"25%"`, `"2"` or, in a deployment file, a bare `2`.
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            Count(u64),
+        }
+        let text = match Raw::deserialize(deserializer)? {
+            Raw::Text(text) => text,
+            Raw::Count(n) => n.to_string(),
+        };
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// One change of what a deployment serves: a deploy, a rollback, or an automatic
+/// rollback, and how it ended. The history of a deployment is its rollouts in order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Rollout {
+    /// The deployment.
+    pub deployment: String,
+    /// 1 for the deployment's first rollout, then counting up.
+    pub number: u64,
+    /// Why it started.
+    pub kind: RolloutKind,
+    /// The version served before, if any.
+    #[serde(default)]
+    pub from_seq: Option<u64>,
+    /// What it rolls out.
+    pub to: Served,
+    /// Who started it: a token's name, or `mycel` for an automatic rollback.
+    pub by: String,
+    /// When it started, ms since the Unix epoch.
+    pub started_ms: u64,
+    /// When it ended.
+    #[serde(default)]
+    pub ended_ms: Option<u64>,
+    /// Where it stands.
+    #[serde(flatten)]
+    pub outcome: RolloutOutcome,
+}
+
+/// Why a rollout started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RolloutKind {
+    /// `mycel deploy`.
+    Deploy,
+    /// `mycel rollback`.
+    Rollback,
+    /// The previous rollout failed and mycel restored the version before it.
+    AutoRollback,
+}
+
+impl fmt::Display for RolloutKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RolloutKind::Deploy => "deploy",
+            RolloutKind::Rollback => "rollback",
+            RolloutKind::AutoRollback => "automatic rollback",
+        })
+    }
+}
+
+/// Where a rollout stands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "kebab-case")]
+pub enum RolloutOutcome {
+    /// New replicas are starting and old ones draining.
+    Progressing,
+    /// Every copy runs the new version, ready; the old replicas are gone.
+    Complete,
+    /// New replicas failed; the version before was restored (see the next rollout).
+    RolledBack {
+        /// What failed.
+        reason: String,
+    },
+    /// New replicas failed and there was nothing to go back to.
+    Failed {
+        /// What failed.
+        reason: String,
+    },
+    /// Another rollout started before this one finished.
+    Superseded,
+}
+
+impl RolloutOutcome {
+    /// Whether the rollout is over.
+    pub fn is_final(&self) -> bool {
+        !matches!(self, RolloutOutcome::Progressing)
+    }
+}
+
+impl fmt::Display for RolloutOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RolloutOutcome::Progressing => f.write_str("progressing"),
+            RolloutOutcome::Complete => f.write_str("complete"),
+            RolloutOutcome::RolledBack { .. } => f.write_str("rolled back"),
+            RolloutOutcome::Failed { .. } => f.write_str("failed"),
+            RolloutOutcome::Superseded => f.write_str("superseded"),
+        }
+    }
 }
 
 /// A replica's id: `deployment-location-index`, stable while the replica lives.
@@ -91,6 +317,9 @@ pub struct Assignment {
     pub component: String,
     /// The version it runs.
     pub version: VersionId,
+    /// That version's sequence number.
+    #[serde(default)]
+    pub seq: u64,
     /// The node it runs on.
     pub node: String,
     /// The node's location.
@@ -128,6 +357,8 @@ pub enum ReplicaState {
     Starting,
     /// Serving.
     Ready,
+    /// No longer assigned: takes no new requests, finishes those it has, then stops.
+    Draining,
     /// Not running; `reason` says why (a build error's tail, a traceback).
     Failed {
         /// What went wrong.
@@ -143,6 +374,7 @@ impl fmt::Display for ReplicaState {
             ReplicaState::BuildingEnv => f.write_str("building-env"),
             ReplicaState::Starting => f.write_str("starting"),
             ReplicaState::Ready => f.write_str("ready"),
+            ReplicaState::Draining => f.write_str("draining"),
             ReplicaState::Failed { .. } => f.write_str("failed"),
         }
     }

@@ -1,20 +1,32 @@
-//! The reconciler: deployments, nodes and the current assignments in, the next
-//! assignments and the copies that cannot be placed out. A pure function over plain data.
+//! The reconciler: deployments, nodes, the current assignments and which replicas are
+//! ready in, the next assignments and the copies that cannot be placed out. A pure
+//! function over plain data.
 //!
 //! Rules. Every deployment gets exactly `copies` replicas in each location it names, or
 //! fewer plus one [`Unplaced`] entry saying how many are missing and why. A current
-//! assignment is kept unchanged (same replica id, same node) while its deployment exists,
-//! its node is Ready and still in the assignment's location, and it still matches the
-//! deployment (version, component, resources and serve options); otherwise it is dropped,
-//! and a replacement with a new id is placed if copies are missing. When copies shrink,
-//! the highest-indexed replicas go first. New replicas go to Ready nodes of the location
-//! with room for them (cpus, memory and gpus of everything already planned on the node,
-//! all deployments together): among those, the node with the fewest replicas of the
-//! deployment, then the most free CPU, then the first name, so copies spread out. Kept
-//! replicas reserve their capacity before anything new is placed. Deployments are
-//! handled in name order and locations in sorted order, and the output is sorted by
-//! replica id, so equal inputs give equal plans, and reconciling a plan again changes
-//! nothing.
+//! assignment is kept unchanged (same replica id, same node) while its deployment exists
+//! and its node is Ready and still in the assignment's location. It is *up to date* if it
+//! also matches the deployment (version, component, resources and serve options), and
+//! *outdated* otherwise. When copies shrink, the highest-indexed up-to-date replicas go
+//! first.
+//!
+//! Rolling updates fall out of two limits per deployment and location, with `copies`
+//! wanted and `surge` allowed on top ([`Surge`](crate::fleet::Surge)): outdated replicas
+//! are kept while up-to-date ready ones number fewer than `copies` (as many as are
+//! missing, ready ones first, the highest indices going first), and new replicas are
+//! placed only while up-to-date plus outdated replicas number fewer than
+//! `copies + surge`. So a new version starts `surge` replicas, an old one goes each time
+//! a new one is ready, and the ready count never drops below `copies` on the way. A
+//! rollback is the same walk back; a new deployment, with nothing outdated, starts all
+//! its copies at once.
+//!
+//! New replicas go to Ready nodes of the location with room for them (cpus, memory and
+//! gpus of everything already planned on the node, all deployments together): among
+//! those, the node with the fewest replicas of the deployment, then the most free CPU,
+//! then the first name, so copies spread out. Kept replicas reserve their capacity before
+//! anything new is placed. Deployments are handled in name order and locations in sorted
+//! order, and the output is sorted by replica id, so equal inputs give equal plans, and
+//! reconciling a plan again changes nothing.
 //!
 //! Replica ids are `{deployment}-{location}-{index}`. A new replica's index is one more
 //! than the highest index among all ids in `current` and in the plan so far that start
@@ -25,11 +37,11 @@
 //! nothing beyond its inputs.
 //!
 //! Deliberately absent: kept replicas are not re-checked against capacity (a node that
-//! re-registers smaller keeps what it runs), and a version change replaces every replica
-//! at once; rolling updates come later.
+//! re-registers smaller keeps what it runs).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
+use crate::api::RolloutLocation;
 use crate::fleet::{Assignment, Deployment, Node, NodeState, Unplaced};
 use crate::manifest::Resources;
 
@@ -49,12 +61,17 @@ pub struct Plan {
     pub unplaced: Vec<Unplaced>,
 }
 
-/// Computes the next assignments from the desired state and the current assignments.
-/// The module documentation states the rules.
-pub fn reconcile(deployments: &[Deployment], nodes: &[Node], current: &[Assignment]) -> Plan {
+/// Computes the next assignments from the desired state, the current assignments and
+/// the ids of the replicas that are ready. The module documentation states the rules.
+pub fn reconcile(
+    deployments: &[Deployment],
+    nodes: &[Node],
+    current: &[Assignment],
+    ready: &HashSet<&str>,
+) -> Plan {
     let deployments = by_name(deployments);
     let mut loads = ready_node_loads(nodes);
-    let mut assignments = keep_current(&deployments, &loads, current);
+    let (mut assignments, kept) = keep_current(&deployments, &loads, current, ready);
     for assignment in &assignments {
         add_to_node(&mut loads, assignment);
     }
@@ -63,8 +80,13 @@ pub fn reconcile(deployments: &[Deployment], nodes: &[Node], current: &[Assignme
     let mut shortfalls = Vec::new();
     for deployment in deployments.values() {
         for (location, &copies) in &deployment.copies {
-            let have = count_replicas(&assignments, &deployment.name, location);
-            let missing = (copies as usize).saturating_sub(have);
+            let group = kept
+                .get(&(deployment.name.as_str(), location.as_str()))
+                .copied()
+                .unwrap_or_default();
+            let limit = copies as usize + deployment.surge.of(copies) as usize;
+            let room = limit.saturating_sub(group.up_to_date + group.outdated);
+            let missing = (copies as usize).saturating_sub(group.up_to_date).min(room);
             let placed = place_new(
                 deployment,
                 location,
@@ -106,53 +128,144 @@ fn by_name(deployments: &[Deployment]) -> BTreeMap<&str, &Deployment> {
     named
 }
 
-/// The current assignments that stay as they are, surplus removed.
-fn keep_current(
-    deployments: &BTreeMap<&str, &Deployment>,
+/// How many current replicas of one deployment in one location were kept.
+#[derive(Clone, Copy, Debug, Default)]
+struct Kept {
+    up_to_date: usize,
+    outdated: usize,
+}
+
+/// The current assignments that stay as they are, and how many of each kind per
+/// deployment and location.
+fn keep_current<'d>(
+    deployments: &BTreeMap<&'d str, &'d Deployment>,
     loads: &BTreeMap<&str, NodeLoad<'_>>,
-    current: &[Assignment],
-) -> Vec<Assignment> {
-    let mut groups: BTreeMap<(&str, &str), Vec<&Assignment>> = BTreeMap::new();
+    current: &'d [Assignment],
+    ready: &HashSet<&str>,
+) -> (Vec<Assignment>, BTreeMap<(&'d str, &'d str), Kept>) {
+    #[derive(Default)]
+    struct Group<'a> {
+        up_to_date: Vec<&'a Assignment>,
+        outdated: Vec<&'a Assignment>,
+    }
+    let mut groups: BTreeMap<(&str, &str), Group<'_>> = BTreeMap::new();
     for assignment in current {
         let Some(deployment) = deployments.get(assignment.deployment.as_str()) else {
             continue;
         };
-        if still_valid(assignment, deployment, loads) {
-            groups
-                .entry((assignment.deployment.as_str(), assignment.location.as_str()))
-                .or_default()
-                .push(assignment);
+        let node_still_there = loads
+            .get(assignment.node.as_str())
+            .is_some_and(|load| load.location() == assignment.location);
+        if !node_still_there {
+            continue;
+        }
+        let group = groups
+            .entry((assignment.deployment.as_str(), assignment.location.as_str()))
+            .or_default();
+        if up_to_date(assignment, deployment) {
+            group.up_to_date.push(assignment);
+        } else {
+            group.outdated.push(assignment);
         }
     }
 
     let mut seen_ids = HashSet::new();
     let mut kept = Vec::new();
+    let mut counts = BTreeMap::new();
     for ((deployment, location), mut group) in groups {
         let wanted = deployments
             .get(deployment)
             .and_then(|d| d.copies.get(location))
             .map_or(0, |&copies| copies as usize);
-        group.sort_by_key(|a| surplus_order(&a.replica));
-        let survivors = group
+        group.up_to_date.sort_by_key(|a| surplus_order(&a.replica));
+        let up_to_date: Vec<&Assignment> = group
+            .up_to_date
             .into_iter()
             .filter(|a| seen_ids.insert(a.replica.as_str()))
-            .take(wanted);
-        kept.extend(survivors.cloned());
+            .take(wanted)
+            .collect();
+        let ready_now = up_to_date
+            .iter()
+            .filter(|a| ready.contains(a.replica.as_str()))
+            .count();
+        // Ready outdated replicas serve until new ones take over; the others go first.
+        group.outdated.sort_by_key(|a| {
+            let (no_index, index, id) = surplus_order(&a.replica);
+            (!ready.contains(a.replica.as_str()), no_index, index, id)
+        });
+        let outdated: Vec<&Assignment> = group
+            .outdated
+            .into_iter()
+            .filter(|a| seen_ids.insert(a.replica.as_str()))
+            .take(wanted.saturating_sub(ready_now))
+            .collect();
+        counts.insert(
+            (deployment, location),
+            Kept {
+                up_to_date: up_to_date.len(),
+                outdated: outdated.len(),
+            },
+        );
+        kept.extend(up_to_date.into_iter().chain(outdated).cloned());
     }
-    kept
+    (kept, counts)
 }
 
-/// Whether a current assignment may keep running where it is, surplus aside.
-fn still_valid(
-    assignment: &Assignment,
+/// Where a deployment's replicas stand against what it asks for, per location: every
+/// location it names, and any other where outdated replicas still run.
+pub fn progress(
     deployment: &Deployment,
-    loads: &BTreeMap<&str, NodeLoad<'_>>,
-) -> bool {
-    let node_still_there = loads
-        .get(assignment.node.as_str())
-        .is_some_and(|load| load.location() == assignment.location);
-    node_still_there
-        && assignment.version == deployment.version
+    assignments: &[Assignment],
+    ready: &HashSet<&str>,
+) -> Vec<RolloutLocation> {
+    let mine: Vec<&Assignment> = assignments
+        .iter()
+        .filter(|a| a.deployment == deployment.name)
+        .collect();
+    let names: BTreeSet<&str> = deployment
+        .copies
+        .keys()
+        .map(String::as_str)
+        .chain(mine.iter().map(|a| a.location.as_str()))
+        .collect();
+    let mut locations: BTreeMap<&str, RolloutLocation> = names
+        .into_iter()
+        .map(|location| {
+            let desired = deployment.copies.get(location).copied().unwrap_or(0);
+            let progress = RolloutLocation {
+                location: location.to_owned(),
+                desired,
+                updated: 0,
+                ready: 0,
+                outdated: 0,
+            };
+            (location, progress)
+        })
+        .collect();
+    for a in mine {
+        let Some(here) = locations.get_mut(a.location.as_str()) else {
+            continue;
+        };
+        if up_to_date(a, deployment) {
+            here.updated += 1;
+            here.ready += u32::from(ready.contains(a.replica.as_str()));
+        } else {
+            here.outdated += 1;
+        }
+    }
+    locations.into_values().collect()
+}
+
+/// Whether every location has all its copies up to date and ready, and nothing else.
+pub fn rolled_out(progress: &[RolloutLocation]) -> bool {
+    progress
+        .iter()
+        .all(|l| l.ready == l.desired && l.updated == l.desired && l.outdated == 0)
+}
+
+/// Whether a replica runs what its deployment asks for now.
+pub fn up_to_date(assignment: &Assignment, deployment: &Deployment) -> bool {
+    assignment.version == deployment.version
         && assignment.component == deployment.component
         && assignment.resources == deployment.resources
         && assignment.serve == deployment.serve
@@ -175,13 +288,6 @@ fn parse_index(digits: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-fn count_replicas(assignments: &[Assignment], deployment: &str, location: &str) -> usize {
-    assignments
-        .iter()
-        .filter(|a| a.deployment == deployment && a.location == location)
-        .count()
-}
-
 /// Places up to `missing` new replicas; returns how many found a node.
 fn place_new(
     deployment: &Deployment,
@@ -201,6 +307,7 @@ fn place_new(
             deployment: deployment.name.clone(),
             component: deployment.component.clone(),
             version: deployment.version,
+            seq: deployment.seq,
             node: load.name().to_owned(),
             location: location.to_owned(),
             resources: deployment.resources,
@@ -460,7 +567,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::fleet::NodeSpec;
+    use crate::fleet::{NodeSpec, Surge};
     use crate::hash::BlobHash;
     use crate::manifest::ServeOptions;
     use crate::version::VersionId;
@@ -508,6 +615,8 @@ mod tests {
             },
             signature: None,
             generation: 1,
+            surge: Default::default(),
+            deadline_s: crate::fleet::DEFAULT_DEADLINE_S,
         }
     }
 
@@ -534,13 +643,22 @@ mod tests {
     }
 
     fn in_location(plan: &Plan, deployment: &str, location: &str) -> usize {
-        count_replicas(&plan.assignments, deployment, location)
+        plan.assignments
+            .iter()
+            .filter(|a| a.deployment == deployment && a.location == location)
+            .count()
+    }
+
+    /// The plan when every current replica is ready: the steady state.
+    fn plan(deployments: &[Deployment], nodes: &[Node], current: &[Assignment]) -> Plan {
+        let ready = current.iter().map(|a| a.replica.as_str()).collect();
+        reconcile(deployments, nodes, current, &ready)
     }
 
     #[test]
     fn five_copies_spread_three_and_two_over_two_nodes() {
         let nodes = [node("a", "paris", 8.0, 16), node("b", "paris", 8.0, 16)];
-        let plan = reconcile(&[deployment("echo", &[("paris", 5)])], &nodes, &[]);
+        let plan = plan(&[deployment("echo", &[("paris", 5)])], &nodes, &[]);
         assert_eq!(on_node(&plan, "a").len(), 3);
         assert_eq!(on_node(&plan, "b").len(), 2);
         assert_eq!(
@@ -565,7 +683,7 @@ mod tests {
             }
         }
         let want = [("new-york", 5), ("london", 3), ("tokyo", 4)];
-        let plan = reconcile(&[deployment("resnet", &want)], &nodes, &[]);
+        let plan = plan(&[deployment("resnet", &want)], &nodes, &[]);
 
         assert!(plan.unplaced.is_empty(), "{:?}", plan.unplaced);
         for (location, copies) in want {
@@ -584,7 +702,7 @@ mod tests {
     #[test]
     fn copies_beyond_capacity_are_unplaced_with_a_capacity_reason() {
         let nodes = [node("lon-1", "london", 2.0, 8)];
-        let plan = reconcile(&[deployment("echo", &[("london", 3)])], &nodes, &[]);
+        let plan = plan(&[deployment("echo", &[("london", 3)])], &nodes, &[]);
         assert_eq!(plan.assignments.len(), 2);
         assert_eq!(plan.unplaced.len(), 1);
         let unplaced = &plan.unplaced[0];
@@ -604,7 +722,7 @@ mod tests {
     #[test]
     fn unknown_location_says_no_ready_node_and_lists_known_locations() {
         let nodes = [node("a", "new-york", 8.0, 8), node("b", "london", 8.0, 8)];
-        let plan = reconcile(&[deployment("echo", &[("tokyo", 4)])], &nodes, &[]);
+        let plan = plan(&[deployment("echo", &[("tokyo", 4)])], &nodes, &[]);
         assert!(plan.assignments.is_empty());
         assert_eq!(plan.unplaced.len(), 1);
         assert_eq!(plan.unplaced[0].count, 4);
@@ -617,7 +735,7 @@ mod tests {
     #[test]
     fn location_whose_nodes_are_all_lost_says_so() {
         let nodes = [lost(node("t1", "tokyo", 8.0, 8))];
-        let plan = reconcile(&[deployment("echo", &[("tokyo", 1)])], &nodes, &[]);
+        let plan = plan(&[deployment("echo", &[("tokyo", 1)])], &nodes, &[]);
         assert_eq!(
             plan.unplaced[0].reason,
             "no ready node in location \"tokyo\" (1 lost); no node is ready in any location"
@@ -629,7 +747,7 @@ mod tests {
         let mut gpu_model = deployment("llm", &[("paris", 1)]);
         gpu_model.resources.gpus = 1;
         let nodes = [node("a", "paris", 8.0, 16), node("b", "paris", 4.0, 16)];
-        let plan = reconcile(&[gpu_model], &nodes, &[]);
+        let plan = plan(&[gpu_model], &nodes, &[]);
         let reason = &plan.unplaced[0].reason;
         assert!(
             reason.starts_with("not enough capacity in location \"paris\""),
@@ -650,11 +768,11 @@ mod tests {
             node("c", "paris", 8.0, 16),
         ];
         let echo = [deployment("echo", &[("paris", 3)])];
-        let before = reconcile(&echo, &nodes, &[]);
+        let before = plan(&echo, &nodes, &[]);
         assert_eq!(node_of(&before, "echo-paris-1"), "b");
 
         let nodes_b_lost = [nodes[0].clone(), lost(nodes[1].clone()), nodes[2].clone()];
-        let after = reconcile(&echo, &nodes_b_lost, &before.assignments);
+        let after = plan(&echo, &nodes_b_lost, &before.assignments);
 
         assert_eq!(
             ids(&after),
@@ -672,8 +790,8 @@ mod tests {
     #[test]
     fn scaling_down_removes_the_highest_indices() {
         let nodes = [node("a", "paris", 8.0, 16), node("b", "paris", 8.0, 16)];
-        let five = reconcile(&[deployment("echo", &[("paris", 5)])], &nodes, &[]);
-        let two = reconcile(
+        let five = plan(&[deployment("echo", &[("paris", 5)])], &nodes, &[]);
+        let two = plan(
             &[deployment("echo", &[("paris", 2)])],
             &nodes,
             &five.assignments,
@@ -684,8 +802,8 @@ mod tests {
     #[test]
     fn scaling_up_keeps_existing_replicas_and_adds_new_ids() {
         let nodes = [node("a", "paris", 8.0, 16), node("b", "paris", 8.0, 16)];
-        let two = reconcile(&[deployment("echo", &[("paris", 2)])], &nodes, &[]);
-        let four = reconcile(
+        let two = plan(&[deployment("echo", &[("paris", 2)])], &nodes, &[]);
+        let four = plan(
             &[deployment("echo", &[("paris", 4)])],
             &nodes,
             &two.assignments,
@@ -703,31 +821,164 @@ mod tests {
         assert_eq!(on_node(&four, "a").len(), 2);
     }
 
+    /// Ids of the plan's replicas running `v`.
+    fn running(plan: &Plan, v: u8) -> Vec<&str> {
+        plan.assignments
+            .iter()
+            .filter(|a| a.version == version(v))
+            .map(|a| a.replica.as_str())
+            .collect()
+    }
+
+    fn at_version(name: &str, copies: &[(&str, u32)], v: u8) -> Deployment {
+        let mut d = deployment(name, copies);
+        d.version = version(v);
+        d.seq = u64::from(v);
+        d
+    }
+
     #[test]
-    fn new_version_replaces_every_replica_with_new_ids() {
+    fn a_new_version_rolls_out_surge_first_then_one_for_one_as_new_ones_get_ready() {
         let nodes = [node("a", "paris", 8.0, 16), node("b", "paris", 8.0, 16)];
-        let v1 = reconcile(&[deployment("echo", &[("paris", 3)])], &nodes, &[]);
-        let mut echo_v2 = deployment("echo", &[("paris", 3)]);
-        echo_v2.version = version(2);
-        let v2 = reconcile(&[echo_v2], &nodes, &v1.assignments);
-        assert_eq!(ids(&v2), ["echo-paris-3", "echo-paris-4", "echo-paris-5"]);
-        assert!(v2.assignments.iter().all(|a| a.version == version(2)));
+        let v1 = plan(&[deployment("echo", &[("paris", 4)])], &nodes, &[]);
+        let v2 = [at_version("echo", &[("paris", 4)], 2)];
+
+        // 25% of 4: one new replica beside the four old ones.
+        let all_old_ready: HashSet<&str> = ids(&v1).into_iter().collect();
+        let step = reconcile(&v2, &nodes, &v1.assignments, &all_old_ready);
+        assert_eq!(running(&step, 1).len(), 4);
+        assert_eq!(running(&step, 2), ["echo-paris-4"]);
+        assert!(step.unplaced.is_empty());
+
+        // Not ready yet: nothing changes.
+        assert_eq!(
+            reconcile(&v2, &nodes, &step.assignments, &all_old_ready),
+            step
+        );
+
+        // Ready: one old replica goes, the highest index first, and one more new one starts.
+        let mut ready = all_old_ready.clone();
+        ready.insert("echo-paris-4");
+        let step = reconcile(&v2, &nodes, &step.assignments, &ready);
+        assert_eq!(
+            running(&step, 1),
+            ["echo-paris-0", "echo-paris-1", "echo-paris-2"]
+        );
+        assert_eq!(running(&step, 2), ["echo-paris-4", "echo-paris-5"]);
+
+        // Everything ready: the old ones are gone.
+        let mut current = step.assignments;
+        for _ in 0..10 {
+            let ready: HashSet<&str> = current.iter().map(|a| a.replica.as_str()).collect();
+            let next = reconcile(&v2, &nodes, &current, &ready);
+            if next.assignments == current {
+                break;
+            }
+            current = next.assignments;
+        }
+        let ids: Vec<&str> = current.iter().map(|a| a.replica.as_str()).collect();
+        assert_eq!(
+            ids,
+            [
+                "echo-paris-4",
+                "echo-paris-5",
+                "echo-paris-6",
+                "echo-paris-7"
+            ]
+        );
+        assert!(current
+            .iter()
+            .all(|a| a.version == version(2) && a.seq == 2));
+    }
+
+    #[test]
+    fn surge_sets_how_many_new_replicas_start_at_once() {
+        let nodes = [node("a", "paris", 16.0, 32)];
+        let v1 = plan(&[deployment("echo", &[("paris", 4)])], &nodes, &[]);
+        let mut v2 = at_version("echo", &[("paris", 4)], 2);
+        v2.surge = Surge::Percent(100);
+        let step = plan(std::slice::from_ref(&v2), &nodes, &v1.assignments);
+        assert_eq!(running(&step, 1).len(), 4);
+        assert_eq!(running(&step, 2).len(), 4);
+        v2.surge = Surge::Count(3);
+        let step = plan(&[v2], &nodes, &v1.assignments);
+        assert_eq!(running(&step, 2).len(), 3);
+        assert_eq!(Surge::Percent(25).of(5), 2);
+        assert_eq!(Surge::Percent(10).of(0), 1);
+        assert_eq!(Surge::Count(0).of(4), 1);
+    }
+
+    #[test]
+    fn outdated_replicas_that_are_not_ready_go_first() {
+        let nodes = [node("a", "paris", 8.0, 16)];
+        let v1 = plan(&[deployment("echo", &[("paris", 3)])], &nodes, &[]);
+        let v2 = [at_version("echo", &[("paris", 3)], 2)];
+        // echo-paris-0 is crash-looping; the two others serve.
+        let ready: HashSet<&str> = ["echo-paris-1", "echo-paris-2", "echo-paris-3"].into();
+        let mut current = v1.assignments.clone();
+        current.extend(
+            plan(&v2, &nodes, &v1.assignments)
+                .assignments
+                .into_iter()
+                .filter(|a| a.version == version(2)),
+        );
+        let step = reconcile(&v2, &nodes, &current, &ready);
+        assert_eq!(running(&step, 1), ["echo-paris-1", "echo-paris-2"]);
+    }
+
+    #[test]
+    fn rolling_back_mid_rollout_keeps_the_old_replicas_and_drops_new_ones_not_ready() {
+        let nodes = [node("a", "paris", 8.0, 16)];
+        let v1 = [deployment("echo", &[("paris", 4)])];
+        let first = plan(&v1, &nodes, &[]);
+        let mut v2 = at_version("echo", &[("paris", 4)], 2);
+        v2.surge = Surge::Count(2);
+        let step = plan(&[v2], &nodes, &first.assignments);
+        assert_eq!(running(&step, 2), ["echo-paris-4", "echo-paris-5"]);
+
+        // One new replica got ready (and took an old one's place), one crashed: back to v1.
+        let ready: HashSet<&str> = [
+            "echo-paris-0",
+            "echo-paris-1",
+            "echo-paris-2",
+            "echo-paris-4",
+        ]
+        .into();
+        let back = reconcile(&v1, &nodes, &step.assignments, &ready);
+        assert_eq!(
+            running(&back, 1),
+            [
+                "echo-paris-0",
+                "echo-paris-1",
+                "echo-paris-2",
+                "echo-paris-3"
+            ]
+        );
+        // The ready v2 replica serves until the v1 copies are ready again.
+        assert_eq!(running(&back, 2), ["echo-paris-4"]);
+        let all: HashSet<&str> = ids(&back).into_iter().collect();
+        let done = reconcile(&v1, &nodes, &back.assignments, &all);
+        assert_eq!(running(&done, 2), Vec::<&str>::new());
+        assert_eq!(running(&done, 1).len(), 4);
     }
 
     #[test]
     fn changed_resources_or_serve_options_replace_replicas() {
         let nodes = [node("a", "paris", 8.0, 16)];
-        let before = reconcile(&[deployment("echo", &[("paris", 1)])], &nodes, &[]);
+        let before = plan(&[deployment("echo", &[("paris", 1)])], &nodes, &[]);
         let mut bigger = deployment("echo", &[("paris", 1)]);
         bigger.resources.cpus = 2.0;
-        let after = reconcile(&[bigger], &nodes, &before.assignments);
-        assert_eq!(ids(&after), ["echo-paris-1"]);
-        assert_eq!(after.assignments[0].resources.cpus, 2.0);
+        let after = plan(std::slice::from_ref(&bigger), &nodes, &before.assignments);
+        assert_eq!(ids(&after), ["echo-paris-0", "echo-paris-1"]);
+        let settled = plan(&[bigger], &nodes, &after.assignments);
+        assert_eq!(ids(&settled), ["echo-paris-1"]);
+        assert_eq!(settled.assignments[0].resources.cpus, 2.0);
 
         let mut batched = deployment("echo", &[("paris", 1)]);
         batched.serve.max_batch_size = 8;
-        let batched_plan = reconcile(&[batched], &nodes, &before.assignments);
-        assert_eq!(ids(&batched_plan), ["echo-paris-1"]);
+        let batched_plan = plan(&[batched], &nodes, &before.assignments);
+        assert_eq!(ids(&batched_plan), ["echo-paris-0", "echo-paris-1"]);
+        assert_eq!(batched_plan.assignments[1].serve.max_batch_size, 8);
     }
 
     #[test]
@@ -737,8 +988,8 @@ mod tests {
             deployment("echo", &[("paris", 2)]),
             deployment("resnet", &[("paris", 1)]),
         ];
-        let before = reconcile(&both, &nodes, &[]);
-        let after = reconcile(&both[1..], &nodes, &before.assignments);
+        let before = plan(&both, &nodes, &[]);
+        let after = plan(&both[1..], &nodes, &before.assignments);
         assert_eq!(ids(&after), ["resnet-paris-0"]);
         assert_eq!(after.assignments[0], before.assignments[2]);
     }
@@ -746,7 +997,7 @@ mod tests {
     #[test]
     fn deployments_sharing_a_node_respect_combined_capacity() {
         let nodes = [node("a", "paris", 4.0, 3)];
-        let plan = reconcile(
+        let plan = plan(
             &[
                 deployment("echo", &[("paris", 2)]),
                 deployment("resnet", &[("paris", 2)]),
@@ -766,9 +1017,9 @@ mod tests {
     fn kept_replicas_reserve_capacity_before_new_ones_are_placed() {
         let nodes = [node("a", "paris", 2.0, 16)];
         let zeta = deployment("zeta", &[("paris", 2)]);
-        let before = reconcile(std::slice::from_ref(&zeta), &nodes, &[]);
+        let before = plan(std::slice::from_ref(&zeta), &nodes, &[]);
         // "alpha" is placed first by name, but zeta's running replicas keep their room.
-        let after = reconcile(
+        let after = plan(
             &[deployment("alpha", &[("paris", 1)]), zeta],
             &nodes,
             &before.assignments,
@@ -782,7 +1033,7 @@ mod tests {
         let nodes = [node("a", "paris", 0.3, 16)];
         let mut small = deployment("echo", &[("paris", 3)]);
         small.resources.cpus = 0.1;
-        let plan = reconcile(&[small], &nodes, &[]);
+        let plan = plan(&[small], &nodes, &[]);
         assert_eq!(plan.assignments.len(), 3);
         assert!(plan.unplaced.is_empty());
     }
@@ -790,12 +1041,12 @@ mod tests {
     #[test]
     fn zero_copies_means_none_there_and_nothing_unplaced() {
         let nodes = [node("a", "paris", 8.0, 16), node("b", "berlin", 8.0, 16)];
-        let before = reconcile(
+        let before = plan(
             &[deployment("echo", &[("paris", 2), ("berlin", 1)])],
             &nodes,
             &[],
         );
-        let after = reconcile(
+        let after = plan(
             &[deployment("echo", &[("paris", 0), ("berlin", 1)])],
             &nodes,
             &before.assignments,
@@ -807,12 +1058,12 @@ mod tests {
     #[test]
     fn dropping_a_location_removes_its_replicas() {
         let nodes = [node("a", "paris", 8.0, 16), node("b", "berlin", 8.0, 16)];
-        let before = reconcile(
+        let before = plan(
             &[deployment("echo", &[("paris", 1), ("berlin", 1)])],
             &nodes,
             &[],
         );
-        let after = reconcile(
+        let after = plan(
             &[deployment("echo", &[("berlin", 1)])],
             &nodes,
             &before.assignments,
@@ -824,9 +1075,9 @@ mod tests {
     fn node_that_moved_location_loses_its_replicas() {
         let nodes = [node("a", "paris", 8.0, 16), node("b", "paris", 8.0, 16)];
         let echo = [deployment("echo", &[("paris", 2)])];
-        let before = reconcile(&echo, &nodes, &[]);
+        let before = plan(&echo, &nodes, &[]);
         let moved = [nodes[0].clone(), node("b", "berlin", 8.0, 16)];
-        let after = reconcile(&echo, &moved, &before.assignments);
+        let after = plan(&echo, &moved, &before.assignments);
         assert_eq!(on_node(&after, "a"), ["echo-paris-0", "echo-paris-2"]);
         assert!(on_node(&after, "b").is_empty());
     }
@@ -835,9 +1086,9 @@ mod tests {
     fn assignments_on_unknown_nodes_are_replaced() {
         let nodes = [node("a", "paris", 8.0, 16)];
         let echo = [deployment("echo", &[("paris", 1)])];
-        let mut ghost = reconcile(&echo, &nodes, &[]).assignments;
+        let mut ghost = plan(&echo, &nodes, &[]).assignments;
         ghost[0].node = "gone".to_owned();
-        let after = reconcile(&echo, &nodes, &ghost);
+        let after = plan(&echo, &nodes, &ghost);
         assert_eq!(ids(&after), ["echo-paris-1"]);
         assert_eq!(node_of(&after, "echo-paris-1"), "a");
     }
@@ -849,33 +1100,33 @@ mod tests {
             lost(node("b", "paris", 8.0, 16)),
         ];
         let echo = [deployment("echo", &[("paris", 3)])];
-        let mut current = reconcile(&echo, &nodes[..1], &[]).assignments;
+        let mut current = plan(&echo, &nodes[..1], &[]).assignments;
         current.truncate(1);
         // A replica on the lost node with a high index: its id must not come back.
         let mut on_lost = current[0].clone();
         on_lost.replica = "echo-paris-7".to_owned();
         on_lost.node = "b".to_owned();
         current.push(on_lost);
-        let plan = reconcile(&echo, &nodes, &current);
+        let plan = plan(&echo, &nodes, &current);
         assert_eq!(ids(&plan), ["echo-paris-0", "echo-paris-8", "echo-paris-9"]);
     }
 
     #[test]
     fn ids_without_an_index_are_kept_but_removed_first() {
         let nodes = [node("a", "paris", 8.0, 16)];
-        let two = reconcile(&[deployment("echo", &[("paris", 2)])], &nodes, &[]);
+        let two = plan(&[deployment("echo", &[("paris", 2)])], &nodes, &[]);
         let mut current = two.assignments.clone();
         current[1].replica = "echo-legacy".to_owned();
-        let kept = reconcile(&[deployment("echo", &[("paris", 2)])], &nodes, &current);
+        let kept = plan(&[deployment("echo", &[("paris", 2)])], &nodes, &current);
         assert_eq!(ids(&kept), ["echo-legacy", "echo-paris-0"]);
-        let one = reconcile(&[deployment("echo", &[("paris", 1)])], &nodes, &current);
+        let one = plan(&[deployment("echo", &[("paris", 1)])], &nodes, &current);
         assert_eq!(ids(&one), ["echo-paris-0"]);
     }
 
     #[test]
     fn dashed_names_that_spell_the_same_prefix_get_distinct_ids() {
         let nodes = [node("n1", "c", 8.0, 16), node("n2", "b-c", 8.0, 16)];
-        let plan = reconcile(
+        let plan = plan(
             &[
                 deployment("a-b", &[("c", 2)]),
                 deployment("a", &[("b-c", 2)]),
@@ -894,7 +1145,7 @@ mod tests {
         let mut echo = deployment("echo-prod", &[("london", 1)]);
         echo.component = "echo".to_owned();
         echo.serve.max_batch_size = 4;
-        let plan = reconcile(std::slice::from_ref(&echo), &nodes, &[]);
+        let plan = plan(std::slice::from_ref(&echo), &nodes, &[]);
         assert_eq!(
             plan.assignments,
             [Assignment {
@@ -902,6 +1153,7 @@ mod tests {
                 deployment: "echo-prod".to_owned(),
                 component: "echo".to_owned(),
                 version: echo.version,
+                seq: echo.seq,
                 node: "lon-1".to_owned(),
                 location: "london".to_owned(),
                 resources: echo.resources,
@@ -921,18 +1173,18 @@ mod tests {
             deployment("echo", &[("paris", 3), ("berlin", 2)]),
             deployment("resnet", &[("paris", 2), ("tokyo", 1)]),
         ];
-        let plan = reconcile(&deployments, &nodes, &[]);
+        let first = plan(&deployments, &nodes, &[]);
         let mut nodes_reversed = nodes.clone();
         nodes_reversed.reverse();
         let mut deployments_reversed = deployments.clone();
         deployments_reversed.reverse();
-        assert_eq!(reconcile(&deployments_reversed, &nodes_reversed, &[]), plan);
+        assert_eq!(plan(&deployments_reversed, &nodes_reversed, &[]), first);
 
-        let mut current_reversed = plan.assignments.clone();
+        let mut current_reversed = first.assignments.clone();
         current_reversed.reverse();
         assert_eq!(
-            reconcile(&deployments_reversed, &nodes_reversed, &current_reversed),
-            plan
+            plan(&deployments_reversed, &nodes_reversed, &current_reversed),
+            first
         );
     }
 
@@ -1014,7 +1266,49 @@ mod tests {
         }
     }
 
-    fn check_invariants(seed: u64, deployments: &[Deployment], nodes: &[Node], plan: &Plan) {
+    /// With every replica ready, a step may drop an up-to-date or outdated replica of a
+    /// deployment in a location only while as many up-to-date ones as it wants remain.
+    fn check_no_early_drain(
+        seed: u64,
+        deployments: &[Deployment],
+        nodes: &[Node],
+        before: &Plan,
+        after: &Plan,
+    ) {
+        for d in deployments {
+            for (location, &copies) in &d.copies {
+                let live = |p: &Plan| {
+                    p.assignments
+                        .iter()
+                        .filter(|a| a.deployment == d.name && &a.location == location)
+                        .filter(|a| {
+                            nodes
+                                .iter()
+                                .any(|n| n.spec.name == a.node && n.state == NodeState::Ready)
+                        })
+                        .map(|a| a.replica.clone())
+                        .collect::<HashSet<String>>()
+                };
+                let (was, now) = (live(before), live(after));
+                let still_serving = was.intersection(&now).count();
+                assert!(
+                    still_serving >= was.len().min(copies as usize),
+                    "seed {seed}: {} in {location} dropped to {still_serving} of {} serving",
+                    d.name,
+                    was.len()
+                );
+            }
+        }
+    }
+
+    /// Checks a fixed point; returns false if a rollout there waits for room that is not
+    /// there (outdated replicas kept, the surge unplaced).
+    fn check_invariants(
+        seed: u64,
+        deployments: &[Deployment],
+        nodes: &[Node],
+        plan: &Plan,
+    ) -> bool {
         let ready: HashMap<&str, &Node> = nodes
             .iter()
             .filter(|n| n.state == NodeState::Ready)
@@ -1049,57 +1343,83 @@ mod tests {
             assert!(load.used.gpus <= load.node.spec.gpus);
         }
 
+        let mut settled = true;
         for d in deployments {
             for (location, &copies) in &d.copies {
-                let placed = in_location(plan, &d.name, location);
+                let here: Vec<&Assignment> = plan
+                    .assignments
+                    .iter()
+                    .filter(|a| a.deployment == d.name && &a.location == location)
+                    .collect();
+                let outdated = here.iter().filter(|a| !up_to_date(a, d)).count();
                 let missing = plan
                     .unplaced
                     .iter()
                     .find(|u| u.deployment == d.name && &u.location == location)
                     .map_or(0, |u| u.count as usize);
-                assert_eq!(placed + missing, copies as usize, "seed {seed}: {d:?}");
                 if missing > 0 {
                     let room = loads
                         .values()
                         .any(|l| l.location() == location && l.fits(&d.resources));
                     assert!(!room, "seed {seed}: {} gave up with room left", d.name);
                 }
+                if outdated > 0 {
+                    assert!(
+                        missing > 0,
+                        "seed {seed}: {} kept outdated replicas with nothing missing",
+                        d.name
+                    );
+                    settled = false;
+                } else {
+                    assert_eq!(here.len() + missing, copies as usize, "seed {seed}: {d:?}");
+                }
             }
         }
+        settled
     }
 
     #[test]
     fn reconciling_a_plan_again_changes_nothing() {
         // How often each path ran, so the generator cannot quietly stop covering one.
-        let (mut kept, mut replaced, mut short_of_room, mut no_node) = (0, 0, 0, 0);
+        let (mut kept, mut replaced, mut short_of_room, mut no_node, mut stuck) = (0, 0, 0, 0, 0);
         for seed in 0..300 {
             let mut rng = Lcg(seed);
             let mut nodes = random_nodes(&mut rng);
             let mut deployments = random_deployments(&mut rng);
-            let first = reconcile(&deployments, &nodes, &[]);
-            check_invariants(seed, &deployments, &nodes, &first);
+            let first = plan(&deployments, &nodes, &[]);
+            assert!(check_invariants(seed, &deployments, &nodes, &first));
             assert_eq!(
-                reconcile(&deployments, &nodes, &first.assignments),
+                plan(&deployments, &nodes, &first.assignments),
                 first,
                 "seed {seed}"
             );
 
             perturb(&mut rng, &mut nodes, &mut deployments);
-            let second = reconcile(&deployments, &nodes, &first.assignments);
-            check_invariants(seed, &deployments, &nodes, &second);
-            assert_eq!(
-                reconcile(&deployments, &nodes, &second.assignments),
-                second,
-                "seed {seed}"
-            );
-            // An id that survives means the same replica: same node, same version.
-            for a in &second.assignments {
-                match first.assignments.iter().find(|o| o.replica == a.replica) {
-                    Some(old) => {
-                        assert_eq!(old, a, "seed {seed}: id {} changed meaning", a.replica);
-                        kept += 1;
+            let mut second = plan(&deployments, &nodes, &first.assignments);
+            let mut steps = vec![(first.clone(), second.clone())];
+            for step in 0.. {
+                assert!(step < 50, "seed {seed}: no fixed point");
+                let next = plan(&deployments, &nodes, &second.assignments);
+                if next == second {
+                    break;
+                }
+                check_no_early_drain(seed, &deployments, &nodes, &second, &next);
+                steps.push((second, next.clone()));
+                second = next;
+            }
+            if !check_invariants(seed, &deployments, &nodes, &second) {
+                stuck += 1;
+            }
+            // An id that survives a step means the same replica: same node, same version.
+            for (before, after) in &steps {
+                for a in &after.assignments {
+                    match before.assignments.iter().find(|o| o.replica == a.replica) {
+                        Some(old) => {
+                            assert_eq!(old, a, "seed {seed}: id {} changed meaning", a.replica);
+                            kept += 1;
+                        }
+                        None => replaced += 1,
                     }
-                    None => replaced += 1,
                 }
             }
             for u in first.unplaced.iter().chain(&second.unplaced) {
@@ -1115,6 +1435,7 @@ mod tests {
             ("replaced", replaced),
             ("short of room", short_of_room),
             ("no node", no_node),
+            ("rollout stuck for room", stuck),
         ] {
             assert!(count > 20, "{path} ran only {count} times");
         }

@@ -13,6 +13,7 @@ use axum::{Json, Router};
 use mycel_core::api::ErrorBody;
 use mycel_core::frame::{self, Frame};
 use mycel_core::oip;
+use mycel_core::ErrorCode;
 use serde_json::json;
 
 use crate::metrics::{Metrics, RequestLabels};
@@ -121,8 +122,13 @@ async fn server_metadata() -> Json<serde_json::Value> {
     }))
 }
 
-/// The model named in the path, at the version named (if any).
-fn find(gw: &Gateway, name: &str, version: Option<&str>) -> Result<Arc<Model>, Failure> {
+/// The model named in the path, and the version named (if any) as a sequence number.
+/// During a rollout a model serves two versions; either may be asked for.
+fn find(
+    gw: &Gateway,
+    name: &str,
+    version: Option<&str>,
+) -> Result<(Arc<Model>, Option<u64>), Failure> {
     let table = gw.router.table();
     let model = table.models.get(name).cloned().ok_or_else(|| {
         let mut known: Vec<&str> = table.models.keys().map(String::as_str).collect();
@@ -135,18 +141,30 @@ fn find(gw: &Gateway, name: &str, version: Option<&str>) -> Result<Arc<Model>, F
             ),
         )
     })?;
-    if let Some(version) = version {
-        if version != model.info.seq.to_string() {
-            return Err(Failure(
+    let Some(version) = version else {
+        return Ok((model, None));
+    };
+    let seq = version
+        .parse::<u64>()
+        .ok()
+        .filter(|&seq| seq == model.info.seq || model.replicas.iter().any(|r| r.route.seq == seq));
+    match seq {
+        Some(seq) => Ok((model, Some(seq))),
+        None => {
+            let mut served: Vec<u64> = model.replicas.iter().map(|r| r.route.seq).collect();
+            served.push(model.info.seq);
+            served.sort_unstable();
+            served.dedup();
+            let served: Vec<String> = served.iter().map(u64::to_string).collect();
+            Err(Failure(
                 StatusCode::NOT_FOUND,
                 format!(
                     "model {name:?} has no version {version:?}; it serves version {}",
-                    model.info.seq
+                    served.join(" and ")
                 ),
-            ));
+            ))
         }
     }
-    Ok(model)
 }
 
 fn metadata(model: &Model) -> serde_json::Value {
@@ -172,7 +190,7 @@ fn metadata(model: &Model) -> serde_json::Value {
 
 async fn model_metadata(State(gw): State<Arc<Gateway>>, Path(name): Path<String>) -> Response {
     match find(&gw, &name, None) {
-        Ok(model) => Json(metadata(&model)).into_response(),
+        Ok((model, _)) => Json(metadata(&model)).into_response(),
         Err(failure) => failure.into_response(),
     }
 }
@@ -182,13 +200,16 @@ async fn model_metadata_at(
     Path((name, version)): Path<(String, String)>,
 ) -> Response {
     match find(&gw, &name, Some(&version)) {
-        Ok(model) => Json(metadata(&model)).into_response(),
+        Ok((model, _)) => Json(metadata(&model)).into_response(),
         Err(failure) => failure.into_response(),
     }
 }
 
-fn readiness(model: &Model) -> Response {
-    let ready = !model.replicas.is_empty();
+fn readiness(model: &Model, seq: Option<u64>) -> Response {
+    let ready = model
+        .replicas
+        .iter()
+        .any(|r| seq.is_none_or(|seq| r.route.seq == seq));
     let status = if ready {
         StatusCode::OK
     } else {
@@ -203,7 +224,7 @@ fn readiness(model: &Model) -> Response {
 
 async fn model_ready(State(gw): State<Arc<Gateway>>, Path(name): Path<String>) -> Response {
     match find(&gw, &name, None) {
-        Ok(model) => readiness(&model),
+        Ok((model, seq)) => readiness(&model, seq),
         Err(failure) => failure.into_response(),
     }
 }
@@ -213,7 +234,7 @@ async fn model_ready_at(
     Path((name, version)): Path<(String, String)>,
 ) -> Response {
     match find(&gw, &name, Some(&version)) {
-        Ok(model) => readiness(&model),
+        Ok((model, seq)) => readiness(&model, seq),
         Err(failure) => failure.into_response(),
     }
 }
@@ -278,12 +299,12 @@ async fn answer(
         }
         Err(rejection) => return oip_error(rejection.status(), rejection.body_text()),
     };
-    let model = match find(gw, name, version) {
-        Ok(model) => model,
+    let (model, seq) = match find(gw, name, version) {
+        Ok(found) => found,
         Err(failure) => return failure.into_response(),
     };
     labels.model.clone_from(&model.info.name);
-    labels.version = model.info.seq.to_string();
+    labels.version = seq.unwrap_or(model.info.seq).to_string();
     let json_len = match headers.get(HEADER_LENGTH) {
         None => None,
         Some(value) => match value
@@ -309,11 +330,12 @@ async fn answer(
         Err(e) => return oip_error(StatusCode::BAD_REQUEST, e.to_string()),
     };
 
-    let outputs = match call(gw, &model, frame, labels).await {
-        Ok(outputs) => outputs,
+    let (outputs, answered_by) = match call(gw, &model, seq, frame, labels).await {
+        Ok(answer) => answer,
         Err(failure) => return failure.into_response(),
     };
-    let version = model.info.seq.to_string();
+    // The version that computed the answer: during a rollout, not always the newest.
+    let version = answered_by.to_string();
     match oip::encode_response(
         &model.info.name,
         &version,
@@ -348,40 +370,52 @@ async fn answer(
 /// How one attempt at a replica ended.
 enum Attempt {
     Done(Vec<mycel_core::tensor::Tensor>),
-    /// The replica could not take the request (gone, not ready, died mid-call): another
-    /// replica may.
-    Retry(String),
+    /// The replica took no part (unreachable, not ready, draining): nothing ran, so any
+    /// other replica may take the request.
+    Refused(String),
+    /// The replica broke off mid-call (its worker died): the request may have run, so it
+    /// is retried once.
+    Broken(String),
     Fail(Failure),
 }
 
-/// Sends the frame to a replica; if that replica cannot serve it, once more to another.
+/// Sends the frame to a replica of the model (of version `seq`, if given); on to the
+/// next replica while replicas refuse it, and once more after one breaks off mid-call.
+/// Returns the outputs and the version that computed them.
 async fn call(
     gw: &Gateway,
     model: &Model,
+    seq: Option<u64>,
     frame: Bytes,
     labels: &mut RequestLabels,
-) -> Result<Vec<mycel_core::tensor::Tensor>, Failure> {
-    let mut failed: Option<(String, String)> = None;
-    for _ in 0..2 {
-        let exclude = failed.as_ref().map(|(replica, _)| replica.as_str());
-        let Some(in_flight) = gw.router.pick(model, exclude) else {
-            break;
-        };
+) -> Result<(Vec<mycel_core::tensor::Tensor>, u64), Failure> {
+    let mut tried: Vec<String> = Vec::new();
+    let mut broken_once = false;
+    let mut last: Option<String> = None;
+    while let Some(in_flight) = gw.router.pick(model, seq, &tried) {
         let replica = &in_flight.replica().route;
         labels.location.clone_from(&replica.location);
-        match attempt(gw, replica, frame.clone()).await {
-            Attempt::Done(outputs) => return Ok(outputs),
+        let reason = match attempt(gw, replica, frame.clone()).await {
+            Attempt::Done(outputs) => return Ok((outputs, replica.seq)),
             Attempt::Fail(response) => return Err(response),
-            Attempt::Retry(reason) => {
-                tracing::warn!(replica = %replica.replica, %reason, "replica could not serve; retrying elsewhere");
-                gw.metrics.retried(labels);
-                failed = Some((replica.replica.clone(), reason));
+            Attempt::Refused(reason) => reason,
+            Attempt::Broken(reason) if !broken_once => {
+                broken_once = true;
+                reason
             }
-        }
+            Attempt::Broken(reason) => {
+                last = Some(format!("{}: {reason}", replica.replica));
+                break;
+            }
+        };
+        tracing::warn!(replica = %replica.replica, %reason, "replica could not serve; trying another");
+        gw.metrics.retried(labels);
+        last = Some(format!("{}: {reason}", replica.replica));
+        tried.push(replica.replica.clone());
     }
-    let message = match failed {
-        Some((replica, reason)) => format!(
-            "no ready replica of model {:?} could serve the request (last: {replica}: {reason})",
+    let message = match last {
+        Some(last) => format!(
+            "no ready replica of model {:?} could serve the request (last: {last})",
             model.info.name
         ),
         None => format!(
@@ -406,12 +440,13 @@ async fn attempt(gw: &Gateway, replica: &mycel_core::api::RouteReplica, frame: B
         .await;
     let response = match sent {
         Ok(response) => response,
-        Err(e) => return Attempt::Retry(format!("agent unreachable: {e}")),
+        Err(e) if e.is_connect() => return Attempt::Refused(format!("agent unreachable: {e}")),
+        Err(e) => return Attempt::Broken(format!("agent answer broke off: {e}")),
     };
     let status = response.status();
     let body = match response.bytes().await {
         Ok(body) => body,
-        Err(e) => return Attempt::Retry(format!("agent answer broke off: {e}")),
+        Err(e) => return Attempt::Broken(format!("agent answer broke off: {e}")),
     };
     if status.is_success() {
         return match frame::decode_from(body) {
@@ -422,11 +457,15 @@ async fn attempt(gw: &Gateway, replica: &mycel_core::api::RouteReplica, frame: B
             )),
         };
     }
-    let message = serde_json::from_slice::<ErrorBody>(&body)
-        .map(|b| b.error.message)
-        .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
+    let (code, message) = match serde_json::from_slice::<ErrorBody>(&body) {
+        Ok(body) => (Some(body.error.code), body.error.message),
+        Err(_) => (None, String::from_utf8_lossy(&body).into_owned()),
+    };
     match status.as_u16() {
-        503 | 404 => Attempt::Retry(message),
+        // 404: an agent that no longer knows the replica.
+        _ if code == Some(ErrorCode::NotServing) => Attempt::Refused(message),
+        404 => Attempt::Refused(message),
+        503 => Attempt::Broken(message),
         _ => {
             let status =
                 StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

@@ -105,13 +105,15 @@ impl Router {
         *self.table.write().unwrap_or_else(|p| p.into_inner()) = table;
     }
 
-    /// Picks the replica for one request: among replicas in this gateway's location if
-    /// any is ready there, else among all, the one with the fewest outstanding requests.
-    /// `exclude` is a replica that just failed this request.
-    pub fn pick(&self, model: &Model, exclude: Option<&str>) -> Option<InFlight> {
+    /// Picks the replica for one request: among replicas (of version `seq`, if given) in
+    /// this gateway's location if any is ready there, else among all, the one with the
+    /// fewest outstanding requests. `exclude` are replicas that already failed this
+    /// request.
+    pub fn pick(&self, model: &Model, seq: Option<u64>, exclude: &[String]) -> Option<InFlight> {
         let candidates = |local: bool| {
             model.replicas.iter().filter(move |r| {
-                Some(r.route.replica.as_str()) != exclude
+                !exclude.contains(&r.route.replica)
+                    && seq.is_none_or(|seq| r.route.seq == seq)
                     && (!local || self.location.as_deref() == Some(r.route.location.as_str()))
             })
         };
@@ -189,6 +191,7 @@ mod tests {
                     .map(|(id, location)| RouteReplica {
                         replica: (*id).into(),
                         version,
+                        seq: 1,
                         location: (*location).into(),
                         agent_url: format!("http://{id}"),
                     })
@@ -199,7 +202,8 @@ mod tests {
 
     fn pick(router: &Router, exclude: Option<&str>) -> Option<InFlight> {
         let table = router.table();
-        router.pick(&table.models["m"], exclude)
+        let exclude: Vec<String> = exclude.into_iter().map(str::to_owned).collect();
+        router.pick(&table.models["m"], None, &exclude)
     }
 
     #[test]

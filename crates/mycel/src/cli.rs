@@ -43,6 +43,67 @@ pub enum Command {
     Gateway(GatewayArgs),
     /// Send one inference request through the gateway and print the answer.
     Predict(PredictArgs),
+    /// Follow a deployment's rollout.
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
+    /// Serve the version a deployment served before (or --to N), rolled out like a deploy.
+    Rollback(RollbackArgs),
+    /// Show a deployment's rollouts: who deployed which version when, and how it ended.
+    History(HistoryArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RolloutCommand {
+    /// Show where a deployment's latest rollout stands, per location.
+    Status(RolloutStatusArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RolloutStatusArgs {
+    /// Deployment name.
+    pub name: String,
+    /// Follow the rollout until every copy is new and ready; fail if it is rolled back.
+    #[arg(long, short)]
+    pub watch: bool,
+    /// How long --watch waits.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RollbackArgs {
+    /// Deployment name.
+    pub name: String,
+    /// The version number to go back to [default: the one served before].
+    #[arg(long, value_name = "N")]
+    pub to: Option<u64>,
+    /// Wait until the rollback has rolled out, showing progress.
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// Print the deployment as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct HistoryArgs {
+    /// Deployment name.
+    pub name: String,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Where the local data directory is; `mycel server` keeps its state there and the
@@ -145,6 +206,19 @@ pub struct PushArgs {
     /// The component directory (holding mycel.toml).
     #[arg(default_value = ".")]
     pub dir: PathBuf,
+    /// Then roll the new version out to the deployment of the same name (or --name),
+    /// keeping its copies.
+    #[arg(long)]
+    pub deploy: bool,
+    /// The deployment --deploy updates [default: the component's name].
+    #[arg(long, requires = "deploy")]
+    pub name: Option<String>,
+    /// With --deploy: wait until the rollout is complete, showing progress.
+    #[arg(long, requires = "deploy")]
+    pub wait: bool,
+    /// How long --wait waits.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
     #[command(flatten)]
     pub connect: ConnectArgs,
     /// Print the result as JSON.
@@ -256,7 +330,15 @@ pub struct DeployArgs {
     /// Override the manifest's batch_wait_ms.
     #[arg(long)]
     pub batch_wait_ms: Option<u32>,
-    /// Wait until every copy is ready, showing progress.
+    /// New replicas a rolling update starts beyond the copies, per location: a count (2)
+    /// or a share of the copies (25%, the default).
+    #[arg(long)]
+    pub surge: Option<mycel_core::fleet::Surge>,
+    /// Roll back if the new replicas are not all ready within this time [default: 10m].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub deadline: Option<std::time::Duration>,
+    /// Wait until the rollout is complete with every copy ready, showing progress; fail
+    /// if it is rolled back.
     #[arg(long)]
     pub wait: bool,
     /// How long --wait waits.

@@ -1,12 +1,13 @@
-//! `/v1/deployments` and `/v1/status`: desired state, and the fleet as it is.
+//! `/v1/deployments` and `/v1/status`: desired state, its rollouts, and the fleet as it
+//! is.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
 use axum::Json;
-use mycel_core::api::{DeployRequest, FleetStatus, RoutingTable};
-use mycel_core::fleet::Deployment;
+use mycel_core::api::{DeployRequest, FleetStatus, RollbackRequest, RolloutStatus, RoutingTable};
+use mycel_core::fleet::{Deployment, Rollout, RolloutKind, RolloutOutcome, Served};
 use mycel_core::manifest::validate_name;
 use mycel_core::ErrorCode;
 
@@ -54,11 +55,22 @@ pub(super) async fn put(
     if let Some(ms) = request.batch_wait_ms {
         serve.batch_wait_ms = ms.min(60_000);
     }
-    let owned = name.clone();
-    let previous = blocking(&state.store, move |s| {
-        Ok(s.deployments()?.into_iter().find(|d| d.name == owned))
-    })
-    .await?;
+    if let Some(deadline) = request.deadline_s {
+        if !(1..=MAX_DEADLINE_S).contains(&deadline) {
+            return Err(invalid(format!(
+                "deadline of {deadline}s is out of range; expected 1 to {MAX_DEADLINE_S} seconds"
+            )));
+        }
+    }
+    let existing = find(&state, &name).await?;
+    if let Some(existing) = &existing {
+        if existing.component != component {
+            return Err(invalid(format!(
+                "deployment {name:?} serves component {:?}, not {component:?}; delete it first to serve another component under this name",
+                existing.component
+            )));
+        }
+    }
     let deployment = Deployment {
         name,
         component,
@@ -68,13 +80,136 @@ pub(super) async fn put(
         serve,
         resources: manifest.resources,
         signature: manifest.signature,
-        generation: previous.map_or(1, |p| p.generation + 1),
+        generation: 0,
+        surge: request
+            .surge
+            .or(existing.as_ref().map(|e| e.surge))
+            .unwrap_or_default(),
+        deadline_s: request
+            .deadline_s
+            .or(existing.as_ref().map(|e| e.deadline_s))
+            .unwrap_or(mycel_core::fleet::DEFAULT_DEADLINE_S),
     };
-    let stored = deployment.clone();
-    blocking(&state.store, move |s| s.put_deployment(&stored)).await?;
-    tracing::info!(deployment = %deployment.name, version = %version.label(), by = %caller, "deployed");
-    state.fleet.reconcile().await?;
+    let (deployment, rollout) = state
+        .fleet
+        .start_rollout(deployment, RolloutKind::Deploy, &caller)
+        .await?;
+    tracing::info!(deployment = %deployment.name, version = %version.label(), by = %caller, rollout = ?rollout.map(|r| r.number), "deployed");
     Ok(Json(deployment))
+}
+
+/// Longest rollout deadline accepted: a day.
+const MAX_DEADLINE_S: u64 = 86_400;
+
+async fn find(state: &AppState, name: &str) -> Result<Option<Deployment>, ApiError> {
+    let owned = name.to_owned();
+    Ok(blocking(&state.store, move |s| {
+        Ok(s.deployments()?.into_iter().find(|d| d.name == owned))
+    })
+    .await?)
+}
+
+fn not_found(name: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::NotFound,
+        format!("deployment {name:?} not found"),
+    )
+}
+
+/// `POST /v1/deployments/{name}/rollback`: serve an earlier version again, rolled out
+/// like any other.
+pub(super) async fn rollback(
+    State(state): State<Arc<AppState>>,
+    Caller(caller): Caller,
+    Path(name): Path<String>,
+    ApiJson(request): ApiJson<RollbackRequest>,
+) -> Result<Json<Deployment>, ApiError> {
+    let current = find(&state, &name).await?.ok_or_else(|| not_found(&name))?;
+    let history = state.fleet.history(&name).await?;
+    let target: Served = match request.to {
+        // What that version last ran with, or its manifest's options if it never ran.
+        Some(seq) => match history.iter().rev().find(|r| r.to.seq == seq) {
+            Some(rollout) => rollout.to.clone(),
+            None => {
+                let version =
+                    registry::find_version(&state.store, &current.component, &seq.to_string())
+                        .await?;
+                let manifest = registry::manifest_of(&state.blobs, &version).await?;
+                Served {
+                    version: version.id,
+                    seq: version.seq,
+                    serve: current.serve,
+                    resources: manifest.resources,
+                    signature: manifest.signature,
+                }
+            }
+        },
+        None => previous(&history, &current)
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::InvalidRequest,
+                    format!(
+                        "nothing to roll back to: deployment {name:?} has no earlier version that rolled out completely; name one with `to`"
+                    ),
+                )
+            })?
+            .to
+            .clone(),
+    };
+    if target == current.served() {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!(
+                "deployment {name:?} already serves {}@{}",
+                current.component, target.seq
+            ),
+        ));
+    }
+    let mut deployment = current;
+    deployment.serve(target);
+    let (deployment, _) = state
+        .fleet
+        .start_rollout(deployment, RolloutKind::Rollback, &caller)
+        .await?;
+    Ok(Json(deployment))
+}
+
+/// The newest rollout that completed with another version than the one served now.
+fn previous<'h>(history: &'h [Rollout], current: &Deployment) -> Option<&'h Rollout> {
+    history
+        .iter()
+        .rev()
+        .find(|r| r.outcome == RolloutOutcome::Complete && r.to.version != current.version)
+}
+
+/// `GET /v1/deployments/{name}/history`: every rollout, oldest first.
+pub(super) async fn history(
+    State(state): State<Arc<AppState>>,
+    _caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<Rollout>>, ApiError> {
+    let history = state.fleet.history(&name).await?;
+    if history.is_empty() && find(&state, &name).await?.is_none() {
+        return Err(not_found(&name));
+    }
+    Ok(Json(history))
+}
+
+/// `GET /v1/deployments/{name}/rollout?after=G&wait_ms=W`: the latest rollout's progress,
+/// long-polled by `mycel rollout status` and `mycel deploy --wait`.
+pub(super) async fn rollout(
+    State(state): State<Arc<AppState>>,
+    _caller: Caller,
+    Path(name): Path<String>,
+    Query(query): Query<super::nodes::WatchQuery>,
+) -> Result<Json<RolloutStatus>, ApiError> {
+    let wait = Duration::from_millis(query.wait_ms).min(super::nodes::MAX_WAIT);
+    state
+        .fleet
+        .rollout_status(&name, query.after, wait, &state.stop)
+        .await?
+        .map(Json)
+        .ok_or_else(|| not_found(&name))
 }
 
 pub(super) async fn list(

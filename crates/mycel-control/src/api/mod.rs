@@ -50,6 +50,12 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
             "/v1/deployments/{name}",
             put(deployments::put).delete(deployments::delete),
         )
+        .route("/v1/deployments/{name}/rollout", get(deployments::rollout))
+        .route("/v1/deployments/{name}/history", get(deployments::history))
+        .route(
+            "/v1/deployments/{name}/rollback",
+            post(deployments::rollback),
+        )
         .route("/v1/status", get(deployments::status))
         .route("/v1/routes", get(deployments::routes))
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such API route") })

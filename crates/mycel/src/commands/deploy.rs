@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use mycel_core::api::DeployRequest;
@@ -31,6 +30,9 @@ struct FileDeployment {
     copies: BTreeMap<String, u32>,
     max_batch_size: Option<u32>,
     batch_wait_ms: Option<u32>,
+    surge: Option<mycel_core::fleet::Surge>,
+    /// Seconds.
+    deadline_s: Option<u64>,
 }
 
 fn latest() -> String {
@@ -54,6 +56,8 @@ fn read_file(path: &Path) -> anyhow::Result<Vec<(String, DeployRequest)>> {
                 copies: d.copies,
                 max_batch_size: d.max_batch_size,
                 batch_wait_ms: d.batch_wait_ms,
+                surge: d.surge,
+                deadline_s: d.deadline_s,
             };
             (name, request)
         })
@@ -75,6 +79,8 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<()> {
                 copies: args.copies.iter().cloned().collect(),
                 max_batch_size: args.max_batch_size,
                 batch_wait_ms: args.batch_wait_ms,
+                surge: args.surge,
+                deadline_s: args.deadline.map(|d| d.as_secs().max(1)),
             };
             vec![(name, request)]
         }
@@ -106,86 +112,12 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<()> {
     }
     if args.wait {
         let names: Vec<String> = deployed.iter().map(|d| d.name.clone()).collect();
-        wait_ready(&client, &names, args.timeout, args.json).await?;
+        crate::commands::rollout::wait(&client, &names, args.timeout, args.json).await?;
     }
     if args.json {
         output::json(&deployed)?;
     }
     Ok(())
-}
-
-/// How long `--wait` lets nodes join before reporting copies that cannot be placed.
-const PLACEMENT_GRACE: Duration = Duration::from_secs(5);
-
-/// Polls status until every copy of `names` is ready; fails early when a replica
-/// failed to build or copies cannot be placed, naming why.
-pub async fn wait_ready(
-    client: &mycel_client::Client,
-    names: &[String],
-    timeout: Duration,
-    quiet: bool,
-) -> anyhow::Result<()> {
-    let started = Instant::now();
-    let mut last_line = String::new();
-    loop {
-        let status = client.status().await?;
-        let mut desired = 0;
-        let mut ready = 0;
-        for view in status
-            .deployments
-            .iter()
-            .filter(|v| names.contains(&v.deployment.name))
-        {
-            desired += view.locations.iter().map(|l| l.desired).sum::<u32>();
-            ready += view.locations.iter().map(|l| l.ready).sum::<u32>();
-        }
-        // Nodes may still be joining (right after `mycel up`, say): give them a moment
-        // before calling copies unplaceable.
-        let unplaced = status
-            .unplaced
-            .iter()
-            .find(|u| names.contains(&u.deployment));
-        if let Some(unplaced) = unplaced.filter(|_| started.elapsed() > PLACEMENT_GRACE) {
-            bail!(
-                "{}: {} copies in {} cannot be placed: {}",
-                unplaced.deployment,
-                unplaced.count,
-                unplaced.location,
-                unplaced.reason
-            );
-        }
-        let line = format!("{ready}/{desired} replicas ready");
-        if !quiet && line != last_line {
-            eprintln!("{line} ({:.0}s)", started.elapsed().as_secs_f64());
-            last_line.clone_from(&line);
-        }
-        if desired > 0 && ready == desired {
-            return Ok(());
-        }
-        if started.elapsed() > timeout {
-            let failing: Vec<String> = status
-                .replicas
-                .iter()
-                .filter(|r| names.contains(&r.assignment.deployment))
-                .filter_map(|r| match r.status.as_ref().map(|s| &s.state) {
-                    Some(mycel_core::fleet::ReplicaState::Failed { reason }) => {
-                        Some(format!("{}: {reason}", r.assignment.replica))
-                    }
-                    _ => None,
-                })
-                .collect();
-            bail!(
-                "not ready after {}s ({line}){}",
-                timeout.as_secs(),
-                if failing.is_empty() {
-                    String::new()
-                } else {
-                    format!("\n{}", failing.join("\n"))
-                }
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
 }
 
 pub async fn undeploy(args: UndeployArgs) -> anyhow::Result<()> {

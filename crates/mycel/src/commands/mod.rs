@@ -8,10 +8,11 @@ mod list;
 mod logs;
 mod predict;
 mod push;
+mod rollout;
 mod status;
 mod up;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, RolloutCommand};
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
@@ -29,6 +30,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Up(args) => up::run(args).await,
         Command::Gateway(args) => gateway::run(args).await,
         Command::Predict(args) => predict::run(args).await,
+        Command::Rollout(RolloutCommand::Status(args)) => rollout::status(args).await,
+        Command::Rollback(args) => rollout::rollback(args).await,
+        Command::History(args) => rollout::history(args).await,
     }
 }
 

@@ -7,6 +7,7 @@ use std::time::Instant;
 use anyhow::Context;
 use futures::{StreamExt, TryStreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
+use mycel_core::api::DeployRequest;
 use mycel_core::manifest::MANIFEST_FILE;
 use mycel_core::{BlobHash, Manifest, VersionId};
 use serde::Serialize;
@@ -117,9 +118,68 @@ pub async fn run(args: PushArgs) -> anyhow::Result<()> {
         bytes_reused: bytes_unique - bytes_sent,
         elapsed_ms: started.elapsed().as_millis() as u64,
     };
+    if args.deploy {
+        // Progress lines go to stderr, so `--json` still prints one document.
+        let name = args
+            .name
+            .clone()
+            .unwrap_or_else(|| report.component.clone());
+        if !args.json {
+            print_report(&report);
+        }
+        roll_out(&client, &name, &report.component, report.seq).await?;
+        if args.wait {
+            crate::commands::rollout::wait(&client, &[name], args.timeout, args.json).await?;
+        }
+        if args.json {
+            output::json(&report)?;
+        }
+        return Ok(());
+    }
     if args.json {
         return output::json(&report);
     }
+    print_report(&report);
+    Ok(())
+}
+
+/// Deploys `component@seq` to the existing deployment `name`, keeping its copies and
+/// serve options: pushing code changes the code, not how it is served.
+async fn roll_out(
+    client: &mycel_client::Client,
+    name: &str,
+    component: &str,
+    seq: u64,
+) -> anyhow::Result<()> {
+    let deployments = client.deployments().await?;
+    let Some(existing) = deployments.into_iter().find(|d| d.name == name) else {
+        anyhow::bail!(
+            "no deployment {name:?} to roll the new version out to; deploy it first, e.g. `mycel deploy {component} --copies LOCATION=N`"
+        );
+    };
+    let request = DeployRequest {
+        component: Some(component.to_owned()),
+        version: seq.to_string(),
+        copies: existing.copies.clone(),
+        max_batch_size: Some(existing.serve.max_batch_size),
+        batch_wait_ms: Some(existing.serve.batch_wait_ms),
+        surge: None,
+        deadline_s: None,
+    };
+    let deployment = client
+        .deploy(name, &request)
+        .await
+        .with_context(|| format!("deploying {component}@{seq} to {name}"))?;
+    if deployment.generation != existing.generation {
+        eprintln!(
+            "rolling out {component}@{seq} to deployment {name} (was @{})",
+            existing.seq
+        );
+    }
+    Ok(())
+}
+
+fn print_report(report: &PushReport) {
     let what = if report.created {
         "pushed"
     } else {
@@ -141,5 +201,4 @@ pub async fn run(args: PushArgs) -> anyhow::Result<()> {
         report.blobs_reused,
         report.elapsed_ms as f64 / 1000.0
     );
-    Ok(())
 }

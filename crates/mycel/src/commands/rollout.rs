@@ -1,0 +1,276 @@
+//! `mycel rollout status`, `mycel rollback`, `mycel history`, and the wait behind
+//! `deploy --wait`: following a deployment's rollouts.
+
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use mycel_core::api::RolloutStatus;
+use mycel_core::fleet::{Rollout, RolloutOutcome};
+use mycel_core::reconcile::rolled_out;
+
+use crate::cli::{HistoryArgs, RollbackArgs, RolloutStatusArgs};
+use crate::connect::client;
+use crate::output;
+
+/// How long `wait` lets nodes join before reporting copies that cannot be placed.
+const PLACEMENT_GRACE: Duration = Duration::from_secs(5);
+/// How long one long-poll for rollout progress is held by the server.
+const POLL: Duration = Duration::from_secs(5);
+
+/// Follows the rollouts of `names` until each is complete with every copy ready.
+/// Fails when one is rolled back or fails, when copies cannot be placed, or after
+/// `timeout`, saying why. Progress goes to stderr unless `quiet`.
+pub async fn wait(
+    client: &mycel_client::Client,
+    names: &[String],
+    timeout: Duration,
+    quiet: bool,
+) -> anyhow::Result<()> {
+    // The version each deployment is rolling out now: an automatic rollback that
+    // follows is that rollout's failure, not a success.
+    let mut targets = Vec::with_capacity(names.len());
+    for name in names {
+        let status = client.rollout_status(name, 0, Duration::ZERO).await?;
+        targets.push(status.deployment.seq);
+    }
+    let started = Instant::now();
+    let mut last_line = String::new();
+    let mut generation = 0;
+    loop {
+        let mut statuses = Vec::with_capacity(names.len());
+        for (i, name) in names.iter().enumerate() {
+            // Only the first call waits for a change; the others read at once.
+            let wait = if i == 0 && generation > 0 {
+                POLL
+            } else {
+                Duration::ZERO
+            };
+            statuses.push(client.rollout_status(name, generation, wait).await?);
+        }
+        generation = statuses.iter().map(|s| s.generation).max().unwrap_or(0);
+
+        for (status, &target) in statuses.iter().zip(&targets) {
+            let mut latest = status.rollout.clone();
+            if latest.as_ref().is_some_and(|r| r.to.seq != target) {
+                let history = client.history(&status.deployment.name).await?;
+                latest = history.into_iter().rev().find(|r| r.to.seq == target);
+            }
+            if let Some(rollout) = &latest {
+                match &rollout.outcome {
+                    RolloutOutcome::RolledBack { reason } => bail!(
+                        "{}: rollout of version {} rolled back to the version before: {reason}",
+                        rollout.deployment,
+                        rollout.to.seq
+                    ),
+                    RolloutOutcome::Failed { reason } => bail!(
+                        "{}: rollout of version {} failed: {reason}",
+                        rollout.deployment,
+                        rollout.to.seq
+                    ),
+                    RolloutOutcome::Superseded => bail!(
+                        "{}: the rollout of version {} was superseded by another",
+                        rollout.deployment,
+                        rollout.to.seq
+                    ),
+                    _ => {}
+                }
+            }
+            let unplaced = status.unplaced.first();
+            // Nodes may still be joining (right after `mycel up`, say): give them a
+            // moment before calling copies unplaceable.
+            if let Some(u) = unplaced.filter(|_| started.elapsed() > PLACEMENT_GRACE) {
+                bail!(
+                    "{}: {} copies in {} cannot be placed: {}",
+                    u.deployment,
+                    u.count,
+                    u.location,
+                    u.reason
+                );
+            }
+        }
+        let line = summary(&statuses);
+        if !quiet && line != last_line {
+            eprintln!("{line} ({:.1}s)", started.elapsed().as_secs_f64());
+            last_line.clone_from(&line);
+        }
+        let done = statuses.iter().zip(&targets).all(|(s, &target)| {
+            s.deployment.seq == target
+                && rolled_out(&s.locations)
+                && s.rollout
+                    .as_ref()
+                    .is_none_or(|r| r.outcome == RolloutOutcome::Complete)
+        });
+        if done {
+            return Ok(());
+        }
+        if started.elapsed() > timeout {
+            bail!("not rolled out after {}s ({line})", timeout.as_secs());
+        }
+        if generation == 0 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// `12/12 replicas ready, 3 old draining`.
+fn summary(statuses: &[RolloutStatus]) -> String {
+    let all = statuses.iter().flat_map(|s| &s.locations);
+    let (desired, ready, outdated) = all.fold((0, 0, 0), |(d, r, o), l| {
+        (d + l.desired, r + l.ready, o + l.outdated)
+    });
+    let mut line = format!("{ready}/{desired} replicas ready");
+    if outdated > 0 {
+        line.push_str(&format!(", {outdated} of the version before still serving"));
+    }
+    line
+}
+
+/// One line about a rollout: `#3 deploy echo@1 → @2 by admin: complete in 1.2s`.
+fn describe(rollout: &Rollout) -> String {
+    let from = rollout
+        .from_seq
+        .map_or(String::new(), |seq| format!("@{seq} → "));
+    let took = rollout.ended_ms.map_or(String::new(), |end| {
+        format!(
+            " in {:.1}s",
+            end.saturating_sub(rollout.started_ms) as f64 / 1000.0
+        )
+    });
+    let why = match &rollout.outcome {
+        RolloutOutcome::RolledBack { reason } | RolloutOutcome::Failed { reason } => {
+            format!(": {}", first_line(reason))
+        }
+        _ => String::new(),
+    };
+    format!(
+        "#{} {} {from}@{} by {}: {}{took}{why}",
+        rollout.number, rollout.kind, rollout.to.seq, rollout.by, rollout.outcome
+    )
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or_default()
+}
+
+pub async fn status(args: RolloutStatusArgs) -> anyhow::Result<()> {
+    let client = client(&args.connect)?;
+    if args.watch {
+        return wait(
+            &client,
+            std::slice::from_ref(&args.name),
+            args.timeout,
+            false,
+        )
+        .await;
+    }
+    let status = client.rollout_status(&args.name, 0, Duration::ZERO).await?;
+    if args.json {
+        return output::json(&status);
+    }
+    let d = &status.deployment;
+    println!(
+        "deployment {} serves {}@{} ({})",
+        d.name,
+        d.component,
+        d.seq,
+        d.version.short()
+    );
+    match &status.rollout {
+        Some(rollout) => println!("rollout {}", describe(rollout)),
+        None => println!("no rollout recorded"),
+    }
+    let mut rows = vec![vec![
+        "LOCATION".into(),
+        "DESIRED".into(),
+        "UPDATED".into(),
+        "READY".into(),
+        "OLD".into(),
+    ]];
+    for l in &status.locations {
+        rows.push(vec![
+            l.location.clone(),
+            l.desired.to_string(),
+            l.updated.to_string(),
+            l.ready.to_string(),
+            l.outdated.to_string(),
+        ]);
+    }
+    output::table(&rows);
+    for u in &status.unplaced {
+        println!(
+            "{} copies in {} cannot be placed: {}",
+            u.count, u.location, u.reason
+        );
+    }
+    Ok(())
+}
+
+pub async fn rollback(args: RollbackArgs) -> anyhow::Result<()> {
+    let client = client(&args.connect)?;
+    let deployment = client.rollback(&args.name, args.to).await?;
+    if !args.json {
+        println!(
+            "rolling {} back to {}@{} ({})",
+            deployment.name,
+            deployment.component,
+            deployment.seq,
+            deployment.version.short()
+        );
+    }
+    if args.wait {
+        wait(
+            &client,
+            std::slice::from_ref(&args.name),
+            args.timeout,
+            args.json,
+        )
+        .await?;
+    }
+    if args.json {
+        output::json(&deployment)?;
+    }
+    Ok(())
+}
+
+pub async fn history(args: HistoryArgs) -> anyhow::Result<()> {
+    let history = client(&args.connect)?.history(&args.name).await?;
+    if args.json {
+        return output::json(&history);
+    }
+    let mut rows = vec![vec![
+        "#".into(),
+        "STARTED".into(),
+        "KIND".into(),
+        "VERSION".into(),
+        "BY".into(),
+        "OUTCOME".into(),
+    ]];
+    for r in &history {
+        let version = match r.from_seq {
+            Some(from) => format!("{from} → {}", r.to.seq),
+            None => r.to.seq.to_string(),
+        };
+        let mut outcome = r.outcome.to_string();
+        if let Some(end) = r.ended_ms {
+            outcome.push_str(&format!(
+                " in {:.1}s",
+                end.saturating_sub(r.started_ms) as f64 / 1000.0
+            ));
+        }
+        if let RolloutOutcome::RolledBack { reason } | RolloutOutcome::Failed { reason } =
+            &r.outcome
+        {
+            outcome.push_str(&format!(": {}", first_line(reason)));
+        }
+        rows.push(vec![
+            r.number.to_string(),
+            output::time(r.started_ms),
+            r.kind.to_string(),
+            version,
+            r.by.clone(),
+            outcome,
+        ]);
+    }
+    output::table(&rows);
+    Ok(())
+}

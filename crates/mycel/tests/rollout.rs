@@ -1,0 +1,367 @@
+//! End-to-end tests of rolling updates: a real control plane, gateway, two agents and
+//! Python workers on 127.0.0.1, with clients sending requests without pause while
+//! versions roll out, fail and roll back.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::{eventually, status, write_tree, TestAgent, TestServer, READY_PATIENCE};
+
+const MANIFEST: &str = r#"
+[component]
+name = "ver"
+entrypoint = "model:Model"
+
+[python]
+requirements = ["numpy"]
+
+[weights]
+files = ["weights.bin"]
+
+[resources]
+cpus = 0.5
+memory = "128MiB"
+"#;
+
+/// A model that answers with its version number; `init` is the body of `__init__`.
+fn model(version: u32, init: &str) -> String {
+    format!(
+        "import numpy as np\n\nVERSION = {version}\n\nclass Model:\n    def __init__(self, ctx):\n        {init}\n\n    def predict(self, inputs):\n        rows = next(iter(inputs.values())).shape[0]\n        return {{\"version\": np.full(rows, VERSION, dtype=np.int64)}}\n"
+    )
+}
+
+/// Clients posting to the gateway without pause, recording every answer.
+struct Load {
+    stop: Arc<AtomicBool>,
+    /// (HTTP status, version answered or -1, body on failure), in order per client.
+    answers: Arc<Mutex<Vec<(u16, i64, String)>>>,
+    clients: Vec<JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(gateway: &str, clients: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let answers = Arc::new(Mutex::new(Vec::new()));
+        let url = format!("{gateway}/v2/models/ver/infer");
+        let clients = (0..clients)
+            .map(|_| {
+                let (stop, answers, url) = (Arc::clone(&stop), Arc::clone(&answers), url.clone());
+                std::thread::spawn(move || {
+                    let http = reqwest::blocking::Client::new();
+                    let body = json!({"inputs": [
+                        {"name": "x", "datatype": "FP32", "shape": [1, 1], "data": [0.0]}
+                    ]});
+                    while !stop.load(Ordering::Relaxed) {
+                        let answer = match http.post(&url).json(&body).send() {
+                            Ok(response) => {
+                                let code = response.status().as_u16();
+                                let text = response.text().unwrap_or_default();
+                                let version = serde_json::from_str::<Value>(&text)
+                                    .ok()
+                                    .and_then(|v| v["outputs"][0]["data"][0].as_i64())
+                                    .unwrap_or(-1);
+                                (
+                                    code,
+                                    version,
+                                    if code == 200 { String::new() } else { text },
+                                )
+                            }
+                            Err(e) => (0, -1, e.to_string()),
+                        };
+                        answers.lock().unwrap().push(answer);
+                    }
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            answers,
+            clients,
+        }
+    }
+
+    /// Answers so far, from `from` on.
+    fn since(&self, from: usize) -> Vec<(u16, i64, String)> {
+        self.answers.lock().unwrap()[from..].to_vec()
+    }
+
+    fn count(&self) -> usize {
+        self.answers.lock().unwrap().len()
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for client in self.clients {
+            client.join().unwrap();
+        }
+    }
+}
+
+fn assert_no_failures(answers: &[(u16, i64, String)], during: &str) {
+    let failed: Vec<&(u16, i64, String)> = answers.iter().filter(|a| a.0 != 200).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed during {during}; first: {:?}",
+        failed.len(),
+        answers.len(),
+        failed.first()
+    );
+}
+
+/// `mycel_agent_fetched_bytes_total` by kind, from each node's agent.
+fn fetched_bytes(server: &TestServer) -> HashMap<String, (u64, u64)> {
+    let status = status(server);
+    status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            let name = n["node"]["spec"]["name"].as_str().unwrap().to_owned();
+            let url = n["node"]["spec"]["agent_url"].as_str().unwrap();
+            let text = reqwest::blocking::get(format!("{url}/metrics"))
+                .unwrap()
+                .text()
+                .unwrap();
+            let read = |kind: &str| {
+                let prefix = format!("mycel_agent_fetched_bytes_total{{kind=\"{kind}\"}} ");
+                text.lines()
+                    .find_map(|l| l.strip_prefix(&prefix))
+                    .map_or(0, |v| v.trim().parse().unwrap())
+            };
+            (name, (read("blob"), read("version")))
+        })
+        .collect()
+}
+
+/// Nodes running a replica of version `seq` of `ver`.
+fn nodes_running(server: &TestServer, seq: u64) -> Vec<String> {
+    let versions = server.cli_json(&["versions", "ver"]);
+    let id = versions
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["seq"] == seq)
+        .unwrap()["id"]
+        .clone();
+    let mut nodes: Vec<String> = status(server)["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["assignment"]["version"] == id)
+        .map(|r| r["assignment"]["node"].as_str().unwrap().to_owned())
+        .collect();
+    nodes.sort();
+    nodes.dedup();
+    nodes
+}
+
+fn history(server: &TestServer) -> Vec<Value> {
+    server
+        .cli_json(&["history", "ver"])
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn push(server: &TestServer, dir: &Path) -> u64 {
+    server.cli_json(&["push", dir.to_str().unwrap()])["seq"]
+        .as_u64()
+        .unwrap()
+}
+
+#[test]
+fn rollouts_under_load_drop_nothing_and_a_broken_version_rolls_back() {
+    let data = tempfile::tempdir().unwrap();
+    let nodes = tempfile::tempdir().unwrap();
+    let server = TestServer::start(data.path());
+    let _a = TestAgent::start(&server, nodes.path(), "a", "here");
+    let _b = TestAgent::start(&server, nodes.path(), "b", "here");
+    let gateway = server.gateway();
+    let dir = nodes.path().join("ver");
+    write_tree(
+        &dir,
+        &[
+            ("mycel.toml", MANIFEST.as_bytes()),
+            ("model.py", model(1, "pass").as_bytes()),
+            ("weights.bin", &[3u8; 64 << 10]),
+        ],
+    );
+    assert_eq!(push(&server, &dir), 1);
+    let out = server.cli(&[
+        "deploy",
+        "ver",
+        "--copies",
+        "here=4",
+        "--wait",
+        "--timeout",
+        "300s",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let load = Load::start(&gateway, 4);
+    eventually("answers from version 1", Duration::from_secs(10), || {
+        (load.count() > 20).then_some(())
+    });
+
+    // v2: one file changes. Only it, and the version's file list, travel to the agents.
+    let before = fetched_bytes(&server);
+    let v2_model = model(2, "pass");
+    write_tree(&dir, &[("model.py", v2_model.as_bytes())]);
+    let start = load.count();
+    let out = server.cli(&["push", dir.to_str().unwrap(), "--deploy", "--wait"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let answers = load.since(start);
+    assert_no_failures(&answers, "the rollout from v1 to v2");
+    let versions: Vec<i64> = answers.iter().map(|a| a.1).collect();
+    assert!(versions.contains(&1), "no v1 answer during the rollout");
+    let tail = &versions[versions.len().saturating_sub(20)..];
+    assert!(
+        tail.iter().all(|&v| v == 2),
+        "answers after the rollout: {tail:?}"
+    );
+
+    let after = fetched_bytes(&server);
+    let list_size = reqwest::blocking::Client::new()
+        .get(format!("{}/v1/components/ver/versions/2", server.url))
+        .bearer_auth(server.token())
+        .send()
+        .unwrap()
+        .bytes()
+        .unwrap()
+        .len() as u64;
+    let running_v2 = nodes_running(&server, 2);
+    assert!(!running_v2.is_empty());
+    for (node, (blob, list)) in &after {
+        let (blob_before, list_before) = before[node];
+        let expected = if running_v2.contains(node) {
+            (v2_model.len() as u64, list_size)
+        } else {
+            (0, 0)
+        };
+        assert_eq!(
+            (blob - blob_before, list - list_before),
+            expected,
+            "bytes node {node} fetched for v2 (blobs, file list)"
+        );
+    }
+    let status_v2 = server.cli_json(&["rollout", "status", "ver"]);
+    assert_eq!(status_v2["rollout"]["outcome"], "complete");
+    assert_eq!(status_v2["locations"][0]["ready"], 4);
+    assert_eq!(status_v2["locations"][0]["outdated"], 0);
+
+    // v3 raises while loading: it rolls back on its own, and v2 keeps answering.
+    write_tree(
+        &dir,
+        &[(
+            "model.py",
+            model(3, "raise RuntimeError('broken on purpose')").as_bytes(),
+        )],
+    );
+    let start = load.count();
+    assert_eq!(push(&server, &dir), 3);
+    let out = server.cli(&["deploy", "ver@3", "--copies", "here=4", "--wait"]);
+    assert!(!out.status.success(), "a broken version reported success");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("rolled back") && stderr.contains("broken on purpose"),
+        "{stderr}"
+    );
+    let rolled_back = eventually("the automatic rollback to finish", READY_PATIENCE, || {
+        let h = history(&server);
+        (h.len() == 4 && h[3]["outcome"] == "complete").then_some(h)
+    });
+    assert_eq!(rolled_back[2]["kind"], "deploy");
+    assert_eq!(rolled_back[2]["outcome"], "rolled-back");
+    assert!(rolled_back[2]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("broken on purpose"));
+    assert_eq!(rolled_back[3]["kind"], "auto-rollback");
+    assert_eq!(rolled_back[3]["to"]["seq"], 2);
+    assert_eq!(rolled_back[3]["by"], "mycel");
+    std::thread::sleep(Duration::from_millis(300));
+    let answers = load.since(start);
+    assert_no_failures(&answers, "the failed rollout of v3 and its rollback");
+    assert!(
+        answers.iter().all(|a| a.1 == 2),
+        "something other than v2 answered while v3 failed"
+    );
+
+    // A manual rollback goes to the version before the one served: v1.
+    let start = load.count();
+    let out = server.cli(&["rollback", "ver", "--wait"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let answers = load.since(start);
+    assert_no_failures(&answers, "the rollback to v1");
+    assert_eq!(answers.last().unwrap().1, 1);
+    let h = history(&server);
+    assert_eq!(h.len(), 5);
+    assert_eq!(h[4]["kind"], "rollback");
+    assert_eq!(h[4]["to"]["seq"], 1);
+    assert_eq!(h[4]["outcome"], "complete");
+    load.stop();
+
+    // The table people read names each rollout and how it ended.
+    let out = server.cli(&["history", "ver"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("automatic rollback"), "{text}");
+    assert!(text.contains("rolled back"), "{text}");
+}
+
+#[test]
+fn rollback_with_nothing_to_go_back_to_says_so() {
+    let data = tempfile::tempdir().unwrap();
+    let nodes = tempfile::tempdir().unwrap();
+    let server = TestServer::start(data.path());
+    let dir = nodes.path().join("ver");
+    write_tree(
+        &dir,
+        &[
+            ("mycel.toml", MANIFEST.as_bytes()),
+            ("model.py", model(1, "pass").as_bytes()),
+            ("weights.bin", b"w"),
+        ],
+    );
+    push(&server, &dir);
+    let out = server.cli(&["deploy", "ver", "--copies", "here=1", "--surge", "50%"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = server.cli(&["rollback", "ver"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("nothing to roll back to"), "{stderr}");
+    let out = server.cli(&["rollback", "nope"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
+    let out = server.cli(&["deploy", "ver", "--copies", "here=1", "--surge", "lots"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected a count of replicas"));
+    let deployments = server.cli_json(&["deploy", "ver", "--copies", "here=2"]);
+    // Surge set before is kept; a change of copies alone starts no rollout.
+    assert_eq!(deployments[0]["surge"], "50%");
+    assert_eq!(history(&server).len(), 1);
+}
