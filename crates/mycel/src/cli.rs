@@ -50,6 +50,23 @@ pub enum Command {
     Rollback(RollbackArgs),
     /// Show a deployment's rollouts: who deployed which version when, and how it ended.
     History(HistoryArgs),
+    /// Watch a component directory: push on every save, roll it out, stream the logs.
+    Dev(DevArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DevArgs {
+    /// The component directory (holding mycel.toml).
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+    /// The deployment to roll out to [default: the component's name].
+    #[arg(long)]
+    pub deployment: Option<String>,
+    /// Copies per location if the deployment does not exist yet: --copies local=1.
+    #[arg(long, value_name = "LOCATION=N", value_parser = parse_copies)]
+    pub copies: Vec<(String, u32)>,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
 }
 
 #[derive(Subcommand, Debug)]

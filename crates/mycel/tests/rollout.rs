@@ -365,3 +365,66 @@ fn rollback_with_nothing_to_go_back_to_says_so() {
     assert_eq!(deployments[0]["surge"], "50%");
     assert_eq!(history(&server).len(), 1);
 }
+
+#[test]
+fn dev_pushes_each_save_rolls_it_out_and_streams_the_logs() {
+    let data = tempfile::tempdir().unwrap();
+    let nodes = tempfile::tempdir().unwrap();
+    let server = TestServer::start(data.path());
+    let _agent = TestAgent::start(&server, nodes.path(), "a", "here");
+    let gateway = server.gateway();
+    let dir = nodes.path().join("ver");
+    let loud = |v: u32| model(v, &format!("print('loading version {v}', flush=True)"));
+    write_tree(
+        &dir,
+        &[
+            ("mycel.toml", MANIFEST.as_bytes()),
+            ("model.py", loud(1).as_bytes()),
+            ("weights.bin", b"w"),
+        ],
+    );
+    let output = nodes.path().join("dev.out");
+    let mut dev = std::process::Command::new(support::mycel_bin())
+        .args(["dev", dir.to_str().unwrap(), "--copies", "here=1"])
+        .env("MYCEL_DATA", &server.data)
+        .stdout(std::fs::File::create(&output).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let http = reqwest::blocking::Client::new();
+    let answer = || -> Option<i64> {
+        let body =
+            json!({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [0.0]}]});
+        let response = http
+            .post(format!("{gateway}/v2/models/ver/infer"))
+            .json(&body)
+            .send()
+            .ok()?;
+        response.json::<Value>().ok()?["outputs"][0]["data"][0].as_i64()
+    };
+    eventually("version 1 to answer", READY_PATIENCE, || {
+        (answer() == Some(1)).then_some(())
+    });
+
+    write_tree(&dir, &[("model.py", loud(2).as_bytes())]);
+    eventually(
+        "the saved version 2 to answer",
+        Duration::from_secs(60),
+        || (answer() == Some(2)).then_some(()),
+    );
+    eventually(
+        "the new replica's output in dev's log stream",
+        Duration::from_secs(10),
+        || {
+            let text = std::fs::read_to_string(&output).unwrap();
+            (text.contains("loading version 1") && text.contains("loading version 2")).then_some(())
+        },
+    );
+    assert_eq!(history(&server).len(), 2);
+
+    std::process::Command::new("kill")
+        .args(["-INT", &dev.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(dev.wait().unwrap().success());
+}

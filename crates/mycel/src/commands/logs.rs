@@ -10,6 +10,26 @@ use crate::connect::client;
 
 pub async fn run(args: LogsArgs) -> anyhow::Result<()> {
     let client = client(&args.connect)?;
+    print(
+        &client,
+        &args.deployment,
+        args.replica.as_deref(),
+        args.follow,
+        false,
+    )
+    .await
+}
+
+/// Prints the logs of `deployment`'s replicas (or one `replica`), then, if `follow`,
+/// new lines as they come, replicas that start later included. Fails when there is no
+/// replica to read, unless `patient` (a replica may be on its way).
+pub async fn print(
+    client: &mycel_client::Client,
+    deployment: &str,
+    replica: Option<&str>,
+    follow: bool,
+    patient: bool,
+) -> anyhow::Result<()> {
     let mut offsets: HashMap<String, u64> = HashMap::new();
     loop {
         let status = client.status().await?;
@@ -21,24 +41,16 @@ pub async fn run(args: LogsArgs) -> anyhow::Result<()> {
         let replicas: Vec<_> = status
             .replicas
             .iter()
-            .filter(|r| r.assignment.deployment == args.deployment)
-            .filter(|r| {
-                args.replica
-                    .as_ref()
-                    .is_none_or(|id| &r.assignment.replica == id)
-            })
+            .filter(|r| r.assignment.deployment == deployment)
+            .filter(|r| replica.is_none_or(|id| r.assignment.replica == id))
             .collect();
-        if replicas.is_empty() && offsets.is_empty() {
+        if replicas.is_empty() && offsets.is_empty() && !patient {
             bail!(
-                "no replicas of deployment {:?}{}; see `mycel status`",
-                args.deployment,
-                args.replica
-                    .as_ref()
-                    .map(|r| format!(" named {r:?}"))
-                    .unwrap_or_default()
+                "no replicas of deployment {deployment:?}{}; see `mycel status`",
+                replica.map(|r| format!(" named {r:?}")).unwrap_or_default()
             );
         }
-        let prefix = replicas.len() > 1;
+        let prefix = replicas.len() > 1 || patient;
         for replica in replicas {
             let id = &replica.assignment.replica;
             let Some(agent) = agents.get(replica.assignment.node.as_str()) else {
@@ -59,7 +71,7 @@ pub async fn run(args: LogsArgs) -> anyhow::Result<()> {
                 Err(e) => eprintln!("[{id}] cannot read logs from {agent}: {e}"),
             }
         }
-        if !args.follow {
+        if !follow {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(500)).await;

@@ -2,6 +2,7 @@
 
 mod agent;
 mod deploy;
+mod dev;
 mod gateway;
 mod init;
 mod list;
@@ -33,6 +34,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rollout(RolloutCommand::Status(args)) => rollout::status(args).await,
         Command::Rollback(args) => rollout::rollback(args).await,
         Command::History(args) => rollout::history(args).await,
+        Command::Dev(args) => dev::run(args).await,
     }
 }
 

@@ -2,6 +2,7 @@
 //! version.
 
 use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Context;
@@ -22,11 +23,11 @@ const UPLOAD_CONCURRENCY: usize = 4;
 
 /// What a push did, for people and for `--json`.
 #[derive(Debug, Serialize)]
-struct PushReport {
-    component: String,
-    seq: u64,
+pub struct PushReport {
+    pub component: String,
+    pub seq: u64,
     id: VersionId,
-    created: bool,
+    pub created: bool,
     files: usize,
     total_bytes: u64,
     blobs_sent: usize,
@@ -37,8 +38,42 @@ struct PushReport {
 }
 
 pub async fn run(args: PushArgs) -> anyhow::Result<()> {
+    let client = client(&args.connect)?;
+    let report = push(&client, &args.dir, !args.json).await?;
+    if args.deploy {
+        // Progress lines go to stderr, so `--json` still prints one document.
+        let name = args
+            .name
+            .clone()
+            .unwrap_or_else(|| report.component.clone());
+        if !args.json {
+            print_report(&report);
+        }
+        roll_out(&client, &name, &report.component, report.seq).await?;
+        if args.wait {
+            crate::commands::rollout::wait(&client, &[name], args.timeout, args.json).await?;
+        }
+        if args.json {
+            output::json(&report)?;
+        }
+        return Ok(());
+    }
+    if args.json {
+        return output::json(&report);
+    }
+    print_report(&report);
+    Ok(())
+}
+
+/// Pushes the component in `dir`: hashes it, uploads the blobs the server lacks (with
+/// a progress bar if `progress`), creates the version.
+pub async fn push(
+    client: &mycel_client::Client,
+    dir: &Path,
+    progress: bool,
+) -> anyhow::Result<PushReport> {
     let started = Instant::now();
-    let dir = args.dir.clone();
+    let dir = dir.to_path_buf();
     let manifest_path = dir.join(MANIFEST_FILE);
     let text = std::fs::read_to_string(&manifest_path).with_context(|| {
         format!(
@@ -56,7 +91,6 @@ pub async fn run(args: PushArgs) -> anyhow::Result<()> {
         .check_files(|p| paths.contains(p))
         .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
 
-    let client = client(&args.connect)?;
     // One upload per distinct blob, however many paths share it.
     let mut by_hash: BTreeMap<BlobHash, &LocalFile> = BTreeMap::new();
     for file in &files {
@@ -72,10 +106,10 @@ pub async fn run(args: PushArgs) -> anyhow::Result<()> {
     let bytes_sent: u64 = to_send.iter().map(|f| f.entry.size).sum();
     let bytes_unique: u64 = by_hash.values().map(|f| f.entry.size).sum();
 
-    let progress = if args.json {
-        ProgressBar::hidden()
-    } else {
+    let progress = if progress {
         ProgressBar::new(bytes_sent)
+    } else {
+        ProgressBar::hidden()
     };
     progress.set_style(
         ProgressStyle::with_template(
@@ -118,34 +152,12 @@ pub async fn run(args: PushArgs) -> anyhow::Result<()> {
         bytes_reused: bytes_unique - bytes_sent,
         elapsed_ms: started.elapsed().as_millis() as u64,
     };
-    if args.deploy {
-        // Progress lines go to stderr, so `--json` still prints one document.
-        let name = args
-            .name
-            .clone()
-            .unwrap_or_else(|| report.component.clone());
-        if !args.json {
-            print_report(&report);
-        }
-        roll_out(&client, &name, &report.component, report.seq).await?;
-        if args.wait {
-            crate::commands::rollout::wait(&client, &[name], args.timeout, args.json).await?;
-        }
-        if args.json {
-            output::json(&report)?;
-        }
-        return Ok(());
-    }
-    if args.json {
-        return output::json(&report);
-    }
-    print_report(&report);
-    Ok(())
+    Ok(report)
 }
 
 /// Deploys `component@seq` to the existing deployment `name`, keeping its copies and
 /// serve options: pushing code changes the code, not how it is served.
-async fn roll_out(
+pub async fn roll_out(
     client: &mycel_client::Client,
     name: &str,
     component: &str,
@@ -179,7 +191,7 @@ async fn roll_out(
     Ok(())
 }
 
-fn print_report(report: &PushReport) {
+pub fn print_report(report: &PushReport) {
     let what = if report.created {
         "pushed"
     } else {
