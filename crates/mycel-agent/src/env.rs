@@ -369,6 +369,9 @@ impl EnvBuilder {
         install
             .arg("pip")
             .arg("install")
+            // Workers run with PYTHONDONTWRITEBYTECODE (version directories are
+            // read-only), so compile once here rather than on every worker start.
+            .arg("--compile-bytecode")
             .arg("--python")
             .arg(&python)
             .args(spec.normalized_requirements())
