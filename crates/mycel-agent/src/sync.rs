@@ -307,7 +307,7 @@ pub async fn materialize(
     version: &Version,
 ) -> Result<PathBuf, SyncError> {
     // The directory's name promises its content; check the promise before using it.
-    let actual = VersionId::of(&version.files);
+    let actual = version.content_id();
     if actual != version.id {
         return Err(SyncError::IdMismatch {
             claimed: version.id,
@@ -494,6 +494,7 @@ mod tests {
             created_at_ms: 0,
             pushed_by: "test".into(),
             description: String::new(),
+            dependencies: Vec::new(),
         }
     }
 
