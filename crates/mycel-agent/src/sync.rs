@@ -641,6 +641,24 @@ mod tests {
         forged.files[0].hash = BlobHash::of(b"something else");
         let err = materialize(&cache, &versions, &forged).await.unwrap_err();
         assert!(matches!(err, SyncError::IdMismatch { .. }), "{err}");
+
+        // The id covers the dependencies too: another one under the same id is refused.
+        put(&cache, b"absent").await;
+        let mut with_dependency = v.clone();
+        with_dependency.dependencies = vec![mycel_core::ResolvedDependency {
+            component: "helper".into(),
+            seq: 1,
+            id: VersionId(BlobHash::of(b"helper")),
+        }];
+        with_dependency.id = with_dependency.content_id();
+        materialize(&cache, &versions, &with_dependency)
+            .await
+            .unwrap();
+        with_dependency.dependencies[0].seq = 2;
+        let err = materialize(&cache, &versions, &with_dependency)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, SyncError::IdMismatch { .. }), "{err}");
     }
 
     /// Starts a real control plane on 127.0.0.1:0 and returns an admin client.
