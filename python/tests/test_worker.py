@@ -353,3 +353,52 @@ def test_component_files_named_like_stdlib_modules_do_not_break_the_runtime(comp
     process = worker(path, "model:Echo")
     process.client.read_ready()
     np.testing.assert_array_equal(process.client.predict({"x": np.arange(2)})["x"], [0, 1])
+
+
+USES_DEPENDENCY = '''
+import numpy as np
+from scale import factor
+import shared
+
+class Uses:
+    def __init__(self, ctx):
+        self.dependencies = {name: str(path) for name, path in ctx.dependencies.items()}
+
+    def predict(self, inputs):
+        import json
+        return {
+            "y": inputs["x"] * factor(),
+            "shared": np.array([shared.WHO], dtype=object),
+            "deps": np.array([json.dumps(self.dependencies)], dtype=object),
+        }
+'''
+
+
+def test_dependencies_are_importable_after_the_component_itself(component, worker):
+    helper = component({"scale.py": "def factor():\n    return 3\n", "shared.py": "WHO = 'helper'\n"})
+    deeper = component({"scale.py": "def factor():\n    return 100\n", "deep.py": ""})
+    path = component({"model.py": USES_DEPENDENCY, "shared.py": "WHO = 'component'\n"})
+    process = worker(path, "model:Uses", dependencies=[("scale-helper", helper), ("deeper", deeper)])
+    process.client.read_ready()
+    answer = process.client.predict({"x": np.arange(3, dtype=np.float32)})
+    # The nearer dependency wins over the deeper one, the component over both.
+    np.testing.assert_array_equal(answer["y"], [0, 3, 6])
+    assert answer["shared"][0] == b"component"
+    assert json.loads(answer["deps"][0]) == {
+        "scale-helper": str(helper.resolve()),
+        "deeper": str(deeper.resolve()),
+    }
+
+
+@pytest.mark.parametrize(
+    "argument, message",
+    [
+        ("no-equals", "expected NAME=DIR"),
+        ("helper=/no/such/dir", "does not exist"),
+    ],
+)
+def test_bad_dependency_arguments_are_error_frames(component, worker, argument, message):
+    process = worker(component({"model.py": ECHO}), "model:Echo", extra_args=["--dependency", argument])
+    with pytest.raises(WorkerError, match=message):
+        process.client.read_ready()
+    assert process.wait() == 1

@@ -41,6 +41,14 @@ pub enum EnvError {
         /// What is wrong and what is expected.
         message: String,
     },
+    /// A dependency's manifest or requirements cannot be read.
+    #[error("dependency {name}: {message}")]
+    Dependency {
+        /// The dependency's component name.
+        name: String,
+        /// What is wrong.
+        message: String,
+    },
     /// The uv binary could not be started.
     #[error(
         "cannot run uv at {}: {source}; install uv (`pip install uv`) or pass the path to the uv binary",
@@ -116,6 +124,35 @@ impl EnvSpec {
             python: manifest.python.version.clone(),
             requirements,
         })
+    }
+
+    /// The spec of a version together with the versions it depends on: the version's
+    /// own spec, plus every requirement of each dependency (`dependencies` as
+    /// (name, materialized directory)). The interpreter is the dependent's
+    /// `[python].version`; a dependency's is not consulted. Without dependencies this is
+    /// [`EnvSpec::from_manifest`], so the key of a version without dependencies does
+    /// not change.
+    pub fn from_tree(
+        manifest: &Manifest,
+        version_dir: &Path,
+        dependencies: &[(String, PathBuf)],
+    ) -> Result<EnvSpec, EnvError> {
+        let mut spec = Self::from_manifest(manifest, version_dir)?;
+        for (name, dir) in dependencies {
+            let path = dir.join(mycel_core::manifest::MANIFEST_FILE);
+            let text = std::fs::read_to_string(&path).map_err(io_at(&path))?;
+            let dependency = Manifest::parse(&text).map_err(|e| EnvError::Dependency {
+                name: name.clone(),
+                message: e.to_string(),
+            })?;
+            let theirs =
+                Self::from_manifest(&dependency, dir).map_err(|e| EnvError::Dependency {
+                    name: name.clone(),
+                    message: e.to_string(),
+                })?;
+            spec.requirements.extend(theirs.requirements);
+        }
+        Ok(spec)
     }
 
     /// The environment's key: 32 hex digits of BLAKE3 over a canonical text of the
@@ -617,6 +654,61 @@ mod tests {
         let message = err.to_string();
         assert!(message.contains("deps/requirements.txt:2"), "{message}");
         assert!(message.contains("--index-url"), "{message}");
+    }
+
+    #[test]
+    fn dependencies_add_their_requirements_and_leave_a_lone_spec_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let own = manifest("[python]\nversion = \"3.11\"\nrequirements = [\"numpy\"]\n");
+        let alone = EnvSpec::from_tree(&own, dir.path(), &[]).unwrap();
+        assert_eq!(alone, EnvSpec::from_manifest(&own, dir.path()).unwrap());
+        assert_eq!(
+            alone.key("r"),
+            EnvSpec::from_manifest(&own, dir.path()).unwrap().key("r")
+        );
+
+        let listed = dir.path().join("listed");
+        std::fs::create_dir(&listed).unwrap();
+        std::fs::write(
+            listed.join("mycel.toml"),
+            "[component]\nname = \"listed\"\nentrypoint = \"m:C\"\n[python]\nversion = \">=3.12\"\nrequirements = [\"numpy\", \"scipy\"]\n",
+        )
+        .unwrap();
+        let from_file = dir.path().join("from-file");
+        std::fs::create_dir(&from_file).unwrap();
+        std::fs::write(
+            from_file.join("mycel.toml"),
+            "[component]\nname = \"from-file\"\nentrypoint = \"m:C\"\n[python]\nrequirements-file = \"req.txt\"\n",
+        )
+        .unwrap();
+        std::fs::write(from_file.join("req.txt"), "pillow\n").unwrap();
+        let deps = [
+            ("listed".to_owned(), listed.clone()),
+            ("from-file".to_owned(), from_file.clone()),
+        ];
+        let merged = EnvSpec::from_tree(&own, dir.path(), &deps).unwrap();
+        // The dependent's interpreter; everyone's requirements, the same once.
+        assert_eq!(merged.python, "3.11");
+        assert_eq!(
+            merged
+                .normalized_requirements()
+                .into_iter()
+                .collect::<Vec<_>>(),
+            ["numpy", "pillow", "scipy"]
+        );
+        assert_ne!(merged.key("r"), alone.key("r"));
+
+        std::fs::write(
+            from_file.join("req.txt"),
+            "--index-url https://evil.example\n",
+        )
+        .unwrap();
+        let err = EnvSpec::from_tree(&own, dir.path(), &deps).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("dependency from-file: req.txt:1"),
+            "{err}"
+        );
     }
 
     /// A throwaway runtime package, so these tests do not depend on the real one.

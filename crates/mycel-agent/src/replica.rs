@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use mycel_core::fleet::{Assignment, ReplicaState, ReplicaStatus};
 use mycel_core::manifest::{ServeOptions, MANIFEST_FILE};
-use mycel_core::{Manifest, VersionId};
+use mycel_core::{Manifest, ResolvedDependency, VersionId};
 use tokio::net::UnixListener;
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot};
@@ -59,8 +59,17 @@ pub struct NodeContext {
     /// Inference metrics.
     pub metrics: Metrics,
     /// Versions synced and materialized on this node, or being so: replicas of one
-    /// version share one fetch.
-    pub synced: Mutex<HashMap<VersionId, Arc<tokio::sync::OnceCell<PathBuf>>>>,
+    /// version, and versions that share a dependency, share one fetch.
+    pub synced: Mutex<HashMap<VersionId, Arc<tokio::sync::OnceCell<SyncedVersion>>>>,
+}
+
+/// A version laid out on this node.
+#[derive(Clone, Debug)]
+pub struct SyncedVersion {
+    /// Its read-only directory.
+    pub dir: PathBuf,
+    /// The versions it imports, as it records them.
+    pub dependencies: Vec<ResolvedDependency>,
 }
 
 /// How the data plane reaches a replica.
@@ -221,30 +230,75 @@ pub fn update_queue_depths(node: &NodeContext) {
 struct Prepared {
     python: PathBuf,
     version_dir: PathBuf,
+    /// Each dependency's name and directory, nearest first.
+    dependencies: Vec<(String, PathBuf)>,
     manifest: Manifest,
     serve: ServeOptions,
     labels: ModelLabels,
 }
 
-/// Fetches what this node lacks of a version and lays it out; once per version, however
-/// many replicas run it. Returns the version's directory.
-async fn sync(node: &NodeContext, assignment: &Assignment) -> Result<PathBuf, String> {
+/// Fetches what this node lacks of the assigned version and of every version it depends
+/// on, and lays each out in its own directory. Returns the version's directory and each
+/// dependency's name and directory, breadth first (its own dependencies by name, then
+/// theirs), each component once.
+///
+/// The assigned id covers the ids of the direct dependencies, each of those covers
+/// theirs, and every version is checked against its id: the whole tree is the one the
+/// control plane resolved when the version was pushed.
+async fn sync(
+    node: &NodeContext,
+    assignment: &Assignment,
+) -> Result<(PathBuf, Vec<(String, PathBuf)>), String> {
+    let top = sync_one(node, &assignment.component, assignment.version).await?;
+    let mut seen: HashMap<String, VersionId> =
+        HashMap::from([(assignment.component.clone(), assignment.version)]);
+    let mut queue: VecDeque<ResolvedDependency> = top.dependencies.into_iter().collect();
+    let mut dependencies = Vec::new();
+    while let Some(dependency) = queue.pop_front() {
+        match seen.get(&dependency.component) {
+            Some(id) if *id == dependency.id => continue,
+            // The control plane refuses such versions; never run a tree it would refuse.
+            Some(_) => {
+                return Err(format!(
+                    "two versions of {} in the dependencies of {}@{}",
+                    dependency.component, assignment.component, assignment.seq
+                ))
+            }
+            None => {}
+        }
+        seen.insert(dependency.component.clone(), dependency.id);
+        let synced = sync_one(node, &dependency.component, dependency.id)
+            .await
+            .map_err(|e| format!("dependency {}: {e}", dependency.label()))?;
+        queue.extend(synced.dependencies);
+        dependencies.push((dependency.component, synced.dir));
+    }
+    Ok((top.dir, dependencies))
+}
+
+/// Fetches what this node lacks of one version and lays it out; once per version,
+/// however many replicas run it or depend on it.
+async fn sync_one(
+    node: &NodeContext,
+    component: &str,
+    id: VersionId,
+) -> Result<SyncedVersion, String> {
     let once = {
         let mut synced = node.synced.lock().unwrap_or_else(|p| p.into_inner());
-        Arc::clone(synced.entry(assignment.version).or_default())
+        Arc::clone(synced.entry(id).or_default())
     };
-    let dir = once
+    let synced = once
         .get_or_try_init(|| async {
-            let id = assignment.version;
             let (version, size) = node
                 .client
-                .version_sized(&assignment.component, &id.to_string())
+                .version_sized(component, &id.to_string())
                 .await
                 .map_err(|e| format!("cannot fetch version {}: {e}", id.short()))?;
             node.metrics.fetched("version", size);
             // The control plane is trusted with bytes, not with meaning: the file list
-            // must hash to the id that was assigned, as every blob to its name.
-            if version.id != id || VersionId::of(&version.files) != id {
+            // (and the dependencies it was resolved against) must hash to the id that was
+            // assigned, as every blob to its name.
+            if version.id != id || version.content_id() != id {
                 return Err(format!(
                     "the control plane sent a file list that does not hash to version {}",
                     id.short()
@@ -255,30 +309,36 @@ async fn sync(node: &NodeContext, assignment: &Assignment) -> Result<PathBuf, St
                 .map_err(|e| format!("sync failed: {e}"))?;
             node.metrics.fetched("blob", report.bytes_fetched);
             tracing::info!(version = %version.label(), fetched = report.bytes_fetched, blobs = report.blobs_fetched, "version synced");
-            materialize(&node.cache, &node.versions_dir, &version)
+            let dir = materialize(&node.cache, &node.versions_dir, &version)
                 .await
-                .map_err(|e| format!("materialize failed: {e}"))
+                .map_err(|e| format!("materialize failed: {e}"))?;
+            Ok(SyncedVersion {
+                dir,
+                dependencies: version.dependencies,
+            })
         })
         .await?;
-    Ok(dir.clone())
+    Ok(synced.clone())
 }
 
 async fn prepare(node: &NodeContext, assignment: &Assignment) -> Result<Prepared, String> {
     let replica = &assignment.replica;
     node.set(replica, ReplicaState::Syncing, None, 0);
-    let version_dir = sync(node, assignment).await?;
+    let (version_dir, dependencies) = sync(node, assignment).await?;
     let text = tokio::fs::read_to_string(version_dir.join(MANIFEST_FILE))
         .await
         .map_err(|e| format!("reading {MANIFEST_FILE}: {e}"))?;
     let manifest = Manifest::parse(&text).map_err(|e| e.to_string())?;
 
     node.set(replica, ReplicaState::BuildingEnv, None, 0);
-    let spec = EnvSpec::from_manifest(&manifest, &version_dir).map_err(|e| e.to_string())?;
+    let spec =
+        EnvSpec::from_tree(&manifest, &version_dir, &dependencies).map_err(|e| e.to_string())?;
     let env = node.envs.ensure(&spec).await.map_err(|e| e.to_string())?;
     tracing::info!(%replica, env = %env.key, reused = env.reused, "environment ready");
     Ok(Prepared {
         python: env.python,
         version_dir,
+        dependencies,
         manifest,
         serve: assignment.serve,
         labels: labels_of(node, assignment),
@@ -663,6 +723,11 @@ fn spawn_worker(
         .arg(prepared.manifest.component.entrypoint.to_string());
     for weights in &prepared.manifest.weights {
         command.arg("--weights").arg(weights.as_str());
+    }
+    for (name, dir) in &prepared.dependencies {
+        let mut argument = std::ffi::OsString::from(format!("{name}="));
+        argument.push(dir);
+        command.arg("--dependency").arg(argument);
     }
     // Math libraries otherwise start a thread per core in every worker; many workers on
     // one node would then fight over the cores their replicas did not reserve.

@@ -307,7 +307,7 @@ pub async fn materialize(
     version: &Version,
 ) -> Result<PathBuf, SyncError> {
     // The directory's name promises its content; check the promise before using it.
-    let actual = VersionId::of(&version.files);
+    let actual = version.content_id();
     if actual != version.id {
         return Err(SyncError::IdMismatch {
             claimed: version.id,
@@ -494,6 +494,7 @@ mod tests {
             created_at_ms: 0,
             pushed_by: "test".into(),
             description: String::new(),
+            dependencies: Vec::new(),
         }
     }
 
@@ -639,6 +640,24 @@ mod tests {
         let mut forged = v.clone();
         forged.files[0].hash = BlobHash::of(b"something else");
         let err = materialize(&cache, &versions, &forged).await.unwrap_err();
+        assert!(matches!(err, SyncError::IdMismatch { .. }), "{err}");
+
+        // The id covers the dependencies too: another one under the same id is refused.
+        put(&cache, b"absent").await;
+        let mut with_dependency = v.clone();
+        with_dependency.dependencies = vec![mycel_core::ResolvedDependency {
+            component: "helper".into(),
+            seq: 1,
+            id: VersionId(BlobHash::of(b"helper")),
+        }];
+        with_dependency.id = with_dependency.content_id();
+        materialize(&cache, &versions, &with_dependency)
+            .await
+            .unwrap();
+        with_dependency.dependencies[0].seq = 2;
+        let err = materialize(&cache, &versions, &with_dependency)
+            .await
+            .unwrap_err();
         assert!(matches!(err, SyncError::IdMismatch { .. }), "{err}");
     }
 

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use mycel_core::api::{
-    ComponentSummary, CreateVersionRequest, CreateVersionResponse, ErrorBody, Health,
-    MissingBlobsRequest, MissingBlobsResponse, PutBlobResponse, VersionSummary,
+    ComponentSummary, CreateVersionRequest, CreateVersionResponse, Dependents, ErrorBody, Health,
+    MissingBlobsRequest, MissingBlobsResponse, PutBlobResponse, RebuildResponse, VersionSummary,
 };
 use mycel_core::{BlobHash, ErrorCode, FileEntry, Version};
 use reqwest::{Method, RequestBuilder, Response};
@@ -273,6 +273,30 @@ impl Client {
             &format!("/v1/components/{component}/versions"),
             &CreateVersionRequest { files },
         )
+        .await
+    }
+
+    /// Creates a version of `component` from the files of its version `reference`
+    /// (number, `latest` or id) with its dependencies resolved anew; returns the existing
+    /// version when nothing changed.
+    pub async fn rebuild_version(
+        &self,
+        component: &str,
+        reference: &str,
+    ) -> Result<RebuildResponse, ClientError> {
+        self.json(self.request(
+            Method::POST,
+            &format!("/v1/components/{component}/versions/{reference}/rebuild"),
+        ))
+        .await
+    }
+
+    /// The deployments whose version imports `component`, directly or not.
+    pub async fn dependents(&self, component: &str) -> Result<Dependents, ClientError> {
+        self.json(self.request(
+            Method::GET,
+            &format!("/v1/components/{component}/dependents"),
+        ))
         .await
     }
 

@@ -2,13 +2,29 @@
 //!
 //! Everything a client sends is checked again here: names, paths, that each blob is
 //! stored with the size claimed, and that the manifest parses and matches the files.
+//!
+//! A manifest's `[dependencies]` are resolved here, when the version is created: each
+//! to an exact version (`"latest"` to the dependency's newest version at that moment),
+//! recorded in the version and covered by its id (`mycel_core::version`), after the
+//! checks of `mycel_core::dependency` (the components and versions exist, no cycle, one
+//! version of each component in the tree). So pushing unchanged source after a
+//! dependency changed creates a new version that imports the new dependency, and
+//! pushing it again returns that version. [`rebuild_version`] does the same for a
+//! stored version without its source, and [`dependents`] finds the deployments that
+//! import a component: `mycel push --cascade` is built from the two.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
-use mycel_core::manifest::{validate_name, ManifestError, MANIFEST_FILE};
+use mycel_core::api::{DependentDeployment, RebuildResponse};
+use mycel_core::dependency::{self, DependencyError, ResolveError, VersionLookup};
+use mycel_core::manifest::{validate_name, DependencyRef, ManifestError, MANIFEST_FILE};
 use mycel_core::version::{normalize_file_list, FileListError};
-use mycel_core::{BlobHash, ErrorCode, FileEntry, Manifest, Version, VersionId};
+use mycel_core::{
+    BlobHash, ErrorCode, FileEntry, Manifest, ResolvedDependency, Version, VersionId,
+};
 
 use crate::blobs::BlobStore;
 use crate::store::{Store, StoreError};
@@ -43,6 +59,9 @@ pub enum RegistryError {
     /// The manifest is invalid.
     #[error(transparent)]
     Manifest(#[from] ManifestError),
+    /// The manifest's `[dependencies]` cannot be resolved or form no valid tree.
+    #[error(transparent)]
+    Dependency(#[from] Box<DependencyError>),
     /// The manifest names another component than the URL.
     #[error("{MANIFEST_FILE}: [component].name is {in_manifest:?} but the version was pushed to {in_url:?}")]
     NameMismatch {
@@ -86,6 +105,7 @@ impl RegistryError {
             RegistryError::MissingBlobs(_) => ErrorCode::MissingBlobs,
             RegistryError::NoManifest
             | RegistryError::Manifest(_)
+            | RegistryError::Dependency(_)
             | RegistryError::NameMismatch { .. } => ErrorCode::InvalidManifest,
             RegistryError::NotFound(_) => ErrorCode::NotFound,
             RegistryError::Store(_) | RegistryError::Io(_) => ErrorCode::Internal,
@@ -168,8 +188,221 @@ pub async fn create_version(
         created_at_ms: now_ms,
         pushed_by: pushed_by.to_owned(),
         description: manifest.component.description,
+        dependencies: Vec::new(),
     };
-    Ok(blocking(store, move |s| s.insert_version(version)).await?)
+    insert_resolved(store, version, manifest.dependencies, BTreeMap::new()).await
+}
+
+/// Resolves `wanted` for `version`, names it by its files and resolved dependencies,
+/// and stores it (or returns the identical version stored before). `rebuilt` holds
+/// versions that `"latest"` must mean instead of the newest one (see
+/// [`rebuild_version`]).
+async fn insert_resolved(
+    store: &Arc<dyn Store>,
+    mut version: Version,
+    wanted: BTreeMap<String, DependencyRef>,
+    rebuilt: BTreeMap<String, Version>,
+) -> Result<(Version, bool), RegistryError> {
+    // Resolution and insertion are two transactions: a dependency pushed in between
+    // is simply not the one resolved, which a later push or rebuild picks up.
+    Ok(blocking(store, move |s| {
+        let lookup = StoreLookup { store: s, rebuilt };
+        let resolved = match dependency::resolve(&version.component, &wanted, &lookup) {
+            Ok(resolved) => resolved,
+            Err(ResolveError::Lookup(e)) => return Err(e),
+            Err(ResolveError::Dependency(e)) => return Ok(Err(e)),
+        };
+        version.id = VersionId::with_dependencies(&version.files, &resolved);
+        version.dependencies = resolved;
+        s.insert_version(version).map(Ok)
+    })
+    .await??)
+}
+
+/// The store as dependency resolution reads it, with rebuilt versions standing in for
+/// the newest ones.
+struct StoreLookup<'a> {
+    store: &'a dyn Store,
+    rebuilt: BTreeMap<String, Version>,
+}
+
+impl VersionLookup for StoreLookup<'_> {
+    type Error = StoreError;
+
+    fn newest(&self, component: &str) -> Result<Option<Version>, StoreError> {
+        match self.rebuilt.get(component) {
+            Some(version) => Ok(Some(version.clone())),
+            None => self.store.newest_version(component),
+        }
+    }
+
+    fn by_seq(&self, component: &str, seq: u64) -> Result<Option<Version>, StoreError> {
+        match self.store.version_id(component, seq)? {
+            Some(id) => self.store.version(&id),
+            None => Ok(None),
+        }
+    }
+
+    fn by_id(&self, id: &VersionId) -> Result<Option<Version>, StoreError> {
+        self.store.version(id)
+    }
+}
+
+/// Creates a version of `name` from the files of its version `reference`, with its
+/// dependencies resolved anew, or returns the existing one if nothing changed.
+///
+/// A `"latest"` dependency that has dependencies of its own is rebuilt first, the same
+/// way, and the result stands for it: otherwise a change two levels down would never
+/// reach the top (`m -> lib -> helper`: rebuilding `m` alone would find `lib`'s newest
+/// version still on the old `helper`). Pinned dependencies (a number or an id) stay
+/// as they are.
+pub async fn rebuild_version(
+    store: &Arc<dyn Store>,
+    blobs: &BlobStore,
+    name: &str,
+    reference: &str,
+    pushed_by: &str,
+    now_ms: u64,
+) -> Result<RebuildResponse, RegistryError> {
+    let version = find_version(store, name, reference).await?;
+    let mut dependencies_rebuilt = Vec::new();
+    let mut stack = Vec::new();
+    let (version, created) = rebuild(
+        store,
+        blobs,
+        version,
+        pushed_by,
+        now_ms,
+        &mut stack,
+        &mut dependencies_rebuilt,
+    )
+    .await?;
+    Ok(RebuildResponse {
+        created,
+        version,
+        dependencies_rebuilt,
+    })
+}
+
+type Rebuilt<'a> =
+    Pin<Box<dyn Future<Output = Result<(Version, bool), RegistryError>> + Send + 'a>>;
+
+/// One level of [`rebuild_version`]; `stack` holds the components above, to stop a
+/// cycle between newest versions, and `created` collects the versions made below.
+fn rebuild<'a>(
+    store: &'a Arc<dyn Store>,
+    blobs: &'a BlobStore,
+    version: Version,
+    pushed_by: &'a str,
+    now_ms: u64,
+    stack: &'a mut Vec<String>,
+    created: &'a mut Vec<ResolvedDependency>,
+) -> Rebuilt<'a> {
+    Box::pin(async move {
+        let manifest = manifest_of(blobs, &version).await?;
+        stack.push(version.label());
+        let mut rebuilt = BTreeMap::new();
+        for (dependency, reference) in &manifest.dependencies {
+            if *reference != DependencyRef::Latest {
+                continue;
+            }
+            if let Some(above) = stack
+                .iter()
+                .position(|label| label.split('@').next() == Some(dependency.as_str()))
+            {
+                let mut path = stack[above..].to_vec();
+                path.push(dependency.clone());
+                return Err(Box::new(DependencyError::Cycle {
+                    component: dependency.clone(),
+                    path,
+                })
+                .into());
+            }
+            let owned = dependency.clone();
+            let Some(newest) = blocking(store, move |s| s.newest_version(&owned)).await? else {
+                // Resolution below names the missing component.
+                continue;
+            };
+            if newest.dependencies.is_empty() {
+                // Nothing below it can have changed: "latest" already means it.
+                continue;
+            }
+            let (fresh, was_created) =
+                rebuild(store, blobs, newest, pushed_by, now_ms, stack, created).await?;
+            if was_created {
+                created.push(ResolvedDependency::on(&fresh));
+            }
+            rebuilt.insert(dependency.clone(), fresh);
+        }
+        stack.pop();
+        let from = version.label();
+        let fresh = Version {
+            id: version.id,
+            component: version.component.clone(),
+            seq: 0,
+            total_bytes: version.total_bytes,
+            files: version.files,
+            created_at_ms: now_ms,
+            pushed_by: pushed_by.to_owned(),
+            description: manifest.component.description,
+            dependencies: Vec::new(),
+        };
+        let (fresh, was_created) =
+            insert_resolved(store, fresh, manifest.dependencies, rebuilt).await?;
+        if was_created {
+            tracing::info!(version = %fresh.label(), %from, by = %pushed_by, "version rebuilt");
+        }
+        Ok((fresh, was_created))
+    })
+}
+
+/// The deployments whose version imports `component`, directly or through other
+/// components, by deployment name. A deployment of `component` itself is not listed.
+pub async fn dependents(
+    store: &Arc<dyn Store>,
+    component: &str,
+) -> Result<Vec<DependentDeployment>, RegistryError> {
+    let component = component.to_owned();
+    Ok(blocking(store, move |s| {
+        let lookup = StoreLookup {
+            store: s,
+            rebuilt: BTreeMap::new(),
+        };
+        let mut out = Vec::new();
+        for deployment in s.deployments()? {
+            if deployment.component == component {
+                continue;
+            }
+            let Some(version) = s.version(&deployment.version)? else {
+                continue;
+            };
+            if version.dependencies.is_empty() {
+                continue;
+            }
+            let tree = match dependency::tree(&version.component, &version.dependencies, &lookup)
+            {
+                Ok(tree) => tree,
+                Err(ResolveError::Lookup(e)) => return Err(e),
+                // Stored versions passed these checks when they were created.
+                Err(ResolveError::Dependency(e)) => {
+                    tracing::warn!(deployment = %deployment.name, error = %e, "cannot read a deployment's dependencies");
+                    continue;
+                }
+            };
+            if let Some(uses) = tree.into_iter().find(|d| d.component == component) {
+                out.push(DependentDeployment {
+                    direct: version.dependencies.iter().any(|d| d.component == component),
+                    deployment: deployment.name,
+                    component: deployment.component,
+                    version: deployment.version,
+                    seq: deployment.seq,
+                    uses,
+                });
+            }
+        }
+        Ok(out)
+    })
+    .await?)
 }
 
 /// Finds `name`'s version by sequence number, `latest` or id.
@@ -216,4 +449,199 @@ pub async fn manifest_of(blobs: &BlobStore, version: &Version) -> Result<Manifes
         message: "is not UTF-8 text".into(),
     })?;
     Ok(Manifest::parse(&text)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use mycel_core::fleet::Deployment;
+    use mycel_core::{ComponentPath, FileMode};
+
+    use super::*;
+    use crate::store::RedbStore;
+
+    struct Registry {
+        store: Arc<dyn Store>,
+        blobs: BlobStore,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Registry {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let store: Arc<dyn Store> =
+                Arc::new(RedbStore::open(&dir.path().join("state.redb")).unwrap());
+            let blobs = BlobStore::open(dir.path().join("blobs")).unwrap();
+            Self {
+                store,
+                blobs,
+                _dir: dir,
+            }
+        }
+
+        /// Pushes component `name` with a model file holding `code` and these
+        /// `[dependencies]` lines.
+        async fn push(
+            &self,
+            name: &str,
+            code: &str,
+            dependencies: &str,
+        ) -> Result<(Version, bool), RegistryError> {
+            let manifest = format!(
+                "[component]\nname = \"{name}\"\nentrypoint = \"model:M\"\n\n[dependencies]\n{dependencies}"
+            );
+            let mut files = Vec::new();
+            for (path, bytes) in [
+                ("mycel.toml", manifest.as_bytes()),
+                ("model.py", code.as_bytes()),
+            ] {
+                let hash = BlobHash::of(bytes);
+                let body = futures::stream::iter([Ok::<_, std::io::Error>(
+                    bytes::Bytes::copy_from_slice(bytes),
+                )]);
+                self.blobs.write(hash, body, 1 << 20).await.unwrap();
+                files.push(FileEntry {
+                    path: ComponentPath::new(path).unwrap(),
+                    hash,
+                    size: bytes.len() as u64,
+                    mode: FileMode::Regular,
+                });
+            }
+            create_version(&self.store, &self.blobs, name, files, "admin", 1).await
+        }
+
+        async fn rebuild(&self, name: &str, reference: &str) -> RebuildResponse {
+            rebuild_version(&self.store, &self.blobs, name, reference, "admin", 2)
+                .await
+                .unwrap()
+        }
+
+        fn deploy(&self, name: &str, version: &Version) {
+            self.store
+                .put_deployment(&Deployment {
+                    name: name.into(),
+                    component: version.component.clone(),
+                    version: version.id,
+                    seq: version.seq,
+                    copies: [("here".to_owned(), 1)].into(),
+                    serve: Default::default(),
+                    resources: Default::default(),
+                    signature: None,
+                    generation: 1,
+                    surge: Default::default(),
+                    deadline_s: 60,
+                })
+                .unwrap();
+        }
+    }
+
+    fn labels(deps: &[ResolvedDependency]) -> Vec<String> {
+        deps.iter().map(ResolvedDependency::label).collect()
+    }
+
+    #[tokio::test]
+    async fn pushing_unchanged_source_after_a_dependency_changed_makes_a_new_version() {
+        let r = Registry::new();
+        let (helper1, _) = r.push("helper", "v1", "").await.unwrap();
+        assert!(helper1.dependencies.is_empty());
+        assert_eq!(helper1.id, VersionId::of(&helper1.files));
+
+        let (model1, created) = r.push("model", "m", "helper = \"latest\"\n").await.unwrap();
+        assert!(created);
+        assert_eq!(labels(&model1.dependencies), ["helper@1"]);
+        assert_eq!(model1.id, model1.content_id());
+        assert_ne!(model1.id, VersionId::of(&model1.files));
+
+        let (again, created) = r.push("model", "m", "helper = \"latest\"\n").await.unwrap();
+        assert!(!created);
+        assert_eq!(again, model1);
+
+        r.push("helper", "v2", "").await.unwrap();
+        let (model2, created) = r.push("model", "m", "helper = \"latest\"\n").await.unwrap();
+        assert!(created);
+        assert_eq!(
+            (model2.seq, labels(&model2.dependencies)),
+            (2, vec!["helper@2".into()])
+        );
+        // Pinned, it imports the old helper whatever is newest.
+        let (pinned, _) = r.push("model", "m", "helper = 1\n").await.unwrap();
+        assert_eq!(labels(&pinned.dependencies), ["helper@1"]);
+    }
+
+    #[tokio::test]
+    async fn bad_dependencies_are_invalid_manifests() {
+        let r = Registry::new();
+        r.push("a", "1", "").await.unwrap();
+        for (name, deps, expected) in [
+            ("m", "missing = \"latest\"\n", "no component \"missing\""),
+            ("m", "a = 5\n", "a has no version 5"),
+            ("a", "a = \"latest\"\n", "cannot depend on itself"),
+        ] {
+            let err = r.push(name, "x", deps).await.unwrap_err();
+            assert_eq!(err.code(), ErrorCode::InvalidManifest, "{err}");
+            assert!(err.to_string().contains(expected), "{deps}: {err}");
+        }
+        r.push("b", "1", "a = \"latest\"\n").await.unwrap();
+        let err = r.push("a", "2", "b = \"latest\"\n").await.unwrap_err();
+        assert_eq!(err.code(), ErrorCode::InvalidManifest);
+        assert!(err.to_string().contains("a -> b@1 -> a@1"), "{err}");
+        // Nothing was stored.
+        assert_eq!(find_version(&r.store, "a", "latest").await.unwrap().seq, 1);
+        assert!(find_version(&r.store, "m", "latest").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn rebuild_carries_a_change_up_through_latest_dependencies() {
+        let r = Registry::new();
+        r.push("helper", "v1", "").await.unwrap();
+        r.push("lib", "l", "helper = \"latest\"\n").await.unwrap();
+        let (model1, _) = r.push("model", "m", "lib = \"latest\"\n").await.unwrap();
+
+        // Nothing changed: rebuilding returns the same version.
+        let same = r.rebuild("model", "1").await;
+        assert!(!same.created && same.dependencies_rebuilt.is_empty());
+        assert_eq!(same.version.id, model1.id);
+
+        let (helper2, _) = r.push("helper", "v2", "").await.unwrap();
+        let rebuilt = r.rebuild("model", "1").await;
+        assert!(rebuilt.created);
+        assert_eq!(rebuilt.version.seq, 2);
+        assert_eq!(rebuilt.version.files, model1.files);
+        assert_eq!(labels(&rebuilt.version.dependencies), ["lib@2"]);
+        assert_eq!(labels(&rebuilt.dependencies_rebuilt), ["lib@2"]);
+        let lib2 = find_version(&r.store, "lib", "2").await.unwrap();
+        assert_eq!(lib2.dependencies, vec![ResolvedDependency::on(&helper2)]);
+
+        let again = r.rebuild("model", "latest").await;
+        assert!(!again.created);
+        assert_eq!(again.version.id, rebuilt.version.id);
+
+        // A pinned dependency stays where it is.
+        let (pinned, _) = r.push("pinned", "p", "lib = 1\n").await.unwrap();
+        let kept = r.rebuild("pinned", "1").await;
+        assert!(!kept.created);
+        assert_eq!(kept.version.id, pinned.id);
+    }
+
+    #[tokio::test]
+    async fn dependents_are_deployments_that_import_a_component_at_any_depth() {
+        let r = Registry::new();
+        let (helper1, _) = r.push("helper", "v1", "").await.unwrap();
+        let (lib1, _) = r.push("lib", "l", "helper = \"latest\"\n").await.unwrap();
+        let (model1, _) = r.push("model", "m", "lib = \"latest\"\n").await.unwrap();
+        let (other, _) = r.push("other", "o", "").await.unwrap();
+        r.deploy("model-prod", &model1);
+        r.deploy("lib", &lib1);
+        r.deploy("helper", &helper1);
+        r.deploy("other", &other);
+
+        let found = dependents(&r.store, "helper").await.unwrap();
+        let names: Vec<(&str, bool)> = found
+            .iter()
+            .map(|d| (d.deployment.as_str(), d.direct))
+            .collect();
+        assert_eq!(names, [("lib", true), ("model-prod", false)]);
+        assert_eq!(found[1].uses, ResolvedDependency::on(&helper1));
+        assert_eq!((found[1].seq, found[1].version), (1, model1.id));
+        assert!(dependents(&r.store, "other").await.unwrap().is_empty());
+    }
 }

@@ -59,6 +59,9 @@ pub trait Store: Send + Sync + 'static {
     /// Every version of `component`, oldest first.
     fn versions(&self, component: &str) -> Result<Vec<Version>, StoreError>;
 
+    /// The newest version of `component`, if it has any.
+    fn newest_version(&self, component: &str) -> Result<Option<Version>, StoreError>;
+
     /// Every component name with its number of versions and newest version, by name.
     fn components(&self) -> Result<Vec<(String, u64, Version)>, StoreError>;
 
@@ -336,6 +339,25 @@ impl Store for RedbStore {
         Ok(out)
     }
 
+    fn newest_version(&self, component: &str) -> Result<Option<Version>, StoreError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let seqs = tx.open_table(SEQS).map_err(db)?;
+        let newest = seqs
+            .range((component, 0)..=(component, u64::MAX))
+            .map_err(db)?
+            .next_back()
+            .transpose()
+            .map_err(db)?;
+        let Some((_, id)) = newest else {
+            return Ok(None);
+        };
+        let versions = tx.open_table(VERSIONS).map_err(db)?;
+        let record = versions.get(id.value()).map_err(db)?.ok_or_else(|| {
+            StoreError::Corrupt(format!("{component}: sequence points at a missing version"))
+        })?;
+        decode(record.value()).map(Some)
+    }
+
     fn components(&self) -> Result<Vec<(String, u64, Version)>, StoreError> {
         let tx = self.db.begin_read().map_err(db)?;
         let seqs = tx.open_table(SEQS).map_err(db)?;
@@ -404,6 +426,7 @@ mod tests {
             created_at_ms: 1,
             pushed_by: "admin".into(),
             description: String::new(),
+            dependencies: Vec::new(),
         }
     }
 
@@ -425,6 +448,11 @@ mod tests {
         assert_eq!(store.version_id("a", 3).unwrap(), None);
         assert_eq!(store.versions("a").unwrap(), vec![a1.clone(), a2.clone()]);
         assert!(store.versions("c").unwrap().is_empty());
+        assert_eq!(store.newest_version("a").unwrap(), Some(a2.clone()));
+        assert_eq!(store.newest_version("b").unwrap(), Some(b1.clone()));
+        // "a" is a prefix of "ab": the range must not run into another component.
+        assert_eq!(store.newest_version("ab").unwrap(), None);
+        assert_eq!(store.newest_version("").unwrap(), None);
         let components = store.components().unwrap();
         assert_eq!(components, vec![("a".into(), 2, a2), ("b".into(), 1, b1)]);
 

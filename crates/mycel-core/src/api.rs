@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ErrorCode;
 use crate::hash::BlobHash;
-use crate::version::{FileEntry, Version, VersionId};
+use crate::version::{FileEntry, ResolvedDependency, Version, VersionId};
 
 /// Every error response: `{"error": {"code": ..., "message": ...}}`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -63,6 +63,48 @@ pub struct CreateVersionResponse {
     pub version: Version,
 }
 
+/// `POST /v1/components/{name}/versions/{ref}/rebuild`: the version's files again, with
+/// its dependencies resolved anew.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RebuildResponse {
+    /// False when resolving again changed nothing; `version` is then the existing one.
+    pub created: bool,
+    /// The rebuilt version.
+    pub version: Version,
+    /// Versions of other components created on the way: a `"latest"` dependency that
+    /// itself has dependencies is rebuilt first, so a change deep in the tree reaches
+    /// the top.
+    #[serde(default)]
+    pub dependencies_rebuilt: Vec<ResolvedDependency>,
+}
+
+/// `GET /v1/components/{name}/dependents`: the deployments that import `name`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Dependents {
+    /// The component asked about.
+    pub component: String,
+    /// Deployments whose version needs it, directly or through other components, by
+    /// name.
+    pub deployments: Vec<DependentDeployment>,
+}
+
+/// A deployment that imports another component.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct DependentDeployment {
+    /// The deployment.
+    pub deployment: String,
+    /// Its component.
+    pub component: String,
+    /// The version it serves.
+    pub version: VersionId,
+    /// That version's sequence number.
+    pub seq: u64,
+    /// The version of the component asked about that it imports.
+    pub uses: ResolvedDependency,
+    /// Whether its own manifest names that component (else it comes through others).
+    pub direct: bool,
+}
+
 /// One line of `GET /v1/components`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ComponentSummary {
@@ -91,6 +133,9 @@ pub struct VersionSummary {
     pub pushed_by: String,
     /// The manifest's description.
     pub description: String,
+    /// The versions of other components it imports, as resolved when it was pushed.
+    #[serde(default)]
+    pub dependencies: Vec<ResolvedDependency>,
 }
 
 impl From<&Version> for VersionSummary {
@@ -103,6 +148,7 @@ impl From<&Version> for VersionSummary {
             created_at_ms: v.created_at_ms,
             pushed_by: v.pushed_by.clone(),
             description: v.description.clone(),
+            dependencies: v.dependencies.clone(),
         }
     }
 }

@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod dependency;
 pub mod error;
 pub mod fleet;
 pub mod frame;
@@ -21,4 +22,4 @@ pub use error::ErrorCode;
 pub use hash::BlobHash;
 pub use manifest::Manifest;
 pub use path::ComponentPath;
-pub use version::{FileEntry, FileMode, Version, VersionId};
+pub use version::{FileEntry, FileMode, ResolvedDependency, Version, VersionId};

@@ -1,4 +1,12 @@
 //! Versions: immutable snapshots of a component, named by the hash of their file list.
+//!
+//! A version that imports other components (`[dependencies]` in its manifest) also
+//! records the exact version of each that the control plane resolved when it was
+//! pushed ([`ResolvedDependency`]), and then its id covers those too: the same files
+//! resolved against another version of a dependency are another version, so pushing
+//! unchanged source after a dependency changed picks the change up, and the id an agent
+//! is assigned pins the whole tree it runs. A version without dependencies is named by
+//! its file list alone, exactly as before dependencies existed.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -65,16 +73,35 @@ impl VersionId {
     /// left out because the hash already fixes them. The manifest is one of the files,
     /// so it is covered too.
     pub fn of(files: &[FileEntry]) -> Self {
-        let mut sorted: Vec<&FileEntry> = files.iter().collect();
-        sorted.sort_by(|a, b| a.path.cmp(&b.path));
         let mut hasher = blake3::Hasher::new();
         hasher.update(b"mycel-version-v1\0");
-        for file in sorted {
-            let path = file.path.as_str().as_bytes();
-            hasher.update(&(path.len() as u64).to_le_bytes());
-            hasher.update(path);
-            hasher.update(file.hash.as_bytes());
-            hasher.update(&file.mode.bits().to_le_bytes());
+        hash_files(&mut hasher, files);
+        VersionId(hasher.finalize().into())
+    }
+
+    /// Computes the id of a file list resolved against `dependencies`, whatever the
+    /// order of either. Without dependencies this is [`VersionId::of`].
+    ///
+    /// With them, the canonical form has its own domain tag (so it can never equal a
+    /// file-only id), then the number of files (u64 LE) and the files as in
+    /// [`VersionId::of`], then for each dependency sorted by component: the name's
+    /// length (u64 LE) and bytes, the sequence number (u64 LE) and the version id.
+    pub fn with_dependencies(files: &[FileEntry], dependencies: &[ResolvedDependency]) -> Self {
+        if dependencies.is_empty() {
+            return Self::of(files);
+        }
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(b"mycel-version-v2\0");
+        hasher.update(&(files.len() as u64).to_le_bytes());
+        hash_files(&mut hasher, files);
+        let mut sorted: Vec<&ResolvedDependency> = dependencies.iter().collect();
+        sorted.sort_by(|a, b| a.component.cmp(&b.component));
+        for dependency in sorted {
+            let name = dependency.component.as_bytes();
+            hasher.update(&(name.len() as u64).to_le_bytes());
+            hasher.update(name);
+            hasher.update(&dependency.seq.to_le_bytes());
+            hasher.update(dependency.id.0.as_bytes());
         }
         VersionId(hasher.finalize().into())
     }
@@ -94,6 +121,45 @@ impl fmt::Display for VersionId {
 impl fmt::Debug for VersionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "VersionId({})", self.0.short())
+    }
+}
+
+fn hash_files(hasher: &mut blake3::Hasher, files: &[FileEntry]) {
+    let mut sorted: Vec<&FileEntry> = files.iter().collect();
+    sorted.sort_by(|a, b| a.path.cmp(&b.path));
+    for file in sorted {
+        let path = file.path.as_str().as_bytes();
+        hasher.update(&(path.len() as u64).to_le_bytes());
+        hasher.update(path);
+        hasher.update(file.hash.as_bytes());
+        hasher.update(&file.mode.bits().to_le_bytes());
+    }
+}
+
+/// One dependency of a version, resolved to an exact version when it was pushed.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ResolvedDependency {
+    /// The component depended on.
+    pub component: String,
+    /// Its version's sequence number.
+    pub seq: u64,
+    /// Its version's id.
+    pub id: VersionId,
+}
+
+impl ResolvedDependency {
+    /// The dependency on `version`.
+    pub fn on(version: &Version) -> Self {
+        Self {
+            component: version.component.clone(),
+            seq: version.seq,
+            id: version.id,
+        }
+    }
+
+    /// `name@seq`.
+    pub fn label(&self) -> String {
+        format!("{}@{}", self.component, self.seq)
     }
 }
 
@@ -117,12 +183,22 @@ pub struct Version {
     /// The manifest's description, for listings.
     #[serde(default)]
     pub description: String,
+    /// The manifest's `[dependencies]`, each resolved to an exact version at push time,
+    /// sorted by component. Direct dependencies only: each of them records its own.
+    #[serde(default)]
+    pub dependencies: Vec<ResolvedDependency>,
 }
 
 impl Version {
     /// `name@seq`.
     pub fn label(&self) -> String {
         format!("{}@{}", self.component, self.seq)
+    }
+
+    /// The id this version's content calls for: its files and resolved dependencies
+    /// hashed. A version whose `id` differs from this was tampered with.
+    pub fn content_id(&self) -> VersionId {
+        VersionId::with_dependencies(&self.files, &self.dependencies)
     }
 }
 
@@ -199,6 +275,57 @@ mod tests {
         exec.mode = FileMode::Executable;
         assert_ne!(base, VersionId::of(&[a.clone(), exec]));
         assert_ne!(base, VersionId::of(&[a]));
+    }
+
+    fn dependency(component: &str, seq: u64, content: &[u8]) -> ResolvedDependency {
+        ResolvedDependency {
+            component: component.into(),
+            seq,
+            id: VersionId::of(&[entry("mycel.toml", content)]),
+        }
+    }
+
+    #[test]
+    fn dependencies_change_the_id_only_when_there_are_some() {
+        let files = [entry("model.py", b"m"), entry("mycel.toml", b"t")];
+        let base = VersionId::of(&files);
+        assert_eq!(VersionId::with_dependencies(&files, &[]), base);
+
+        let a1 = dependency("a", 1, b"1");
+        let b1 = dependency("b", 1, b"2");
+        let with = VersionId::with_dependencies(&files, &[a1.clone(), b1.clone()]);
+        assert_ne!(with, base);
+        assert_eq!(
+            with,
+            VersionId::with_dependencies(&files, &[b1.clone(), a1.clone()])
+        );
+        // Another version of a dependency is another version of the dependent.
+        let a2 = dependency("a", 2, b"3");
+        assert_ne!(
+            with,
+            VersionId::with_dependencies(&files, &[a2, b1.clone()])
+        );
+        assert_ne!(with, VersionId::with_dependencies(&files, &[a1]));
+
+        let version = Version {
+            id: with,
+            component: "m".into(),
+            seq: 1,
+            files: files.to_vec(),
+            total_bytes: 2,
+            created_at_ms: 0,
+            pushed_by: "test".into(),
+            description: String::new(),
+            dependencies: vec![b1],
+        };
+        assert_ne!(version.content_id(), version.id);
+    }
+
+    #[test]
+    fn versions_recorded_before_dependencies_still_load() {
+        let json = r#"{"id":"0000000000000000000000000000000000000000000000000000000000000000","component":"a","seq":1,"files":[],"total_bytes":0,"created_at_ms":0,"pushed_by":"admin","description":""}"#;
+        let version: Version = serde_json::from_str(json).unwrap();
+        assert!(version.dependencies.is_empty());
     }
 
     #[test]

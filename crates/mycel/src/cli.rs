@@ -219,6 +219,7 @@ pub struct InitArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("rolls_out").args(["deploy", "cascade"]).multiple(true)))]
 pub struct PushArgs {
     /// The component directory (holding mycel.toml).
     #[arg(default_value = ".")]
@@ -230,8 +231,14 @@ pub struct PushArgs {
     /// The deployment --deploy updates [default: the component's name].
     #[arg(long, requires = "deploy")]
     pub name: Option<String>,
-    /// With --deploy: wait until the rollout is complete, showing progress.
-    #[arg(long, requires = "deploy")]
+    /// Then rebuild the deployments that import this component against it and roll
+    /// them out, keeping their copies. Without it, push lists them; they keep the
+    /// version they import.
+    #[arg(long)]
+    pub cascade: bool,
+    /// With --deploy or --cascade: wait until the rollouts are complete, showing
+    /// progress.
+    #[arg(long, requires = "rolls_out")]
     pub wait: bool,
     /// How long --wait waits.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]

@@ -141,6 +141,7 @@ def start_worker(
     weights: Sequence[str] = (),
     config: Optional[Mapping[str, Any]] = None,
     data_dir: Optional[str] = None,
+    dependencies: Sequence[Tuple[str, Union[str, os.PathLike]]] = (),
     python: Optional[str] = None,
     extra_args: Sequence[str] = (),
     stdout: Union[None, int, IO[Any]] = None,
@@ -171,6 +172,8 @@ def start_worker(
             command += ["--config", json.dumps(config)]
         if data_dir is not None:
             command += ["--data-dir", data_dir]
+        for name, directory in dependencies:
+            command += ["--dependency", f"{name}={os.fspath(directory)}"]
         command += list(extra_args)
         proc = subprocess.Popen(command, stdout=stdout, stderr=stderr, cwd=os.fspath(path))
         conn = _accept(listener, proc, connect_timeout)

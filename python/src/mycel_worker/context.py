@@ -26,6 +26,10 @@ class Context:
     """Deployment configuration, from --config."""
     data_dir: Optional[str] = None
     """A node-local data directory (training data for federated learning), if any."""
+    dependencies: Dict[str, Path] = field(default_factory=dict)
+    """The directory of each component this one depends on, directly or not, by name,
+    nearest first. Their modules are importable by their own names; this is for their
+    other files."""
 
 
 def build_context(
@@ -33,6 +37,7 @@ def build_context(
     weights: Iterable[str] = (),
     config_json: Optional[str] = None,
     data_dir: Optional[str] = None,
+    dependencies: Iterable[str] = (),
 ) -> Context:
     """A Context from the worker's command-line arguments."""
     root = Path(path).resolve()
@@ -43,7 +48,26 @@ def build_context(
         weights=weights_map(root, weights),
         config=parse_config(config_json),
         data_dir=os.path.abspath(data_dir) if data_dir is not None else None,
+        dependencies=dependency_map(dependencies),
     )
+
+
+def dependency_map(arguments: Iterable[str]) -> Dict[str, Path]:
+    """name -> directory from `--dependency NAME=DIR` arguments, in the order given."""
+    dependencies: Dict[str, Path] = {}
+    for argument in arguments:
+        name, sep, directory = argument.partition("=")
+        if not sep or not name or not directory:
+            raise ContextError(f"--dependency {argument!r} is malformed: expected NAME=DIR")
+        if name in dependencies:
+            raise ContextError(f"--dependency {name!r} is given twice: expected one directory per component")
+        resolved = Path(directory).resolve()
+        if not resolved.is_dir():
+            raise ContextError(
+                f"--dependency {name}: directory {directory} does not exist or is not a directory"
+            )
+        dependencies[name] = resolved
+    return dependencies
 
 
 def weights_map(root: Path, relative_paths: Iterable[str]) -> Dict[str, str]:

@@ -8,7 +8,7 @@ import sys
 import traceback
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Optional, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 _RUNTIME_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
@@ -38,12 +38,15 @@ def parse_entrypoint(entrypoint: str) -> Tuple[str, str]:
     return module_name, class_name
 
 
-def import_entrypoint(root: Path, entrypoint: str) -> Any:
-    """The class named by `entrypoint`, importing its module with `root` first on sys.path."""
+def import_entrypoint(root: Path, entrypoint: str, dependencies: Sequence[Path] = ()) -> Any:
+    """The class named by `entrypoint`, importing its module with `root` first on sys.path
+    and the `dependencies`' directories right after it."""
     module_name, class_name = parse_entrypoint(entrypoint)
-    root_str = str(root)
-    if sys.path[:1] != [root_str]:
-        sys.path.insert(0, root_str)
+    # The component's own files win a name clash, then its dependencies' (nearest
+    # first), then the environment's packages.
+    wanted = [str(root), *(str(d) for d in dependencies)]
+    if sys.path[: len(wanted)] != wanted:
+        sys.path[:] = wanted + [p for p in sys.path if p not in wanted]
     importlib.invalidate_caches()
     try:
         module = importlib.import_module(module_name)
@@ -66,8 +69,10 @@ def import_entrypoint(root: Path, entrypoint: str) -> Any:
 
 
 def load_model(root: Path, entrypoint: str, ctx: Any) -> Any:
-    """Imports the entrypoint's class and returns `Class(ctx)`."""
-    cls = import_entrypoint(root, entrypoint)
+    """Imports the entrypoint's class and returns `Class(ctx)`; the directories in
+    `ctx.dependencies` are importable too."""
+    dependencies = list(getattr(ctx, "dependencies", {}).values())
+    cls = import_entrypoint(root, entrypoint, dependencies)
     try:
         return cls(ctx)
     except Exception as e:

@@ -52,6 +52,14 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     )
     parser.add_argument("--config", default=None, help="a JSON object handed to the model as ctx.config")
     parser.add_argument("--data-dir", default=None, help="a node-local data directory (ctx.data_dir)")
+    parser.add_argument(
+        "--dependency",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="a component this one depends on and its version directory, put on sys.path after --path "
+        "in the order given (repeatable; ctx.dependencies)",
+    )
     return parser.parse_args(argv)
 
 
@@ -82,7 +90,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def run(sock: socket.socket, args: argparse.Namespace) -> int:
     """Loads the model, announces it and serves until told to stop."""
     try:
-        ctx = build_context(args.path, args.weights, args.config, args.data_dir)
+        ctx = build_context(args.path, args.weights, args.config, args.data_dir, args.dependency)
         model = load_model(ctx.path, args.entrypoint, ctx)
     except (ContextError, LoadError) as e:
         message = e.message if isinstance(e, LoadError) else str(e)

@@ -1,4 +1,6 @@
-//! `/v1/components`: list components and their versions, push a version, show one.
+//! `/v1/components`: list components and their versions, push a version, show one,
+//! rebuild one against its dependencies' newest versions, and find the deployments that
+//! import a component.
 
 use std::sync::Arc;
 
@@ -6,7 +8,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use mycel_core::api::{
-    ComponentSummary, CreateVersionRequest, CreateVersionResponse, VersionSummary,
+    ComponentSummary, CreateVersionRequest, CreateVersionResponse, Dependents, RebuildResponse,
+    VersionSummary,
 };
 use mycel_core::Version;
 
@@ -50,17 +53,13 @@ pub(super) async fn create_version(
     Path(name): Path<String>,
     ApiJson(request): ApiJson<CreateVersionRequest>,
 ) -> Result<(StatusCode, Json<CreateVersionResponse>), ApiError> {
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default();
     let (version, created) = registry::create_version(
         &state.store,
         &state.blobs,
         &name,
         request.files,
         &caller,
-        now_ms,
+        now_ms(),
     )
     .await?;
     if created {
@@ -82,4 +81,54 @@ pub(super) async fn show(
     Ok(Json(
         registry::find_version(&state.store, &name, &reference).await?,
     ))
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+/// `POST /v1/components/{name}/versions/{reference}/rebuild`.
+pub(super) async fn rebuild(
+    State(state): State<Arc<AppState>>,
+    Caller(caller): Caller,
+    Path((name, reference)): Path<(String, String)>,
+) -> Result<(StatusCode, Json<RebuildResponse>), ApiError> {
+    let response = registry::rebuild_version(
+        &state.store,
+        &state.blobs,
+        &name,
+        &reference,
+        &caller,
+        now_ms(),
+    )
+    .await?;
+    let status = if response.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(response)))
+}
+
+/// `GET /v1/components/{name}/dependents`.
+pub(super) async fn dependents(
+    State(state): State<Arc<AppState>>,
+    _caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Dependents>, ApiError> {
+    let owned = name.clone();
+    if blocking(&state.store, move |s| s.newest_version(&owned))
+        .await?
+        .is_none()
+    {
+        return Err(RegistryError::NotFound(format!("component {name:?}")).into());
+    }
+    let deployments = registry::dependents(&state.store, &name).await?;
+    Ok(Json(Dependents {
+        component: name,
+        deployments,
+    }))
 }

@@ -42,6 +42,14 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
             "/v1/components/{name}/versions/{reference}",
             get(components::show),
         )
+        .route(
+            "/v1/components/{name}/versions/{reference}/rebuild",
+            post(components::rebuild),
+        )
+        .route(
+            "/v1/components/{name}/dependents",
+            get(components::dependents),
+        )
         .route("/v1/nodes/{name}", put(nodes::register))
         .route("/v1/nodes/{name}/heartbeat", post(nodes::heartbeat))
         .route("/v1/nodes/{name}/assignments", get(nodes::assignments))

@@ -96,6 +96,14 @@ pub async fn show(args: ShowArgs) -> anyhow::Result<()> {
         output::bytes(version.total_bytes),
         version.files.len()
     );
+    if !version.dependencies.is_empty() {
+        let labels: Vec<String> = version
+            .dependencies
+            .iter()
+            .map(|d| format!("{} ({})", d.label(), d.id.short()))
+            .collect();
+        println!("imports     {}", labels.join(", "));
+    }
     println!();
     let mut rows = vec![vec![
         "PATH".into(),

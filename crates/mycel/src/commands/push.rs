@@ -1,5 +1,11 @@
 //! `mycel push DIR`: hash the component, upload the blobs the server lacks, create the
-//! version.
+//! version; then, with `--cascade`, rebuild and roll out the deployments that import it.
+//!
+//! A deployment that imports a component keeps the version of it that was resolved
+//! when its own version was pushed. After a push, the deployments importing an older
+//! version of the pushed component are listed; `--cascade` asks the control plane to
+//! rebuild each one's served version (same files, dependencies resolved anew) and
+//! deploys the result with the deployment's copies and serve options.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
@@ -8,7 +14,7 @@ use std::time::Instant;
 use anyhow::Context;
 use futures::{StreamExt, TryStreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
-use mycel_core::api::DeployRequest;
+use mycel_core::api::{DependentDeployment, DeployRequest};
 use mycel_core::manifest::MANIFEST_FILE;
 use mycel_core::{BlobHash, Manifest, VersionId};
 use serde::Serialize;
@@ -35,34 +41,175 @@ pub struct PushReport {
     blobs_reused: usize,
     bytes_reused: u64,
     elapsed_ms: u64,
+    /// Deployments importing an older version of this component.
+    pub dependents: Vec<DependentReport>,
+}
+
+/// A deployment that imports the pushed component, and what `--cascade` did with it.
+#[derive(Debug, Serialize)]
+pub struct DependentReport {
+    deployment: String,
+    component: String,
+    /// The version it served.
+    from_seq: u64,
+    /// The version of the pushed component that one imports.
+    uses_seq: u64,
+    /// With `--cascade`, the version it serves now; `None` without, or when its
+    /// dependencies are pinned and rebuilding changed nothing.
+    to_seq: Option<u64>,
+    /// Versions of other components created on the way, `name@seq`.
+    rebuilt: Vec<String>,
 }
 
 pub async fn run(args: PushArgs) -> anyhow::Result<()> {
     let client = client(&args.connect)?;
-    let report = push(&client, &args.dir, !args.json).await?;
+    let mut report = push(&client, &args.dir, !args.json).await?;
+    // Progress lines go to stderr, so `--json` still prints one document.
+    if !args.json {
+        print_report(&report);
+    }
+    let mut rolling_out = Vec::new();
     if args.deploy {
-        // Progress lines go to stderr, so `--json` still prints one document.
         let name = args
             .name
             .clone()
             .unwrap_or_else(|| report.component.clone());
-        if !args.json {
-            print_report(&report);
-        }
         roll_out(&client, &name, &report.component, report.seq).await?;
-        if args.wait {
-            crate::commands::rollout::wait(&client, &[name], args.timeout, args.json).await?;
+        rolling_out.push(name);
+    }
+    report.dependents = if args.cascade {
+        cascade(&client, &report, &mut rolling_out).await?
+    } else {
+        match stale_dependents(&client, &report).await {
+            Ok(found) => found.iter().map(unchanged).collect(),
+            // The version exists whatever happens here; a server from before
+            // dependencies only costs the listing.
+            Err(e) => {
+                eprintln!(
+                    "warning: cannot list the deployments that import {}: {e:#}",
+                    report.component
+                );
+                Vec::new()
+            }
         }
-        if args.json {
-            output::json(&report)?;
-        }
-        return Ok(());
+    };
+    if !args.json {
+        print_dependents(&report, args.cascade);
+    }
+    if args.wait && !rolling_out.is_empty() {
+        crate::commands::rollout::wait(&client, &rolling_out, args.timeout, args.json).await?;
     }
     if args.json {
-        return output::json(&report);
+        output::json(&report)?;
     }
-    print_report(&report);
     Ok(())
+}
+
+/// The deployments that import a version of `report`'s component other than the one
+/// just pushed.
+async fn stale_dependents(
+    client: &mycel_client::Client,
+    report: &PushReport,
+) -> anyhow::Result<Vec<DependentDeployment>> {
+    let dependents = client.dependents(&report.component).await?;
+    Ok(dependents
+        .deployments
+        .into_iter()
+        .filter(|d| d.uses.id != report.id)
+        .collect())
+}
+
+fn unchanged(dependent: &DependentDeployment) -> DependentReport {
+    DependentReport {
+        deployment: dependent.deployment.clone(),
+        component: dependent.component.clone(),
+        from_seq: dependent.seq,
+        uses_seq: dependent.uses.seq,
+        to_seq: None,
+        rebuilt: Vec::new(),
+    }
+}
+
+/// Rebuilds each stale dependent's served version against the newest dependencies and
+/// rolls the result out to it; adds the deployments rolled out to `rolling_out`.
+async fn cascade(
+    client: &mycel_client::Client,
+    report: &PushReport,
+    rolling_out: &mut Vec<String>,
+) -> anyhow::Result<Vec<DependentReport>> {
+    let dependents = stale_dependents(client, report)
+        .await
+        .with_context(|| format!("listing the deployments that import {}", report.component))?;
+    let mut out = Vec::with_capacity(dependents.len());
+    for dependent in &dependents {
+        let rebuilt = client
+            .rebuild_version(&dependent.component, &dependent.seq.to_string())
+            .await
+            .with_context(|| {
+                format!(
+                    "rebuilding {}@{} (deployment {}) against {}@{}",
+                    dependent.component,
+                    dependent.seq,
+                    dependent.deployment,
+                    report.component,
+                    report.seq
+                )
+            })?;
+        let mut line = unchanged(dependent);
+        line.rebuilt = rebuilt
+            .dependencies_rebuilt
+            .iter()
+            .map(|d| d.label())
+            .collect();
+        // Pinned dependencies resolve as before: the same version, nothing to roll out.
+        if rebuilt.version.id != dependent.version {
+            roll_out(
+                client,
+                &dependent.deployment,
+                &dependent.component,
+                rebuilt.version.seq,
+            )
+            .await?;
+            line.to_seq = Some(rebuilt.version.seq);
+            rolling_out.push(dependent.deployment.clone());
+        }
+        out.push(line);
+    }
+    Ok(out)
+}
+
+fn print_dependents(report: &PushReport, cascaded: bool) {
+    for d in &report.dependents {
+        let imports = format!(
+            "deployment {} ({}@{}) imports {}@{}",
+            d.deployment, d.component, d.from_seq, report.component, d.uses_seq
+        );
+        match d.to_seq {
+            Some(to) => {
+                let via = if d.rebuilt.is_empty() {
+                    String::new()
+                } else {
+                    format!(", rebuilding {}", d.rebuilt.join(", "))
+                };
+                println!(
+                    "redeployed {}: {}@{} -> {}@{} (imports {}@{}{via})",
+                    d.deployment,
+                    d.component,
+                    d.from_seq,
+                    d.component,
+                    to,
+                    report.component,
+                    report.seq
+                );
+            }
+            None if cascaded => {
+                println!("{imports} and keeps it: its dependencies are pinned");
+            }
+            None => {
+                println!("{imports} and keeps it; `mycel push --cascade` rebuilds and rolls it out")
+            }
+        }
+    }
 }
 
 /// Pushes the component in `dir`: hashes it, uploads the blobs the server lacks (with
@@ -151,6 +298,7 @@ pub async fn push(
         blobs_reused: by_hash.len() - to_send.len(),
         bytes_reused: bytes_unique - bytes_sent,
         elapsed_ms: started.elapsed().as_millis() as u64,
+        dependents: Vec::new(),
     };
     Ok(report)
 }
