@@ -398,9 +398,14 @@ async fn call(
         let reason = match attempt(gw, replica, frame.clone()).await {
             Attempt::Done(outputs) => return Ok((outputs, replica.seq)),
             Attempt::Fail(response) => return Err(response),
-            Attempt::Refused(reason) => reason,
+            // Expected while replicas drain in a rollout: not worth a warning.
+            Attempt::Refused(reason) => {
+                tracing::debug!(replica = %replica.replica, %reason, "replica refused; trying another");
+                reason
+            }
             Attempt::Broken(reason) if !broken_once => {
                 broken_once = true;
+                tracing::warn!(replica = %replica.replica, %reason, "replica broke off; retrying once elsewhere");
                 reason
             }
             Attempt::Broken(reason) => {
@@ -408,7 +413,6 @@ async fn call(
                 break;
             }
         };
-        tracing::warn!(replica = %replica.replica, %reason, "replica could not serve; trying another");
         gw.metrics.retried(labels);
         last = Some(format!("{}: {reason}", replica.replica));
         tried.push(replica.replica.clone());

@@ -321,6 +321,19 @@ fn rollouts_under_load_drop_nothing_and_a_broken_version_rolls_back() {
     assert_eq!(h[4]["kind"], "rollback");
     assert_eq!(h[4]["to"]["seq"], 1);
     assert_eq!(h[4]["outcome"], "complete");
+
+    // Or to a version named: what it last ran with.
+    let start = load.count();
+    let out = server.cli(&["rollback", "ver", "--to", "2", "--wait"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let answers = load.since(start);
+    assert_no_failures(&answers, "the rollback to v2");
+    assert_eq!(answers.last().unwrap().1, 2);
     load.stop();
 
     // The table people read names each rollout and how it ended.
