@@ -30,6 +30,10 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 const HEALTHY_AFTER: Duration = Duration::from_secs(30);
 /// Largest worker answer accepted.
 const MAX_BODY: u64 = 4 << 30;
+/// A worker idle this long is pinged; one that does not answer within
+/// [`HEALTH_TIMEOUT`] is killed and restarted (and fails a rollout it is part of).
+const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a replica no longer assigned may take to finish the requests it holds.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -512,6 +516,29 @@ async fn serve_once(
                     continue;
                 }
                 status = child.wait() => return Err(exit_reason(node, replica, status)),
+                _ = tokio::time::sleep(HEALTH_INTERVAL) => {
+                    let pong = tokio::time::timeout(
+                        HEALTH_TIMEOUT,
+                        conn.call("ping", Vec::new(), Default::default()),
+                    )
+                    .await;
+                    match pong {
+                        Ok(Ok(_)) => continue,
+                        Ok(Err(e)) => {
+                            let _ = child.kill().await;
+                            let status = child.wait().await;
+                            return Err(format!("failed its health check: {e}; {}", exit_reason(node, replica, status)));
+                        }
+                        Err(_) => {
+                            let _ = child.kill().await;
+                            let _ = child.wait().await;
+                            return Err(format!(
+                                "failed its health check: no answer to a ping within {}s; killed",
+                                HEALTH_TIMEOUT.as_secs()
+                            ));
+                        }
+                    }
+                }
                 call = calls.recv() => match call {
                     Some(call) => call,
                     None => {

@@ -329,3 +329,40 @@ fn a_model_stuck_in_a_call_does_not_hold_up_ctrl_c() {
     stopping.join().unwrap();
     assert!(!alive(pid), "the stuck worker {pid} survived");
 }
+
+#[test]
+fn a_worker_that_stops_answering_fails_its_health_check_and_is_replaced() {
+    let data = tempfile::tempdir().unwrap();
+    let nodes = tempfile::tempdir().unwrap();
+    let server = TestServer::start(data.path());
+    let _agent = TestAgent::start(&server, nodes.path(), "n1", "here");
+    let dir = nodes.path().join("frozen");
+    // The whole process freezes a second after it loaded: alive, but deaf.
+    let model = "import os, signal, threading\n\nclass Model:\n    def __init__(self, ctx):\n        threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGSTOP)).start()\n\n    def predict(self, inputs):\n        return dict(inputs)\n";
+    write_tree(
+        &dir,
+        &[
+            (
+                "mycel.toml",
+                b"[component]\nname = \"frozen\"\nentrypoint = \"model:Model\"\n\n[python]\nrequirements = [\"numpy\"]\n",
+            ),
+            ("model.py", model.as_bytes()),
+        ],
+    );
+    let out = server.cli(&["push", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let out = server.cli(&["deploy", "frozen", "--copies", "here=1", "--wait"]);
+    assert!(out.status.success(), "{out:?}");
+    let first = replicas(&status(&server), "frozen")[0].3.unwrap();
+    eventually(
+        "the frozen worker to be killed and replaced",
+        Duration::from_secs(60),
+        || {
+            let r = replicas(&status(&server), "frozen").pop()?;
+            (r.4 >= 1 && r.3.is_some_and(|p| p != first)).then_some(())
+        },
+    );
+    assert!(!alive(first), "the frozen worker {first} was left behind");
+    let out = server.cli(&["logs", "frozen"]);
+    assert!(out.status.success());
+}
