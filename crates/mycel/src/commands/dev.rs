@@ -22,6 +22,16 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         .canonicalize()
         .with_context(|| format!("{}", args.dir.display()))?;
 
+    // Watch first: a save during the first push and rollout is not lost.
+    let (tx, mut changes) = tokio::sync::mpsc::unbounded_channel();
+    let mut debouncer = new_debouncer(DEBOUNCE, move |events: DebounceEventResult| {
+        let _ = tx.send(events);
+    })
+    .context("starting the file watcher")?;
+    debouncer
+        .watcher()
+        .watch(&dir, RecursiveMode::Recursive)
+        .with_context(|| format!("watching {}", dir.display()))?;
     let first = push::push(&client, &dir, true).await?;
     push::print_report(&first);
     let name = args
@@ -59,58 +69,59 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         }
     });
 
-    let (tx, mut changes) = tokio::sync::mpsc::unbounded_channel();
-    let mut debouncer = new_debouncer(DEBOUNCE, move |events: DebounceEventResult| {
-        let _ = tx.send(events);
-    })
-    .context("starting the file watcher")?;
-    debouncer
-        .watcher()
-        .watch(&dir, RecursiveMode::Recursive)
-        .with_context(|| format!("watching {}", dir.display()))?;
     eprintln!(
         "watching {} for changes; each save rolls out to {name} (Ctrl-C stops)",
         dir.display()
     );
 
-    loop {
-        let events = tokio::select! {
-            _ = crate::commands::shutdown_signal() => break,
-            events = changes.recv() => match events {
-                Some(events) => events,
-                None => break,
-            },
-        };
-        match events {
-            Ok(events) if events.iter().all(|e| ignored(&dir, &e.path)) => continue,
-            Ok(_) => {}
-            Err(e) => {
-                eprintln!("file watcher: {e}");
-                continue;
-            }
+    // Ctrl-C ends the loop wherever it is, a push or a rollout included.
+    let watch = async {
+        while let Some(events) = changes.recv().await {
+            on_change(&client, &dir, &name, events).await;
         }
-        let started = Instant::now();
-        // A save may leave the component broken for a moment (a bad manifest): say so
-        // and wait for the next save.
-        let report = match push::push(&client, &dir, false).await {
-            Ok(report) => report,
-            Err(e) => {
-                eprintln!("push failed: {e:#}");
-                continue;
-            }
-        };
-        if !report.created {
-            continue;
-        }
-        push::print_report(&report);
-        if let Err(e) = push::roll_out(&client, &name, &report.component, report.seq).await {
-            eprintln!("{e:#}");
-            continue;
-        }
-        report_rollout(&client, &name, started).await;
+    };
+    tokio::select! {
+        _ = crate::commands::shutdown_signal() => {}
+        _ = watch => {}
     }
     logs.abort();
     Ok(())
+}
+
+/// One batch of file events: push, and roll out if the push made a new version.
+async fn on_change(
+    client: &mycel_client::Client,
+    dir: &Path,
+    name: &str,
+    events: DebounceEventResult,
+) {
+    match events {
+        Ok(events) if events.iter().all(|e| ignored(dir, &e.path)) => return,
+        Ok(_) => {}
+        Err(e) => {
+            eprintln!("file watcher: {e}");
+            return;
+        }
+    }
+    let started = Instant::now();
+    // A save may leave the component broken for a moment (a bad manifest): say so and
+    // wait for the next save.
+    let report = match push::push(client, dir, false).await {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("push failed: {e:#}");
+            return;
+        }
+    };
+    if !report.created {
+        return;
+    }
+    push::print_report(&report);
+    if let Err(e) = push::roll_out(client, name, &report.component, report.seq).await {
+        eprintln!("{e:#}");
+        return;
+    }
+    report_rollout(client, name, started).await;
 }
 
 /// Follows the rollout and says how it ended; a failed rollout is news, not an exit.
