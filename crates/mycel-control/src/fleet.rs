@@ -332,8 +332,13 @@ impl Fleet {
 
     /// Everything `mycel status` shows.
     pub(crate) async fn status(&self) -> Result<FleetStatus, StoreError> {
-        let (deployments, nodes, assignments) = blocking(&self.store, |s| {
-            Ok((s.deployments()?, s.nodes()?, s.assignments()?))
+        let (deployments, nodes, assignments, mut latest) = blocking(&self.store, |s| {
+            let deployments = s.deployments()?;
+            let latest = deployments
+                .iter()
+                .map(|d| Ok((d.name.clone(), s.rollouts(&d.name)?.pop())))
+                .collect::<Result<HashMap<_, _>, StoreError>>()?;
+            Ok((deployments, s.nodes()?, s.assignments()?, latest))
         })
         .await?;
         let statuses = lock(&self.statuses).clone();
@@ -377,6 +382,7 @@ impl Fleet {
                     })
                     .collect();
                 DeploymentView {
+                    rollout: latest.remove(&deployment.name).flatten(),
                     deployment,
                     locations,
                 }

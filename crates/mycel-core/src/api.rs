@@ -277,6 +277,9 @@ pub struct DeploymentView {
     pub deployment: crate::fleet::Deployment,
     /// Desired and ready copies per location.
     pub locations: Vec<LocationCount>,
+    /// Its latest rollout.
+    #[serde(default)]
+    pub rollout: Option<crate::fleet::Rollout>,
 }
 
 /// One node in `GET /v1/status`.

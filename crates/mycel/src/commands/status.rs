@@ -45,6 +45,7 @@ pub async fn run(args: ListArgs) -> anyhow::Result<()> {
         "DEPLOYMENT".into(),
         "VERSION".into(),
         "READY/DESIRED".into(),
+        "LAST ROLLOUT".into(),
     ]];
     for view in &status.deployments {
         let per_location: Vec<String> = view
@@ -61,6 +62,13 @@ pub async fn run(args: ListArgs) -> anyhow::Result<()> {
                 view.deployment.version.short()
             ),
             per_location.join("  "),
+            view.rollout.as_ref().map_or(String::new(), |r| {
+                let versions = match r.from_seq {
+                    Some(from) => format!("{from} → {}", r.to.seq),
+                    None => r.to.seq.to_string(),
+                };
+                format!("#{} {} {versions}: {}", r.number, r.kind, r.outcome)
+            }),
         ]);
     }
     output::table(&rows);
