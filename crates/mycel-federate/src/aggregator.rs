@@ -161,6 +161,9 @@ impl Aggregator {
             });
         }
         let chunks = chunk::chunks(global.layout(), config.chunk_len);
+        if config.privacy.is_some() {
+            global.check_finite(&chunks, config.chunk_len)?;
+        }
         let seed = match config.privacy.and_then(|p| p.seed) {
             Some(seed) => seed,
             None => rand::random(),
@@ -339,7 +342,7 @@ impl Aggregator {
             let values = self.global.layout().aggregated_values();
             let mut acc = self.acc.take().unwrap_or_else(|| vec![0.0; values]);
             let updates: Vec<&Update> = self.pending.iter().collect();
-            let result = mean::fold(self.pass(), &mut acc, &updates);
+            let result = mean::fold(self.pass(), &mut acc, fresh, &updates);
             match result {
                 Ok(()) => {
                     self.acc = Some(acc);

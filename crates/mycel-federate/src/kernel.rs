@@ -104,6 +104,27 @@ pub(crate) fn all_finite(values: &[f64]) -> bool {
     values.iter().fold(true, |ok, v| ok & v.is_finite())
 }
 
+/// Whether every value in `bytes` is finite: its exponent bits are not all ones.
+/// Works on the bits, without converting, so the loop vectorizes.
+pub(crate) fn all_finite_bytes(bytes: &[u8], ty: FloatType) -> bool {
+    fn check<const N: usize, U>(bytes: &[u8], bits: impl Fn([u8; N]) -> U, exponent: U) -> bool
+    where
+        U: Copy + PartialEq + std::ops::BitAnd<Output = U>,
+    {
+        bytes
+            .as_chunks::<N>()
+            .0
+            .iter()
+            .fold(true, |ok, b| ok & (bits(*b) & exponent != exponent))
+    }
+    match ty {
+        FloatType::F32 => check(bytes, u32::from_le_bytes, 0x7f80_0000),
+        FloatType::F64 => check(bytes, u64::from_le_bytes, 0x7ff0_0000_0000_0000),
+        FloatType::F16 => check(bytes, u16::from_le_bytes, 0x7c00),
+        FloatType::BF16 => check(bytes, u16::from_le_bytes, 0x7f80),
+    }
+}
+
 /// The first value in `bytes` that is not finite, with its position.
 pub(crate) fn first_non_finite(bytes: &[u8], ty: FloatType) -> Option<(usize, NonFinite)> {
     with_values!(ty, bytes, |values| {
@@ -194,6 +215,23 @@ mod tests {
             Some((1, NonFinite::NegInf))
         );
         assert_eq!(first_non_finite(&bytes_f32(&[1.0]), FloatType::F32), None);
+        assert!(!all_finite_bytes(&bytes, FloatType::F32));
+        assert!(all_finite_bytes(
+            &bytes_f32(&[1.0, f32::MAX, -0.0]),
+            FloatType::F32
+        ));
+        for ty in [FloatType::F16, FloatType::BF16, FloatType::F64] {
+            for (value, finite) in [
+                (1.0, true),
+                (-65504.0, true),
+                (f64::NAN, false),
+                (f64::NEG_INFINITY, false),
+            ] {
+                let mut bytes = vec![0u8; ty.size()];
+                encode(&[value], &mut bytes, ty);
+                assert_eq!(all_finite_bytes(&bytes, ty), finite, "{ty:?} {value}");
+            }
+        }
         assert!(!all_finite(&[1.0, f64::NAN]));
         assert!(all_finite(&[1.0, -2.0]));
     }

@@ -65,9 +65,15 @@ pub(crate) enum Finalize<'a> {
     },
 }
 
-/// `acc += Σ wᵢ·uᵢ` over `updates`. On [`PassError::NonFinite`] some chunks of the
-/// accumulator hold partial sums.
-pub(crate) fn fold(pass: Pass<'_>, acc: &mut [f64], updates: &[&Update]) -> Result<(), PassError> {
+/// `acc += Σ wᵢ·uᵢ` over `updates`; `fresh` says `acc` is all zeros, so it is only
+/// written, never read (a fresh accumulator's pages are then touched once). On
+/// [`PassError::NonFinite`] some chunks of the accumulator hold partial sums.
+pub(crate) fn fold(
+    pass: Pass<'_>,
+    acc: &mut [f64],
+    fresh: bool,
+    updates: &[&Update],
+) -> Result<(), PassError> {
     let mut slices = Vec::with_capacity(pass.chunks.len());
     let mut rest = acc;
     for chunk in pass.chunks {
@@ -79,16 +85,25 @@ pub(crate) fn fold(pass: Pass<'_>, acc: &mut [f64], updates: &[&Update]) -> Resu
         .par_iter()
         .zip(slices.into_par_iter())
         .try_for_each_init(
-            || pass.meter.buffer::<u8>(pass.chunk_len * 8),
-            |bytes, (chunk, sums)| {
-                add_updates(pass, chunk, updates, sums, bytes)?;
-                if kernel::all_finite(sums) {
-                    Ok(())
-                } else {
-                    Err(PassError::NonFinite(*chunk))
-                }
+            || FoldBuffers {
+                sums: pass.meter.buffer(pass.chunk_len),
+                bytes: pass.meter.buffer(pass.chunk_len * 8),
+            },
+            |buffers, (chunk, acc)| {
+                // The sums of a chunk live in a buffer that stays in cache while the
+                // updates stream through; the accumulator is read and written once.
+                let sums = &mut buffers.sums[..chunk.len];
+                let from = if fresh { None } else { Some(&*acc) };
+                sum_chunk(pass, chunk, from, updates, sums, &mut buffers.bytes)?;
+                acc.copy_from_slice(sums);
+                Ok(())
             },
         )
+}
+
+struct FoldBuffers<'m> {
+    sums: crate::chunk::Tracked<'m, f64>,
+    bytes: crate::chunk::Tracked<'m, u8>,
 }
 
 /// Writes the aggregate's values: for each chunk, the accumulator's slice (if any)
@@ -113,14 +128,8 @@ pub(crate) fn finish(
                 return Ok(());
             };
             let sums = &mut buffers.sums[..chunk.len];
-            match acc {
-                Some(acc) => sums.copy_from_slice(&acc[chunk.flat..chunk.flat + chunk.len]),
-                None => sums.fill(0.0),
-            }
-            add_updates(pass, chunk, updates, sums, &mut buffers.bytes)?;
-            if !kernel::all_finite(sums) {
-                return Err(PassError::NonFinite(*chunk));
-            }
+            let from = acc.map(|acc| &acc[chunk.flat..chunk.flat + chunk.len]);
+            sum_chunk(pass, chunk, from, updates, sums, &mut buffers.bytes)?;
             match finalize {
                 Finalize::Mean { total_weight } => {
                     for s in sums.iter_mut() {
@@ -163,15 +172,22 @@ struct FinishBuffers<'m> {
     global: crate::chunk::Tracked<'m, f64>,
 }
 
-/// Reads `chunk` of each update into `bytes`, one update at a time, and adds it with
-/// the update's weight: only one update's slice is ever held.
-fn add_updates(
+/// `sums = from (or 0) + Σ wᵢ·uᵢ` for one chunk. Reads the chunk of each update into
+/// `bytes`, one update at a time, and adds it with the update's weight: only one
+/// update's slice is ever held. Fails with [`PassError::NonFinite`] if a sum is not
+/// finite.
+fn sum_chunk(
     pass: Pass<'_>,
     chunk: &Chunk,
+    from: Option<&[f64]>,
     updates: &[&Update],
     sums: &mut [f64],
     bytes: &mut [u8],
 ) -> Result<(), PassError> {
+    match from {
+        Some(from) => sums.copy_from_slice(from),
+        None => sums.fill(0.0),
+    }
     let Some(ty) = pass.layout.tensors()[chunk.tensor].float() else {
         return Ok(());
     };
@@ -179,5 +195,9 @@ fn add_updates(
         let data = update.read_chunk(pass.layout, chunk, bytes, pass.meter)?;
         kernel::add_weighted(sums, data, ty, update.weight);
     }
-    Ok(())
+    if kernel::all_finite(sums) {
+        Ok(())
+    } else {
+        Err(PassError::NonFinite(*chunk))
+    }
 }

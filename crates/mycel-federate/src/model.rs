@@ -58,6 +58,43 @@ impl GlobalModel {
         read_chunk(&self.file, &self.offsets, &self.layout, chunk, buf)
     }
 
+    /// Fails naming the first NaN or infinity in the aggregated tensors. Needed only
+    /// where the global model's values enter the aggregate (differential privacy:
+    /// the aggregate is the global model plus the mean clipped delta), where a
+    /// non-finite value would pass into the result unnoticed.
+    pub(crate) fn check_finite(
+        &self,
+        chunks: &[Chunk],
+        chunk_len: usize,
+    ) -> Result<(), FederateError> {
+        let mut buf = vec![0u8; chunk_len * 8];
+        for chunk in chunks {
+            let Some(ty) = self.layout.tensors()[chunk.tensor].float() else {
+                continue;
+            };
+            let bytes = self
+                .read_chunk(chunk, &mut buf)
+                .map_err(|e| FederateError::Global {
+                    path: self.path.clone(),
+                    reason: format!("cannot read: {e}"),
+                })?;
+            if let Some((offset, value)) = kernel::first_non_finite(bytes, ty) {
+                let spec = &self.layout.tensors()[chunk.tensor];
+                let element = chunk.start + offset;
+                return Err(FederateError::Global {
+                    path: self.path.clone(),
+                    reason: format!(
+                        "tensor '{}' holds {value} at index {:?} (element {element}); the \
+                         global model must be finite",
+                        spec.name,
+                        unravel(element, &spec.shape)
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Reads `len` bytes of tensor `tensor`'s data from byte `from` into `buf`.
     pub(crate) fn read_tensor_bytes(
         &self,
@@ -190,8 +227,8 @@ impl Update {
             return Ok((None, 0.0));
         };
         let bytes = self.read_chunk(layout, chunk, &mut buffers.bytes, meter)?;
-        if let Some(bad) = kernel::first_non_finite(bytes, ty) {
-            return Ok((Some(bad), 0.0));
+        if !kernel::all_finite_bytes(bytes, ty) {
+            return Ok((kernel::first_non_finite(bytes, ty), 0.0));
         }
         let Some(global) = global else {
             return Ok((None, 0.0));

@@ -967,3 +967,26 @@ fn robust_strategies_hold_a_bounded_slice_of_every_update() {
     assert!(aggregate.peak_buffer_bytes <= rayon::current_num_threads() * per_thread);
     assert_eq!(aggregate.accumulator_bytes, 0);
 }
+
+#[test]
+fn privacy_needs_a_finite_global_model() {
+    let round = Round::new(&single(&[0.0, f64::NAN]));
+    let err = Aggregator::new(
+        GlobalModel::open(&round.global).unwrap(),
+        AggregatorConfig {
+            privacy: Some(Privacy {
+                clip: 1.0,
+                noise_multiplier: 1.0,
+                seed: None,
+            }),
+            ..config("fedavg")
+        },
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().ends_with(
+            "tensor 'w' holds NaN at index [1] (element 1); the global model must be finite"
+        ),
+        "{err}"
+    );
+}
