@@ -30,8 +30,8 @@ pub struct AggregatorConfig {
     pub privacy: Option<Privacy>,
     /// For fedavg and fedprox: once this many accepted updates wait, they are added
     /// into the model-sized accumulator in one pass and their files closed. Larger
-    /// means fewer passes over the accumulator and more files open; with at most this
-    /// many updates in a round, no accumulator is allocated at all. At least 1.
+    /// means fewer passes over the accumulator and more files open; with fewer updates
+    /// than this in a round, no accumulator is allocated at all. At least 1.
     pub fold_every: usize,
     /// Values per chunk: the unit of parallel work and of buffering. At least 1.
     pub chunk_len: usize,

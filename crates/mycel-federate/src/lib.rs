@@ -49,7 +49,7 @@
 //!
 //! | strategy | result | memory beyond the chunk buffers | files open |
 //! | --- | --- | --- | --- |
-//! | `fedavg` | mean weighted by example counts | `8·P` bytes (f64 accumulator), once more than `fold_every` updates arrived; none otherwise | ≤ `fold_every` |
+//! | `fedavg` | mean weighted by example counts | `8·P` bytes (f64 accumulator), once `fold_every` updates have arrived; none with fewer | ≤ `fold_every` |
 //! | `fedprox:mu=M` | as fedavg; `mu` goes to the clients | as fedavg | ≤ `fold_every` |
 //! | `fedmedian` | coordinate-wise median | none | `n` |
 //! | `trimmed-mean:beta=B` | coordinate-wise mean without the `⌊B·n⌋` largest and smallest | none | `n` |
