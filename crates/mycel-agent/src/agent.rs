@@ -49,6 +49,9 @@ pub struct Config {
     pub heartbeat: Duration,
     /// Largest inference request body accepted by the data plane.
     pub max_request_bytes: usize,
+    /// Datasets for federated learning, by name: directories on this node that training
+    /// workers see as `ctx.data_dir`.
+    pub datasets: BTreeMap<String, PathBuf>,
 }
 
 /// Default for [`Config::max_request_bytes`].
@@ -113,6 +116,7 @@ pub async fn run(
     let addr = listener
         .local_addr()
         .map_err(io("reading the listen address"))?;
+    let sandbox = crate::isolation::probe().await;
     let spec = NodeSpec {
         name: config.name.clone(),
         location: config.location.clone(),
@@ -121,6 +125,8 @@ pub async fn run(
         memory_bytes: config.memory_bytes,
         gpus: 0,
         agent_url: format!("http://{addr}"),
+        datasets: config.datasets.keys().cloned().collect(),
+        isolation: sandbox.isolation,
     };
 
     let stop = CancellationToken::new();
@@ -137,13 +143,22 @@ pub async fn run(
         .with_graceful_shutdown(stop.clone().cancelled_owned())
         .into_future(),
     );
-    tracing::info!(node = %config.name, location = %config.location, url = %spec.agent_url, "agent starting");
+    tracing::info!(node = %config.name, location = %config.location, url = %spec.agent_url, isolation = %sandbox.isolation, "agent starting");
 
     let heartbeats = tokio::spawn(heartbeat_loop(
         client.clone(),
         spec.clone(),
         Arc::clone(&node),
         config.heartbeat,
+        stop.clone(),
+    ));
+    let training = tokio::spawn(crate::training::task_loop(
+        Arc::new(crate::training::Trainer {
+            node: Arc::clone(&node),
+            name: config.name.clone(),
+            datasets: config.datasets.clone(),
+            sandbox,
+        }),
         stop.clone(),
     ));
     let mut replicas = Replicas {
@@ -159,6 +174,7 @@ pub async fn run(
     }
     replicas.draining.close();
     replicas.draining.wait().await;
+    let _ = training.await;
     let _ = heartbeats.await;
     let _ = data_plane.await;
     tracing::info!(node = %config.name, "agent stopped");

@@ -10,9 +10,11 @@ mod agent;
 mod batch;
 mod data_plane;
 pub mod env;
+pub mod isolation;
 pub mod metrics;
 pub mod replica;
 pub mod sync;
+mod training;
 pub mod worker;
 
 pub use agent::{run, AgentError, Config, DEFAULT_MAX_REQUEST_BYTES};

@@ -231,7 +231,7 @@ pub fn update_queue_depths(node: &NodeContext) {
 }
 
 /// Everything a worker needs to start, prepared once per replica.
-struct Prepared {
+pub(crate) struct Prepared {
     python: PathBuf,
     version_dir: PathBuf,
     /// Each dependency's name and directory, nearest first.
@@ -239,6 +239,18 @@ struct Prepared {
     manifest: Manifest,
     serve: ServeOptions,
     labels: ModelLabels,
+}
+
+/// How a worker process starts beyond its code: where its output goes, the data it
+/// may read, and the command it runs under to keep it off the network.
+#[derive(Default)]
+pub(crate) struct Launch<'a> {
+    /// Its log file.
+    pub log: PathBuf,
+    /// `ctx.data_dir`.
+    pub data_dir: Option<&'a std::path::Path>,
+    /// A program and arguments the worker's command is appended to (`unshare --net`).
+    pub sandbox: &'a [String],
 }
 
 /// Fetches what this node lacks of the assigned version and of every version it depends
@@ -251,11 +263,12 @@ struct Prepared {
 /// control plane resolved when the version was pushed.
 async fn sync(
     node: &NodeContext,
-    assignment: &Assignment,
+    component: &str,
+    version: VersionId,
+    seq: u64,
 ) -> Result<(PathBuf, Vec<(String, PathBuf)>), String> {
-    let top = sync_one(node, &assignment.component, assignment.version).await?;
-    let mut seen: HashMap<String, VersionId> =
-        HashMap::from([(assignment.component.clone(), assignment.version)]);
+    let top = sync_one(node, component, version).await?;
+    let mut seen: HashMap<String, VersionId> = HashMap::from([(component.to_owned(), version)]);
     let mut queue: VecDeque<ResolvedDependency> = top.dependencies.into_iter().collect();
     let mut dependencies = Vec::new();
     while let Some(dependency) = queue.pop_front() {
@@ -264,8 +277,8 @@ async fn sync(
             // The control plane refuses such versions; never run a tree it would refuse.
             Some(_) => {
                 return Err(format!(
-                    "two versions of {} in the dependencies of {}@{}",
-                    dependency.component, assignment.component, assignment.seq
+                    "two versions of {} in the dependencies of {component}@{seq}",
+                    dependency.component
                 ))
             }
             None => {}
@@ -327,25 +340,47 @@ async fn sync_one(
 
 async fn prepare(node: &NodeContext, assignment: &Assignment) -> Result<Prepared, String> {
     let replica = &assignment.replica;
-    node.set(replica, ReplicaState::Syncing, None, 0);
-    let (version_dir, dependencies) = sync(node, assignment).await?;
+    let mut prepared = prepare_code(
+        node,
+        &assignment.component,
+        assignment.version,
+        assignment.seq,
+        |state| node.set(replica, state, None, 0),
+    )
+    .await?;
+    prepared.serve = assignment.serve;
+    prepared.labels = labels_of(node, assignment);
+    Ok(prepared)
+}
+
+/// Syncs a version and what it depends on, and builds its environment; `phase` hears
+/// when each step starts. Serving options and labels are left at their defaults.
+pub(crate) async fn prepare_code(
+    node: &NodeContext,
+    component: &str,
+    version: VersionId,
+    seq: u64,
+    phase: impl Fn(ReplicaState),
+) -> Result<Prepared, String> {
+    phase(ReplicaState::Syncing);
+    let (version_dir, dependencies) = sync(node, component, version, seq).await?;
     let text = tokio::fs::read_to_string(version_dir.join(MANIFEST_FILE))
         .await
         .map_err(|e| format!("reading {MANIFEST_FILE}: {e}"))?;
     let manifest = Manifest::parse(&text).map_err(|e| e.to_string())?;
 
-    node.set(replica, ReplicaState::BuildingEnv, None, 0);
+    phase(ReplicaState::BuildingEnv);
     let spec =
         EnvSpec::from_tree(&manifest, &version_dir, &dependencies).map_err(|e| e.to_string())?;
     let env = node.envs.ensure(&spec).await.map_err(|e| e.to_string())?;
-    tracing::info!(%replica, env = %env.key, reused = env.reused, "environment ready");
+    tracing::info!(component, seq, env = %env.key, reused = env.reused, "environment ready");
     Ok(Prepared {
         python: env.python,
         version_dir,
         dependencies,
         manifest,
-        serve: assignment.serve,
-        labels: labels_of(node, assignment),
+        serve: ServeOptions::default(),
+        labels: ModelLabels::default(),
     })
 }
 
@@ -450,7 +485,11 @@ async fn serve_once(
     let _ = std::fs::remove_file(&socket);
     let listener =
         UnixListener::bind(&socket).map_err(|e| format!("binding {}: {e}", socket.display()))?;
-    let mut child = spawn_worker(node, replica, prepared, &socket)?;
+    let launch = Launch {
+        log: node.log_path(replica),
+        ..Launch::default()
+    };
+    let mut child = spawn_worker(prepared, &socket, &launch)?;
     let pid = child.id();
 
     let accepted = tokio::select! {
@@ -725,22 +764,28 @@ fn copy_error(e: &WorkerError) -> WorkerError {
     }
 }
 
-fn spawn_worker(
-    node: &NodeContext,
-    replica: &str,
+pub(crate) fn spawn_worker(
     prepared: &Prepared,
     socket: &std::path::Path,
+    launch: &Launch<'_>,
 ) -> Result<Child, String> {
-    let log_path = node.log_path(replica);
+    let log_path = &launch.log;
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(&log_path)
+        .open(log_path)
         .map_err(|e| format!("opening {}: {e}", log_path.display()))?;
     let log_err = log
         .try_clone()
         .map_err(|e| format!("opening {}: {e}", log_path.display()))?;
-    let mut command = Command::new(&prepared.python);
+    let mut command = match launch.sandbox.split_first() {
+        Some((program, args)) => {
+            let mut command = Command::new(program);
+            command.args(args).arg(&prepared.python);
+            command
+        }
+        None => Command::new(&prepared.python),
+    };
     command
         .args(["-u", "-m", "mycel_worker", "--socket"])
         .arg(socket)
@@ -750,6 +795,9 @@ fn spawn_worker(
         .arg(prepared.manifest.component.entrypoint.to_string());
     for weights in &prepared.manifest.weights {
         command.arg("--weights").arg(weights.as_str());
+    }
+    if let Some(data_dir) = launch.data_dir {
+        command.arg("--data-dir").arg(data_dir);
     }
     for (name, dir) in &prepared.dependencies {
         let mut argument = std::ffi::OsString::from(format!("{name}="));

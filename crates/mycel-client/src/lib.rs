@@ -19,6 +19,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio_util::io::ReaderStream;
 
+mod federation;
 mod fleet;
 
 /// A failed call.

@@ -91,6 +91,40 @@ impl BlobStore {
         }
     }
 
+    /// A fresh path in the store's temp directory, for a file that [`BlobStore::adopt`]
+    /// will take in.
+    pub fn temp_path(&self, what: &str) -> PathBuf {
+        self.root
+            .join("tmp")
+            .join(format!("{what}.{}", random_suffix()))
+    }
+
+    /// Takes in a finished file from [`BlobStore::temp_path`] under the hash of its
+    /// bytes; returns the hash and size. The file is moved, not copied.
+    pub async fn adopt(&self, tmp: &Path) -> io::Result<(BlobHash, u64)> {
+        let path = tmp.to_owned();
+        let (hash, size) = tokio::task::spawn_blocking(move || {
+            let mut hasher = blake3::Hasher::new();
+            hasher.update_mmap_rayon(&path)?;
+            Ok::<_, io::Error>((
+                BlobHash::from(hasher.finalize()),
+                std::fs::metadata(&path)?.len(),
+            ))
+        })
+        .await
+        .map_err(io::Error::other)??;
+        let dest = self.path(&hash);
+        if tokio::fs::try_exists(&dest).await? {
+            tokio::fs::remove_file(tmp).await?;
+            return Ok((hash, size));
+        }
+        let dir = dest.parent().unwrap_or(&self.root).to_path_buf();
+        tokio::fs::create_dir_all(&dir).await?;
+        tokio::fs::rename(tmp, &dest).await?;
+        sync_dir(dir).await?;
+        Ok((hash, size))
+    }
+
     /// Streams `body` into the store under `expected`, hashing as it goes.
     ///
     /// Returns the size and whether the blob is new. On any error, nothing is kept.

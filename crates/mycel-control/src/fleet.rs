@@ -51,7 +51,7 @@ pub(crate) struct Fleet {
 
 /// Waits until `generation` passes `after`, `wait` elapses or `stop`; returns the
 /// generation then. The long-polls of agents, gateways and the CLI rest on it.
-async fn wait_past(
+pub(crate) async fn wait_past(
     generation: &watch::Sender<u64>,
     after: u64,
     wait: Duration,

@@ -9,6 +9,7 @@
 mod api;
 pub mod auth;
 pub mod blobs;
+mod federation;
 mod fleet;
 pub mod registry;
 pub mod store;
@@ -73,6 +74,7 @@ pub(crate) struct AppState {
     blobs: blobs::BlobStore,
     max_blob_bytes: u64,
     fleet: Arc<fleet::Fleet>,
+    federations: Arc<federation::Federations>,
     /// Cancelled on shutdown, so long-polls answer at once instead of holding it up.
     stop: CancellationToken,
 }
@@ -98,12 +100,19 @@ pub async fn run(
     let store: Arc<dyn store::Store> = Arc::new(store);
     let fleet = Arc::new(fleet::Fleet::new(Arc::clone(&store), config.lost_after));
     fleet.reconcile().await?;
+    let federations = Arc::new(federation::Federations::new(
+        Arc::clone(&store),
+        blobs.clone(),
+        Arc::clone(&fleet),
+    ));
+    federations.recover().await?;
     let stop = CancellationToken::new();
     let state = Arc::new(AppState {
         store,
         blobs,
         max_blob_bytes: config.max_blob_bytes,
         fleet: Arc::clone(&fleet),
+        federations: Arc::clone(&federations),
         stop: stop.clone(),
     });
     let listener = TcpListener::bind(config.listen)
@@ -130,6 +139,7 @@ pub async fn run(
         .with_graceful_shutdown(stop.clone().cancelled_owned())
         .await;
     stop.cancel();
+    federations.cancel_all();
     let _ = heartbeats.await;
     served.map_err(|source| Error::Listen { addr, source })
 }

@@ -1,5 +1,5 @@
 //! Durable state: versions, per-component sequence numbers, tokens, nodes, deployments,
-//! their rollouts and the current assignments.
+//! their rollouts, the current assignments and federations.
 //!
 //! [`Store`] is the seam: [`RedbStore`] is the embedded default for one machine; a
 //! store on etcd implements the same trait for a multi-instance control plane. Methods
@@ -7,6 +7,7 @@
 
 use std::path::Path;
 
+use mycel_core::federation::Federation;
 use mycel_core::fleet::{Assignment, Deployment, Node, Rollout};
 use mycel_core::{Version, VersionId};
 use redb::{Database, ReadableTable, TableDefinition};
@@ -27,6 +28,8 @@ const DEPLOYMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("deployme
 const ASSIGNMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("assignments");
 /// (deployment, rollout number) → rollout JSON: each deployment's history.
 const ROLLOUTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("rollouts");
+/// Federation id → federation JSON, rounds included.
+const FEDERATIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("federations");
 
 /// A failure of the state store.
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +104,18 @@ pub trait Store: Send + Sync + 'static {
         deployment: Option<&Deployment>,
         rollouts: &[Rollout],
     ) -> Result<(), StoreError>;
+
+    /// Every federation, oldest first.
+    fn federations(&self) -> Result<Vec<Federation>, StoreError>;
+
+    /// A federation by id.
+    fn federation(&self, id: u64) -> Result<Option<Federation>, StoreError>;
+
+    /// Stores a new federation under the next id, which it returns with.
+    fn insert_federation(&self, federation: Federation) -> Result<Federation, StoreError>;
+
+    /// Replaces a federation's record.
+    fn put_federation(&self, federation: &Federation) -> Result<(), StoreError>;
 }
 
 /// The embedded store: one redb file.
@@ -121,6 +136,7 @@ impl RedbStore {
         tx.open_table(DEPLOYMENTS).map_err(db)?;
         tx.open_table(ASSIGNMENTS).map_err(db)?;
         tx.open_table(ROLLOUTS).map_err(db)?;
+        tx.open_table(FEDERATIONS).map_err(db)?;
         tx.commit().map_err(db)?;
         Ok(Self { db: database })
     }
@@ -245,6 +261,52 @@ impl Store for RedbStore {
                     .map_err(db)?;
             }
         }
+        tx.commit().map_err(db)?;
+        Ok(())
+    }
+
+    fn federations(&self) -> Result<Vec<Federation>, StoreError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let table = tx.open_table(FEDERATIONS).map_err(db)?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(db)? {
+            let (_, value) = entry.map_err(db)?;
+            out.push(from_json(value.value())?);
+        }
+        Ok(out)
+    }
+
+    fn federation(&self, id: u64) -> Result<Option<Federation>, StoreError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let table = tx.open_table(FEDERATIONS).map_err(db)?;
+        let found = table.get(id).map_err(db)?;
+        found.map(|v| from_json(v.value())).transpose()
+    }
+
+    fn insert_federation(&self, mut federation: Federation) -> Result<Federation, StoreError> {
+        let tx = self.db.begin_write().map_err(db)?;
+        {
+            let mut table = tx.open_table(FEDERATIONS).map_err(db)?;
+            let last = table
+                .last()
+                .map_err(db)?
+                .map(|(k, _)| k.value())
+                .unwrap_or(0);
+            federation.id = last + 1;
+            table
+                .insert(federation.id, to_json(&federation)?.as_slice())
+                .map_err(db)?;
+        }
+        tx.commit().map_err(db)?;
+        Ok(federation)
+    }
+
+    fn put_federation(&self, federation: &Federation) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(db)?;
+        tx.open_table(FEDERATIONS)
+            .map_err(db)?
+            .insert(federation.id, to_json(federation)?.as_slice())
+            .map_err(db)?;
         tx.commit().map_err(db)?;
         Ok(())
     }
@@ -470,6 +532,8 @@ mod tests {
                 memory_bytes: 1 << 30,
                 gpus: 0,
                 agent_url: "http://127.0.0.1:1".into(),
+                datasets: vec!["digits".into()],
+                isolation: Default::default(),
             },
             state: NodeState::Ready,
             last_heartbeat_ms: 5,
@@ -549,6 +613,33 @@ mod tests {
         assert!(store.delete_deployment("a").unwrap());
         assert!(!store.delete_deployment("a").unwrap());
         assert!(store.deployments().unwrap().is_empty());
+
+        let federation = Federation {
+            id: 0,
+            request: serde_json::from_value(serde_json::json!({
+                "component": "a", "dataset": "digits", "rounds": 2
+            }))
+            .unwrap(),
+            version: deployment.version,
+            seq: 1,
+            weights_path: "weights/model.safetensors".into(),
+            min_clients: 1,
+            by: "admin".into(),
+            started_ms: 1,
+            ended_ms: None,
+            state: mycel_core::federation::FederationState::Running,
+            global: BlobHash::of(b"weights"),
+            rounds: Vec::new(),
+            published: None,
+        };
+        let first = store.insert_federation(federation.clone()).unwrap();
+        let mut second = store.insert_federation(federation).unwrap();
+        assert_eq!((first.id, second.id), (1, 2));
+        second.state = mycel_core::federation::FederationState::Cancelled;
+        store.put_federation(&second).unwrap();
+        assert_eq!(store.federation(2).unwrap(), Some(second.clone()));
+        assert_eq!(store.federation(3).unwrap(), None);
+        assert_eq!(store.federations().unwrap(), vec![first, second]);
     }
 
     #[test]

@@ -30,6 +30,12 @@ pub struct NodeSpec {
     pub gpus: u32,
     /// The agent's data-plane URL (logs, inference), e.g. `http://127.0.0.1:7801`.
     pub agent_url: String,
+    /// Names of the datasets it holds for federated learning; the data stays on it.
+    #[serde(default)]
+    pub datasets: Vec<String>,
+    /// How its training workers are kept off the network.
+    #[serde(default)]
+    pub isolation: crate::federation::Isolation,
 }
 
 /// Whether the control plane hears from a node.

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod dependency;
 pub mod error;
+pub mod federation;
 pub mod fleet;
 pub mod frame;
 pub mod hash;

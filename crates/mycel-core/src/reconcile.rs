@@ -584,6 +584,8 @@ mod tests {
                 memory_bytes: memory_gib * GIB,
                 gpus: 0,
                 agent_url: format!("http://{name}:7801"),
+                datasets: Vec::new(),
+                isolation: Default::default(),
             },
             state: NodeState::Ready,
             last_heartbeat_ms: 0,

@@ -52,6 +52,100 @@ pub enum Command {
     History(HistoryArgs),
     /// Watch a component directory: push on every save, roll it out, stream the logs.
     Dev(DevArgs),
+    /// Train a component on nodes' own datasets over rounds (federated learning) and
+    /// publish the result as a new version.
+    Federate(FederateArgs),
+    /// List, follow or stop federations; show their rounds.
+    #[command(subcommand)]
+    Federation(FederationCommand),
+}
+
+#[derive(Args, Debug)]
+pub struct FederateArgs {
+    /// `NAME` (its newest version), `NAME@N` or `NAME@<id>`.
+    #[arg(value_name = "NAME[@N]")]
+    pub target: String,
+    /// The dataset to train on: nodes declare it with `mycel agent --dataset NAME=PATH`.
+    #[arg(long)]
+    pub dataset: String,
+    /// Which nodes may take part: KEY=VALUE labels, location=L, or node names,
+    /// comma-separated, all of which must hold [default: every node with the dataset].
+    #[arg(long, value_name = "SELECTOR", default_value = "")]
+    pub nodes: mycel_core::federation::Selector,
+    /// Rounds to run.
+    #[arg(long)]
+    pub rounds: u32,
+    /// fedavg, fedprox:mu=M, fedmedian, trimmed-mean:beta=B or krum:f=F[,m=M].
+    #[arg(long, default_value = "fedavg")]
+    pub strategy: String,
+    /// A round needs updates from at least this many clients; fewer fails it.
+    #[arg(long, default_value_t = 1)]
+    pub min_clients: u32,
+    /// The share of available nodes asked to train each round.
+    #[arg(long, default_value_t = 1.0)]
+    pub fraction: f64,
+    /// Epochs each client trains per round (config["local_epochs"]).
+    #[arg(long, default_value_t = 1)]
+    pub local_epochs: u32,
+    /// How long a round waits for its clients before going on without them.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub round_timeout: std::time::Duration,
+    /// The weights file to train, when the component lists more than one.
+    #[arg(long)]
+    pub weights: Option<String>,
+    /// More config for train and evaluate, repeatable: --config lr=0.05 (values are
+    /// JSON where they parse as JSON, else strings).
+    #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub config: Vec<(String, String)>,
+    /// Differential privacy: clip each update's change to this L2 norm.
+    #[arg(long)]
+    pub clip: Option<f64>,
+    /// Differential privacy: Gaussian noise of std NOISE × clip / clients on the mean.
+    #[arg(long, requires = "clip", default_value_t = 0.0)]
+    pub noise_multiplier: f64,
+    /// Seed for the noise, for reproducible runs.
+    #[arg(long, requires = "clip")]
+    pub dp_seed: Option<u64>,
+    /// Roll the result out to this deployment [default: the component's name].
+    #[arg(long, value_name = "DEPLOYMENT", num_args = 0..=1, default_missing_value = "")]
+    pub deploy: Option<String>,
+    /// Print the federation's id and return instead of following its rounds.
+    #[arg(long)]
+    pub detach: bool,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// Print the final record as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum FederationCommand {
+    /// List federations.
+    List(ListArgs),
+    /// Show where a federation stands; --watch follows it to the end.
+    Status(FederationArgs),
+    /// Show a federation's rounds: loss, accuracy, clients and durations.
+    Rounds(FederationArgs),
+    /// Stop a running federation.
+    Stop(FederationArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct FederationArgs {
+    /// The federation's id, as `mycel federate` printed it.
+    pub id: u64,
+    /// Follow it until it ends.
+    #[arg(long, short)]
+    pub watch: bool,
+    /// With rounds: a line for every client of every round.
+    #[arg(long)]
+    pub clients: bool,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -317,6 +411,28 @@ pub struct AgentArgs {
     /// Data-plane address (statuses, logs); port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:0")]
     pub listen: SocketAddr,
+    /// A dataset on this node for federated learning, repeatable: training workers see
+    /// PATH as ctx.data_dir; the data never leaves the node.
+    #[arg(long = "dataset", value_name = "NAME=PATH", value_parser = parse_dataset)]
+    pub datasets: Vec<(String, PathBuf)>,
+}
+
+fn parse_dataset(text: &str) -> Result<(String, PathBuf), String> {
+    let (name, path) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not NAME=PATH, e.g. digits=/data/digits"))?;
+    mycel_core::manifest::validate_name(name).map_err(|m| format!("dataset {m}"))?;
+    let path = PathBuf::from(path);
+    if !path.is_dir() {
+        return Err(format!(
+            "dataset {name}: {} is not a directory; expected the directory training reads",
+            path.display()
+        ));
+    }
+    let path = path
+        .canonicalize()
+        .map_err(|e| format!("dataset {name}: {}: {e}", path.display()))?;
+    Ok((name.to_owned(), path))
 }
 
 /// Where the agent finds its tools.

@@ -4,6 +4,7 @@ mod blobs;
 mod components;
 mod deployments;
 mod error;
+mod federations;
 mod nodes;
 
 use std::sync::Arc;
@@ -64,6 +65,14 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
             "/v1/deployments/{name}/rollback",
             post(deployments::rollback),
         )
+        .route(
+            "/v1/federations",
+            get(federations::list).post(federations::create),
+        )
+        .route("/v1/federations/{id}", get(federations::show))
+        .route("/v1/federations/{id}/stop", post(federations::stop))
+        .route("/v1/nodes/{name}/tasks", get(federations::tasks))
+        .route("/v1/tasks/{id}", post(federations::result))
         .route("/v1/status", get(deployments::status))
         .route("/v1/routes", get(deployments::routes))
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such API route") })

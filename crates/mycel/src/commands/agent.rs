@@ -33,6 +33,12 @@ pub fn config(args: &AgentArgs) -> anyhow::Result<mycel_agent::Config> {
         .map_err(|m| anyhow::anyhow!("--name: node {m}"))?;
     mycel_core::manifest::validate_name(&args.location)
         .map_err(|m| anyhow::anyhow!("--location: {m}"))?;
+    let mut datasets = std::collections::BTreeMap::new();
+    for (name, path) in &args.datasets {
+        if datasets.insert(name.clone(), path.clone()).is_some() {
+            anyhow::bail!("--dataset {name} is given twice; expected one directory per dataset");
+        }
+    }
     Ok(mycel_agent::Config {
         server: args.server.clone(),
         token: args.token.clone(),
@@ -48,6 +54,7 @@ pub fn config(args: &AgentArgs) -> anyhow::Result<mycel_agent::Config> {
         runtime_dir: runtime_dir(&args.runtime),
         heartbeat: args.runtime.heartbeat,
         max_request_bytes: mycel_agent::DEFAULT_MAX_REQUEST_BYTES,
+        datasets,
     })
 }
 

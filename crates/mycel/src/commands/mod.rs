@@ -3,6 +3,7 @@
 mod agent;
 mod deploy;
 mod dev;
+mod federate;
 mod gateway;
 mod init;
 mod list;
@@ -13,7 +14,7 @@ mod rollout;
 mod status;
 mod up;
 
-use crate::cli::{Cli, Command, RolloutCommand};
+use crate::cli::{Cli, Command, FederationCommand, RolloutCommand};
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
@@ -35,6 +36,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rollback(args) => rollout::rollback(args).await,
         Command::History(args) => rollout::history(args).await,
         Command::Dev(args) => dev::run(args).await,
+        Command::Federate(args) => federate::run(args).await,
+        Command::Federation(FederationCommand::List(args)) => federate::list(args).await,
+        Command::Federation(FederationCommand::Status(args)) => federate::status(args).await,
+        Command::Federation(FederationCommand::Rounds(args)) => federate::rounds(args).await,
+        Command::Federation(FederationCommand::Stop(args)) => federate::stop(args).await,
     }
 }
 

@@ -1,5 +1,6 @@
 //! `mycel status`: nodes, deployments and replicas at a glance.
 
+use mycel_core::federation::Isolation;
 use mycel_core::fleet::{NodeState, ReplicaState};
 
 use crate::cli::ListArgs;
@@ -18,6 +19,8 @@ pub async fn run(args: ListArgs) -> anyhow::Result<()> {
         "REPLICAS".into(),
         "CPUS".into(),
         "MEMORY".into(),
+        "DATASETS".into(),
+        "TRAINING NETWORK".into(),
     ]];
     for view in &status.nodes {
         let spec = &view.node.spec;
@@ -36,6 +39,15 @@ pub async fn run(args: ListArgs) -> anyhow::Result<()> {
                 output::bytes(view.memory_used),
                 output::bytes(spec.memory_bytes)
             ),
+            if spec.datasets.is_empty() {
+                "-".into()
+            } else {
+                spec.datasets.join(",")
+            },
+            match spec.isolation {
+                Isolation::None => "open (no isolation)".into(),
+                isolation => format!("none ({isolation})"),
+            },
         ]);
     }
     output::table(&rows);

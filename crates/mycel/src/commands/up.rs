@@ -149,6 +149,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             runtime_dir: runtime_dir(&args.runtime),
             heartbeat: args.runtime.heartbeat,
             max_request_bytes: mycel_agent::DEFAULT_MAX_REQUEST_BYTES,
+            datasets: Default::default(),
         };
         let stopped = roles.stop.clone();
         roles.tasks.spawn(async move {

@@ -215,6 +215,17 @@ pub struct TestAgent {
 
 impl TestAgent {
     pub fn start(server: &TestServer, root: &Path, name: &str, location: &str) -> Self {
+        Self::start_with(server, root, name, location, &[])
+    }
+
+    /// [`TestAgent::start`] with more arguments, e.g. `--dataset`.
+    pub fn start_with(
+        server: &TestServer,
+        root: &Path,
+        name: &str,
+        location: &str,
+        extra: &[&str],
+    ) -> Self {
         let data = root.join(name);
         let child = Command::new(mycel_bin())
             .args([
@@ -238,6 +249,7 @@ impl TestAgent {
             .arg(&data)
             .arg("--envs")
             .arg(root.join("envs"))
+            .args(extra)
             .env("MYCEL_TOKEN", server.token())
             .env("MYCEL_LOG", "info")
             .stdout(Stdio::null())
