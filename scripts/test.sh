@@ -11,9 +11,9 @@ fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check uv
 export PATH="$PWD/.venv/bin:$PATH"
 # The torchvision examples' tests run their models here; the gateway tests drive
-# tritonclient from here.
+# tritonclient from here; the digits example's test splits scikit-learn's digits here.
 uv pip install --quiet --python .venv/bin/python -e './python[test]' \
-  'tritonclient[http]' torch torchvision safetensors
+  'tritonclient[http]' torch torchvision safetensors scikit-learn
 
 cargo test --workspace --locked
 python -m pytest -q python/tests examples/tests

@@ -528,6 +528,10 @@ fn digits_federated_training_matches_central_training() {
     eventually("five nodes", READY_PATIENCE, || {
         (support::status(&server)["nodes"].as_array().unwrap().len() == 5).then_some(())
     });
+    ok(
+        &server,
+        &["deploy", "digits-fl", "--copies", "edge=1", "--wait"],
+    );
     let federation = server.cli_json(&[
         "federate",
         "digits-fl",
@@ -537,6 +541,9 @@ fn digits_federated_training_matches_central_training() {
         "10",
         "--strategy",
         "fedavg",
+        "--local-epochs",
+        "20",
+        "--deploy",
     ]);
     assert_eq!(federation["state"], "complete", "{federation}");
     let last = rounds(&federation).last().unwrap().clone();
@@ -577,6 +584,18 @@ fn digits_federated_training_matches_central_training() {
         let result: Value = serde_json::from_slice(&out.stdout).unwrap();
         result["accuracy"].as_f64().unwrap()
     };
+    // The result serves: the gateway answers from the published version.
+    let answer = reqwest::blocking::Client::new()
+        .post(format!("{}/v2/models/digits-fl/infer", server.gateway()))
+        .json(&serde_json::json!({"inputs": [
+            {"name": "pixels", "datatype": "FP32", "shape": [1, 64], "data": vec![0.0; 64]}
+        ]}))
+        .send()
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let answer: Value = answer.json().unwrap();
+    assert_eq!(answer["model_version"], seq.to_string(), "{answer}");
+
     let federated = holdout(&["--weights".as_ref(), weights.as_os_str()]);
     let central = holdout(&[]);
     eprintln!("held-out accuracy: federated {federated:.4}, central {central:.4}");
