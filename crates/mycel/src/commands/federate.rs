@@ -66,12 +66,12 @@ pub async fn run(args: FederateArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     eprintln!(
-        "federation {}: {}@{} on dataset {:?}, {} rounds of {} ({})",
+        "federation {}: {}@{} on dataset {:?}, {} of {} ({})",
         federation.id,
         federation.request.component,
         federation.seq,
         federation.request.dataset,
-        federation.request.rounds,
+        plural(federation.request.rounds, "round"),
         federation.request.strategy,
         federation.weights_path,
     );
