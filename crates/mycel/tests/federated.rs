@@ -489,6 +489,33 @@ fn rounds_survive_dropouts_reject_bad_updates_and_resist_a_scaled_attacker() {
     let w = published_w(&server, "probe", seq);
     let norm = w.iter().map(|v| v * v).sum::<f32>().sqrt();
     assert!(norm > 0.0 && norm <= 0.1 + 1e-6, "norm {norm}, w = {w:?}");
+
+    // A federation stuck on a slow client can be stopped; it publishes nothing.
+    let (id, _) = ok(
+        &server,
+        &[
+            "federate",
+            "probe@1",
+            "--dataset",
+            "probe",
+            "--nodes",
+            "sleepy",
+            "--rounds",
+            "1",
+            "--config",
+            "sleepy=true",
+            "--config",
+            "sleep_s=60",
+            "--detach",
+        ],
+    );
+    let id = id.trim().to_owned();
+    ok(&server, &["federation", "stop", &id]);
+    let stopped = server.cli_json(&["federation", "status", &id]);
+    assert_eq!(stopped["state"], "cancelled", "{stopped}");
+    assert!(stopped["published"].is_null(), "{stopped}");
+    let error = fails(&server, &["federation", "stop", &id]);
+    assert!(error.contains("is not running (cancelled)"), "{error}");
     drop(agents);
 }
 

@@ -46,7 +46,7 @@ pub async fn run(args: ListArgs) -> anyhow::Result<()> {
             },
             match spec.isolation {
                 Isolation::None => "open (no isolation)".into(),
-                isolation => format!("none ({isolation})"),
+                isolation => format!("cut off ({isolation})"),
             },
         ]);
     }
