@@ -304,9 +304,7 @@ impl Federations {
                 request.dataset
             )));
         }
-        let wanted = ((request.fraction * available.len() as f64).ceil() as usize)
-            .max(min)
-            .min(available.len());
+        let wanted = clients_wanted(available.len(), request.fraction, min);
         let mut chosen: Vec<String> = available
             .choose_multiple(&mut rand::rng(), wanted)
             .map(|n| n.spec.name.clone())
@@ -712,6 +710,14 @@ impl Federations {
     }
 }
 
+/// How many of `available` nodes a round asks: the `fraction` of them rounded up, at
+/// least `min`, at most all.
+fn clients_wanted(available: usize, fraction: f64, min: usize) -> usize {
+    ((fraction * available as f64).ceil() as usize)
+        .max(min)
+        .min(available)
+}
+
 fn client_mut<'a>(round: &'a mut Round, node: &str) -> &'a mut ClientRecord {
     let index = round
         .clients
@@ -820,6 +826,15 @@ mod tests {
         assert!((evaluation.loss - 1.5).abs() < 1e-12);
         assert!((evaluation.metrics["accuracy"] - 0.8).abs() < 1e-12);
         assert_eq!(evaluation_of(&clients[2..]), None);
+    }
+
+    #[test]
+    fn a_round_asks_the_fraction_rounded_up_but_at_least_min_clients() {
+        assert_eq!(clients_wanted(10, 1.0, 1), 10);
+        assert_eq!(clients_wanted(10, 0.25, 1), 3);
+        assert_eq!(clients_wanted(10, 0.1, 4), 4);
+        assert_eq!(clients_wanted(3, 0.5, 5), 3);
+        assert_eq!(clients_wanted(7, 0.01, 1), 1);
     }
 
     #[test]

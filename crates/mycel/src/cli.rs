@@ -535,8 +535,20 @@ pub struct UpArgs {
     /// Memory each local node offers [default: the machine's memory].
     #[arg(long, value_parser = parse_size)]
     pub node_memory: Option<u64>,
+    /// A dataset on one of the nodes for federated learning, repeatable:
+    /// --dataset tokyo:digits=/data/digits/node-0.
+    #[arg(long = "dataset", value_name = "NODE:NAME=PATH", value_parser = parse_node_dataset)]
+    pub datasets: Vec<(String, String, PathBuf)>,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
+}
+
+fn parse_node_dataset(text: &str) -> Result<(String, String, PathBuf), String> {
+    let (node, dataset) = text
+        .split_once(':')
+        .ok_or_else(|| format!("{text:?} is not NODE:NAME=PATH, e.g. tokyo:digits=/data/digits"))?;
+    let (name, path) = parse_dataset(dataset)?;
+    Ok((node.to_owned(), name, path))
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {

@@ -90,7 +90,7 @@ async fn follow(
 ) -> anyhow::Result<Federation> {
     let mut generation = 0;
     let mut printed = 0;
-    let mut phase = String::new();
+    let mut started = 0;
     loop {
         let watch = client.watch_federation(id, generation, POLL).await?;
         generation = watch.generation;
@@ -109,10 +109,13 @@ async fn follow(
                 printed = round.number as usize;
             }
             if let Some(round) = federation.rounds.last().filter(|r| r.ended_ms.is_none()) {
-                let now = format!("round {}: {}", round.number, round.phase);
-                if now != phase {
-                    eprintln!("{now}…");
-                    phase = now;
+                if round.number != started {
+                    eprintln!(
+                        "round {}: training on {}…",
+                        round.number,
+                        plural(round.clients.len() as u32, "client")
+                    );
+                    started = round.number;
                 }
             }
         }

@@ -124,6 +124,28 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         mycel_core::manifest::validate_name(node)
             .map_err(|m| anyhow::anyhow!("--nodes: node {m}"))?;
     }
+    let mut datasets: std::collections::BTreeMap<
+        &str,
+        std::collections::BTreeMap<String, PathBuf>,
+    > = Default::default();
+    for (node, name, path) in &args.datasets {
+        if !args.nodes.contains(node) {
+            anyhow::bail!(
+                "--dataset {node}:{name}: there is no node {node:?}; the nodes are {}",
+                args.nodes.join(", ")
+            );
+        }
+        if datasets
+            .entry(node)
+            .or_default()
+            .insert(name.clone(), path.clone())
+            .is_some()
+        {
+            anyhow::bail!(
+                "--dataset {node}:{name} is given twice; expected one directory per dataset"
+            );
+        }
+    }
     let data = data_dir(&args.data)?;
     let control = mycel_control::Config {
         data_dir: data.clone(),
@@ -149,7 +171,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             runtime_dir: runtime_dir(&args.runtime),
             heartbeat: args.runtime.heartbeat,
             max_request_bytes: mycel_agent::DEFAULT_MAX_REQUEST_BYTES,
-            datasets: Default::default(),
+            datasets: datasets.remove(node.as_str()).unwrap_or_default(),
         };
         let stopped = roles.stop.clone();
         roles.tasks.spawn(async move {
