@@ -849,13 +849,21 @@ fn exit_reason(
         Ok(s) => s.to_string(),
         Err(e) => format!("unknown status ({e})"),
     };
-    let tail = std::fs::read_to_string(node.log_path(replica))
-        .map(|log| {
-            let lines: Vec<&str> = log.lines().collect();
-            lines[lines.len().saturating_sub(10)..].join("\n")
-        })
-        .unwrap_or_default();
+    let tail = log_tail(&node.log_path(replica));
     format!("worker exited ({status})\n{tail}")
         .trim_end()
         .to_owned()
+}
+
+/// The last `lines` lines of `text`.
+pub(crate) fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// The end of a worker's log file (its last 10 lines), or nothing if it cannot be read.
+pub(crate) fn log_tail(path: &std::path::Path) -> String {
+    std::fs::read_to_string(path)
+        .map(|log| tail(&log, 10))
+        .unwrap_or_default()
 }

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::isolation::Sandbox;
-use crate::replica::{prepare_code, spawn_worker, Launch, NodeContext};
+use crate::replica::{log_tail, prepare_code, spawn_worker, tail, Launch, NodeContext};
 use crate::worker::{WorkerConn, WorkerError};
 
 /// How long a training worker may take to import and construct the model.
@@ -218,11 +218,7 @@ async fn run_task(
         }
         Err(e) => {
             // The worker is gone or out of step; the next task starts a new one.
-            let log = slot.take().map(|w| w.log);
-            let tail = log
-                .and_then(|l| std::fs::read_to_string(l).ok())
-                .map(|text| tail(&text, 10))
-                .unwrap_or_default();
+            let tail = slot.take().map(|w| log_tail(&w.log)).unwrap_or_default();
             return Err(format!(
                 "the training worker broke during {method}: {e}\n{tail}"
             ));
@@ -290,13 +286,8 @@ async fn start_worker(
         sandbox: &trainer.sandbox.prefix,
     };
     let mut child = spawn_worker(&prepared, &socket, &launch)?;
-    let log_tail = || {
-        std::fs::read_to_string(&log)
-            .map(|text| tail(&text, 10))
-            .unwrap_or_default()
-    };
     let accepted = tokio::select! {
-        status = child.wait() => Err(format!("the training worker exited ({}) before connecting\n{}", status.map(|s| s.to_string()).unwrap_or_default(), log_tail())),
+        status = child.wait() => Err(format!("the training worker exited ({}) before connecting\n{}", status.map(|s| s.to_string()).unwrap_or_default(), log_tail(&log))),
         accepted = tokio::time::timeout(START_TIMEOUT, listener.accept()) => match accepted {
             Ok(Ok((stream, _))) => Ok(stream),
             Ok(Err(e)) => Err(format!("accepting the training worker's connection: {e}")),
@@ -317,7 +308,7 @@ async fn start_worker(
         Ok(Ok(_)) => {}
         Ok(Err(e)) => {
             let _ = child.kill().await;
-            return Err(format!("model failed to load: {e}\n{}", log_tail()));
+            return Err(format!("model failed to load: {e}\n{}", log_tail(&log)));
         }
         Err(_) => {
             let _ = child.kill().await;
@@ -334,11 +325,6 @@ async fn start_worker(
         conn,
         log,
     })
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// The tensors of a safetensors file, for the worker.

@@ -17,7 +17,8 @@ use std::time::Duration;
 use futures::stream::{FuturesUnordered, StreamExt};
 use mycel_core::federation::{
     weighted_metrics, ClientEvaluation, ClientRecord, ClientStatus, Evaluation, Federation,
-    FederationState, NodeTasks, Published, Round, RoundPhase, Task, TaskKind, TaskResult,
+    FederationRequest, FederationState, NodeTasks, Published, Round, RoundPhase, Task, TaskKind,
+    TaskResult,
 };
 use mycel_core::fleet::{Node, NodeState, RolloutKind};
 use mycel_core::{BlobHash, ComponentPath};
@@ -267,17 +268,8 @@ impl Federations {
         federation: &mut Federation,
         cancel: &CancellationToken,
     ) -> Result<(), Stop> {
-        let strategy = federation
-            .request
-            .strategy
-            .parse()
-            .map_err(|e: FederateError| Stop::Failed(e.to_string()))?;
-        let mut config = AggregatorConfig::new(strategy);
-        config.privacy = federation.request.privacy.as_ref().map(|p| Privacy {
-            clip: p.clip,
-            noise_multiplier: p.noise_multiplier,
-            seed: p.seed,
-        });
+        let config =
+            aggregator_config(&federation.request).map_err(|e| Stop::Failed(e.to_string()))?;
         for number in 1..=federation.request.rounds {
             if cancel.is_cancelled() {
                 return Err(Stop::Cancelled);
@@ -318,18 +310,7 @@ impl Federations {
             started_ms: now_ms(),
             ended_ms: None,
             phase: RoundPhase::Training,
-            clients: chosen
-                .iter()
-                .map(|node| ClientRecord {
-                    node: node.clone(),
-                    status: ClientStatus::Training,
-                    examples: 0,
-                    train_ms: None,
-                    metrics: BTreeMap::new(),
-                    evaluation: None,
-                    evaluation_error: None,
-                })
-                .collect(),
+            clients: chosen.iter().map(|node| ClientRecord::new(node)).collect(),
             included: 0,
             examples: 0,
             aggregate_ms: 0,
@@ -341,8 +322,16 @@ impl Federations {
         tracing::info!(federation = federation.id, round = number, clients = ?chosen, "round started");
 
         // Train.
+        let task_config = task_config(federation, number, config.strategy.proximal_mu());
         let trained = self
-            .run_tasks(federation, number, TaskKind::Train, &chosen, cancel)
+            .run_tasks(
+                federation,
+                number,
+                &task_config,
+                TaskKind::Train,
+                &chosen,
+                cancel,
+            )
             .await?;
         let round_index = federation.rounds.len() - 1;
         let mut updates = Vec::new();
@@ -418,7 +407,14 @@ impl Federations {
         round.phase = RoundPhase::Evaluating;
         self.save(federation).await?;
         let evaluated = self
-            .run_tasks(federation, number, TaskKind::Evaluate, &chosen, cancel)
+            .run_tasks(
+                federation,
+                number,
+                &task_config,
+                TaskKind::Evaluate,
+                &chosen,
+                cancel,
+            )
             .await?;
         let round = &mut federation.rounds[round_index];
         for (node, result) in evaluated {
@@ -464,6 +460,7 @@ impl Federations {
         &self,
         federation: &Federation,
         round: u32,
+        config: &serde_json::Map<String, serde_json::Value>,
         kind: TaskKind,
         nodes: &[String],
         cancel: &CancellationToken,
@@ -474,23 +471,6 @@ impl Federations {
             .await
             .map_err(|e| Stop::Failed(format!("reading the global weights: {e}")))?
             .ok_or_else(|| Stop::Failed("the global weights blob is missing".into()))?;
-        let mut config = federation.request.config.clone();
-        config.insert("round".into(), round.into());
-        config.insert("rounds".into(), federation.request.rounds.into());
-        config.insert(
-            "local_epochs".into(),
-            federation.request.local_epochs.into(),
-        );
-        config.insert("federation".into(), federation.id.into());
-        if let Some(mu) = federation
-            .request
-            .strategy
-            .parse::<mycel_federate::Strategy>()
-            .ok()
-            .and_then(|s| s.proximal_mu())
-        {
-            config.insert("proximal_mu".into(), mu.into());
-        }
         let mut pending = FuturesUnordered::new();
         let mut ids = Vec::new();
         {
@@ -710,6 +690,40 @@ impl Federations {
     }
 }
 
+/// The aggregation a federation asks for, checked as the aggregator will check it.
+pub(crate) fn aggregator_config(
+    request: &FederationRequest,
+) -> Result<AggregatorConfig, FederateError> {
+    let mut config = AggregatorConfig::new(request.strategy.parse()?);
+    config.privacy = request.privacy.as_ref().map(|p| Privacy {
+        clip: p.clip,
+        noise_multiplier: p.noise_multiplier,
+        seed: p.seed,
+    });
+    config.check()?;
+    Ok(config)
+}
+
+/// The `config` that round `round`'s `train` and `evaluate` calls receive.
+fn task_config(
+    federation: &Federation,
+    round: u32,
+    proximal_mu: Option<f64>,
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut config = federation.request.config.clone();
+    config.insert("round".into(), round.into());
+    config.insert("rounds".into(), federation.request.rounds.into());
+    config.insert(
+        "local_epochs".into(),
+        federation.request.local_epochs.into(),
+    );
+    config.insert("federation".into(), federation.id.into());
+    if let Some(mu) = proximal_mu {
+        config.insert("proximal_mu".into(), mu.into());
+    }
+    config
+}
+
 /// How many of `available` nodes a round asks: the `fraction` of them rounded up, at
 /// least `min`, at most all.
 fn clients_wanted(available: usize, fraction: f64, min: usize) -> usize {
@@ -724,15 +738,7 @@ fn client_mut<'a>(round: &'a mut Round, node: &str) -> &'a mut ClientRecord {
         .iter()
         .position(|c| c.node == node)
         .unwrap_or_else(|| {
-            round.clients.push(ClientRecord {
-                node: node.to_owned(),
-                status: ClientStatus::Training,
-                examples: 0,
-                train_ms: None,
-                metrics: BTreeMap::new(),
-                evaluation: None,
-                evaluation_error: None,
-            });
+            round.clients.push(ClientRecord::new(node));
             round.clients.len() - 1
         });
     &mut round.clients[index]

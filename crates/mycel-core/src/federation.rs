@@ -365,6 +365,21 @@ pub struct ClientRecord {
     pub evaluation_error: Option<String>,
 }
 
+impl ClientRecord {
+    /// A client just asked to train.
+    pub fn new(node: &str) -> Self {
+        Self {
+            node: node.to_owned(),
+            status: ClientStatus::Training,
+            examples: 0,
+            train_ms: None,
+            metrics: BTreeMap::new(),
+            evaluation: None,
+            evaluation_error: None,
+        }
+    }
+}
+
 /// A client's `evaluate()` result.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClientEvaluation {

@@ -47,6 +47,30 @@ impl AggregatorConfig {
             chunk_len: DEFAULT_CHUNK_LEN,
         }
     }
+
+    /// Whether [`Aggregator::new`] would take this configuration: the strategy's and
+    /// privacy's parameters in range, privacy only with a mean strategy, chunking of
+    /// at least 1. Callers can check it before they have a global model.
+    pub fn check(&self) -> Result<(), FederateError> {
+        self.strategy.check()?;
+        if let Some(privacy) = self.privacy {
+            privacy.check()?;
+            if !self.strategy.is_mean() {
+                return Err(FederateError::Privacy(format!(
+                    "{} does not take differential privacy: the noise is calibrated to the \
+                     sensitivity of a mean; use fedavg or fedprox",
+                    self.strategy.name()
+                )));
+            }
+        }
+        if self.fold_every == 0 || self.chunk_len == 0 {
+            return Err(FederateError::Config(format!(
+                "fold_every and chunk_len must be at least 1, got {} and {}",
+                self.fold_every, self.chunk_len
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// What became of one client's update.
@@ -136,23 +160,7 @@ pub struct Aggregator {
 impl Aggregator {
     /// An aggregation of updates to `global` with `config`.
     pub fn new(global: GlobalModel, config: AggregatorConfig) -> Result<Self, FederateError> {
-        config.strategy.check()?;
-        if let Some(privacy) = config.privacy {
-            privacy.check()?;
-            if !config.strategy.is_mean() {
-                return Err(FederateError::Privacy(format!(
-                    "{} does not take differential privacy: the noise is calibrated to the \
-                     sensitivity of a mean; use fedavg or fedprox",
-                    config.strategy.name()
-                )));
-            }
-        }
-        if config.fold_every == 0 || config.chunk_len == 0 {
-            return Err(FederateError::Config(format!(
-                "fold_every and chunk_len must be at least 1, got {} and {}",
-                config.fold_every, config.chunk_len
-            )));
-        }
+        config.check()?;
         if global.layout().aggregated_values() == 0 {
             return Err(FederateError::Global {
                 path: global.path().to_path_buf(),
@@ -410,12 +418,12 @@ impl Aggregator {
         }
     }
 
-    /// Median or trimmed mean over all accepted updates.
-    fn finish_coordinatewise(
+    /// Runs a pass that holds one chunk of every pending update (sized for their
+    /// number), again without the culprit each time it meets a non-finite value.
+    fn robust_pass<T>(
         &mut self,
-        output: &Output,
-        rule: impl Fn(usize) -> Rule,
-    ) -> Result<(), FederateError> {
+        mut run: impl FnMut(Pass<'_>, &[&Update]) -> Result<T, PassError>,
+    ) -> Result<T, FederateError> {
         loop {
             let n = self.pending.len();
             self.config.strategy.check_count(n)?;
@@ -427,12 +435,23 @@ impl Aggregator {
                 ..self.pass()
             };
             let updates: Vec<&Update> = self.pending.iter().collect();
-            match robust::coordinatewise(pass, &updates, rule(n), output) {
-                Ok(()) => break,
+            match run(pass, &updates) {
+                Ok(value) => return Ok(value),
                 Err(PassError::NonFinite(chunk)) => self.reject_at(&chunk)?,
                 Err(PassError::Failed(e)) => return Err(e),
             }
         }
+    }
+
+    /// Median or trimmed mean over all accepted updates.
+    fn finish_coordinatewise(
+        &mut self,
+        output: &Output,
+        rule: impl Fn(usize) -> Rule,
+    ) -> Result<(), FederateError> {
+        self.robust_pass(|pass, updates| {
+            robust::coordinatewise(pass, updates, rule(updates.len()), output)
+        })?;
         for update in &self.pending {
             self.outcomes[update.slot].status = ClientStatus::Included;
         }
@@ -446,23 +465,9 @@ impl Aggregator {
         byzantine: usize,
         keep: usize,
     ) -> Result<(), FederateError> {
-        let (choice, n) = loop {
-            let n = self.pending.len();
-            self.config.strategy.check_count(n)?;
-            let chunk_len = robust::chunk_len_for(n, self.config.chunk_len);
-            let chunks = chunk::chunks(self.global.layout(), chunk_len);
-            let pass = Pass {
-                chunks: &chunks,
-                chunk_len,
-                ..self.pass()
-            };
-            let updates: Vec<&Update> = self.pending.iter().collect();
-            match robust::krum_distances(pass, &updates) {
-                Ok(distances) => break (robust::krum_select(&distances, n, byzantine, keep), n),
-                Err(PassError::NonFinite(chunk)) => self.reject_at(&chunk)?,
-                Err(PassError::Failed(e)) => return Err(e),
-            }
-        };
+        let distances = self.robust_pass(robust::krum_distances)?;
+        let n = self.pending.len();
+        let choice = robust::krum_select(&distances, n, byzantine, keep);
         for (i, update) in self.pending.iter_mut().enumerate() {
             update.checked = true;
             let outcome = &mut self.outcomes[update.slot];

@@ -142,6 +142,11 @@ fn fails(server: &TestServer, args: &[&str]) -> String {
 
 /// The weights `w` of `component@seq`, read through the API.
 fn published_w(server: &TestServer, component: &str, seq: u64) -> Vec<f32> {
+    read_w(&published_weights(server, component, seq))
+}
+
+/// The bytes of `weights/model.safetensors` in `component@seq`, read through the API.
+fn published_weights(server: &TestServer, component: &str, seq: u64) -> bytes::Bytes {
     let version = server.cli_json(&["show", &format!("{component}@{seq}")]);
     let file = version["files"]
         .as_array()
@@ -151,11 +156,10 @@ fn published_w(server: &TestServer, component: &str, seq: u64) -> Vec<f32> {
         .unwrap()
         .clone();
     let hash: mycel_core::BlobHash = file["hash"].as_str().unwrap().parse().unwrap();
-    let bytes = tokio::runtime::Runtime::new()
+    tokio::runtime::Runtime::new()
         .unwrap()
         .block_on(server.client().get_blob(hash))
-        .unwrap();
-    read_w(&bytes)
+        .unwrap()
 }
 
 fn start_node(server: &TestServer, root: &Path, name: &str, role: &str, target: f32) -> TestAgent {
@@ -271,59 +275,23 @@ fn rounds_survive_dropouts_reject_bad_updates_and_resist_a_scaled_attacker() {
     );
 
     // Requests that cannot run are refused up front, naming what is wrong.
-    let error = fails(
-        &server,
-        &["federate", "probe", "--dataset", "nope", "--rounds", "1"],
-    );
-    assert!(
-        error.contains("0 live node(s) hold dataset \"nope\""),
-        "{error}"
-    );
-    let error = fails(
-        &server,
-        &[
-            "federate",
-            "probe",
-            "--dataset",
-            "probe",
-            "--rounds",
-            "1",
-            "--strategy",
-            "krum:f=x",
-        ],
-    );
-    assert!(error.contains("krum"), "{error}");
-    let error = fails(
-        &server,
-        &[
-            "federate",
-            "probe",
-            "--dataset",
-            "probe",
-            "--rounds",
-            "1",
-            "--min-clients",
-            "10",
-        ],
-    );
-    assert!(error.contains("fewer than min-clients 10"), "{error}");
-    let error = fails(
-        &server,
-        &[
-            "federate",
-            "probe",
-            "--dataset",
-            "probe",
-            "--rounds",
-            "1",
-            "--deploy",
-            "nothing",
-        ],
-    );
-    assert!(
-        error.contains("deployment \"nothing\" not found"),
-        "{error}"
-    );
+    for (extra, expected) in [
+        (
+            &["--dataset", "nope"][..],
+            "0 live node(s) hold dataset \"nope\"",
+        ),
+        (&["--strategy", "krum:f=x"], "krum"),
+        (&["--min-clients", "10"], "fewer than min-clients 10"),
+        (&["--deploy", "nothing"], "deployment \"nothing\" not found"),
+    ] {
+        let mut args = vec!["federate", "probe", "--rounds", "1"];
+        args.extend_from_slice(extra);
+        if !extra.contains(&"--dataset") {
+            args.extend_from_slice(&["--dataset", "probe"]);
+        }
+        let error = fails(&server, &args);
+        assert!(error.contains(expected), "{args:?}: {error}");
+    }
 
     // Honest clients, FedAvg, rolled out: each round moves w halfway to the mean
     // target 1.05, so two rounds give 0.7875 exactly; training has no network where the
@@ -580,21 +548,8 @@ fn digits_federated_training_matches_central_training() {
 
     // The published weights on the held-out set, against central training.
     let seq = federation["published"]["seq"].as_u64().unwrap();
-    let version = server.cli_json(&["show", &format!("digits-fl@{seq}")]);
-    let file = version["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["path"] == "weights/model.safetensors")
-        .unwrap()
-        .clone();
-    let hash: mycel_core::BlobHash = file["hash"].as_str().unwrap().parse().unwrap();
-    let bytes = tokio::runtime::Runtime::new()
-        .unwrap()
-        .block_on(server.client().get_blob(hash))
-        .unwrap();
     let weights = root.path().join("federated.safetensors");
-    std::fs::write(&weights, &bytes).unwrap();
+    std::fs::write(&weights, published_weights(&server, "digits-fl", seq)).unwrap();
     let holdout = |extra: &[&std::ffi::OsStr]| -> f64 {
         let out = Command::new(&python)
             .arg(example.join("central.py"))

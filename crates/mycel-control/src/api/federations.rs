@@ -52,25 +52,7 @@ pub(super) async fn create(
             "a round timeout of 0 s leaves no time to train; expected at least 1 second".into(),
         ));
     }
-    let strategy: mycel_federate::Strategy = request
-        .strategy
-        .parse()
-        .map_err(|e: mycel_federate::FederateError| invalid(e.to_string()))?;
-    strategy.check().map_err(|e| invalid(e.to_string()))?;
-    if let Some(privacy) = &request.privacy {
-        let params = mycel_federate::Privacy {
-            clip: privacy.clip,
-            noise_multiplier: privacy.noise_multiplier,
-            seed: privacy.seed,
-        };
-        params.check().map_err(|e| invalid(e.to_string()))?;
-        if !strategy.is_mean() {
-            return Err(invalid(format!(
-                "differential privacy works with fedavg or fedprox, not {}: its noise is calibrated to a mean",
-                strategy.name()
-            )));
-        }
-    }
+    crate::federation::aggregator_config(&request).map_err(|e| invalid(e.to_string()))?;
 
     let version =
         registry::find_version(&state.store, &request.component, &request.version).await?;

@@ -125,6 +125,21 @@ async fn follow(
     }
 }
 
+/// The federation now, or once it ended with --watch (printing rounds if `progress`).
+async fn fetch(
+    client: &mycel_client::Client,
+    args: &FederationArgs,
+    progress: bool,
+) -> anyhow::Result<Federation> {
+    if args.watch {
+        return follow(client, args.id, progress).await;
+    }
+    Ok(client
+        .watch_federation(args.id, 0, Duration::ZERO)
+        .await?
+        .federation)
+}
+
 /// Reports how a federation ended; an error unless it completed.
 async fn finish(
     client: &mycel_client::Client,
@@ -205,14 +220,7 @@ pub async fn list(args: ListArgs) -> anyhow::Result<()> {
 
 pub async fn status(args: FederationArgs) -> anyhow::Result<()> {
     let client = client(&args.connect)?;
-    let federation = if args.watch {
-        follow(&client, args.id, !args.json).await?
-    } else {
-        client
-            .watch_federation(args.id, 0, Duration::ZERO)
-            .await?
-            .federation
-    };
+    let federation = fetch(&client, &args, !args.json).await?;
     if args.json {
         return output::json(&federation);
     }
@@ -282,14 +290,7 @@ pub async fn status(args: FederationArgs) -> anyhow::Result<()> {
 
 pub async fn rounds(args: FederationArgs) -> anyhow::Result<()> {
     let client = client(&args.connect)?;
-    let federation = if args.watch {
-        follow(&client, args.id, false).await?
-    } else {
-        client
-            .watch_federation(args.id, 0, Duration::ZERO)
-            .await?
-            .federation
-    };
+    let federation = fetch(&client, &args, false).await?;
     if args.json {
         return output::json(&federation.rounds);
     }
