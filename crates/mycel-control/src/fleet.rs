@@ -145,7 +145,7 @@ impl Fleet {
                 "assignments changed"
             );
         }
-        self.advance_rollouts(&deployments, &plan.assignments, &statuses)
+        self.advance_rollouts(&deployments, &plan.assignments, &statuses, &plan.in_place)
             .await
     }
 
@@ -356,7 +356,8 @@ impl Fleet {
                     .collect();
                 NodeView {
                     replicas: mine.len() as u32,
-                    cpus_used: mine.iter().map(|a| a.resources.cpus).sum(),
+                    // Summing from 0.0: an empty `sum()` of f64 is -0.0.
+                    cpus_used: mine.iter().fold(0.0, |used, a| used + a.resources.cpus),
                     memory_used: mine.iter().map(|a| a.resources.memory_bytes).sum(),
                     node,
                 }

@@ -528,6 +528,7 @@ mod tests {
                     signature: None,
                     generation: 1,
                     surge: Default::default(),
+                    max_unavailable: Default::default(),
                     deadline_s: 60,
                 })
                 .unwrap();

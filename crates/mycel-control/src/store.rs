@@ -552,6 +552,7 @@ mod tests {
             signature: None,
             generation: 1,
             surge: Default::default(),
+            max_unavailable: Default::default(),
             deadline_s: 60,
         };
         store.put_deployment(&deployment).unwrap();
@@ -584,6 +585,7 @@ mod tests {
 
         let deployment_served = deployment.served();
         let rollout = |deployment: &str, number: u64| Rollout {
+            in_place: Vec::new(),
             deployment: deployment.into(),
             number,
             kind: RolloutKind::Deploy,

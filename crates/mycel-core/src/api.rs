@@ -201,6 +201,10 @@ pub struct DeployRequest {
     /// `25%` (the default).
     #[serde(default)]
     pub surge: Option<crate::fleet::Surge>,
+    /// Copies per location a rolling update may take out of service at once when no
+    /// node has room for a new replica beside the old ones: `1` or `25%` (the default).
+    #[serde(default)]
+    pub max_unavailable: Option<crate::fleet::MaxUnavailable>,
     /// Seconds the rollout may take before it is rolled back (default 600).
     #[serde(default)]
     pub deadline_s: Option<u64>,

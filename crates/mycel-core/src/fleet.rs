@@ -84,6 +84,10 @@ pub struct Deployment {
     /// How many new replicas per location a rolling update starts beyond `copies`.
     #[serde(default)]
     pub surge: Surge,
+    /// How many copies per location a rolling update may take out of service at once
+    /// when no node has room for a surge replica.
+    #[serde(default)]
+    pub max_unavailable: MaxUnavailable,
     /// Seconds a rollout may take to get every new replica ready before it is rolled
     /// back.
     #[serde(default = "default_deadline_s")]
@@ -139,7 +143,7 @@ pub struct Served {
 /// How many replicas beyond the desired copies a rolling update may run at once, per
 /// location: a count (`2`) or a share of the copies (`25%`, rounded up). Never less
 /// than one, so that a rollout always makes progress without taking a ready replica
-/// away first.
+/// away first when there is room for one more.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Surge {
     /// So many replicas.
@@ -159,9 +163,7 @@ impl Surge {
     pub fn of(self, copies: u32) -> u32 {
         let n = match self {
             Surge::Count(n) => n,
-            Surge::Percent(p) => {
-                u32::try_from((u64::from(copies) * u64::from(p)).div_ceil(100)).unwrap_or(u32::MAX)
-            }
+            Surge::Percent(p) => percent_of(copies, p, u64::div_ceil),
         };
         n.max(1)
     }
@@ -180,44 +182,126 @@ impl std::str::FromStr for Surge {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        let expected =
-            "expected a count of replicas such as 2 or a share of the copies such as 25%";
-        let bad = || format!("invalid surge {s:?}; {expected}");
-        match s.strip_suffix('%') {
-            Some(p) => match p.parse::<u32>() {
-                Ok(p @ 1..=1000) => Ok(Surge::Percent(p)),
-                _ => Err(bad()),
-            },
-            None => match s.parse::<u32>() {
-                Ok(n @ 1..=10_000) => Ok(Surge::Count(n)),
-                _ => Err(bad()),
-            },
+        match parse_share(s, "surge", "2", 1)? {
+            Share::Count(n) => Ok(Surge::Count(n)),
+            Share::Percent(p) => Ok(Surge::Percent(p)),
         }
     }
 }
 
-impl Serialize for Surge {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
+/// How many of a location's copies a rolling update may take out of service at once
+/// when there is no room to start a new replica beside the old ones (a node without
+/// spare capacity): a count (`1`) or a share of the copies (`25%`, rounded down, but at
+/// least one). `0` never replaces in place: such a rollout waits for room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MaxUnavailable {
+    /// So many replicas.
+    Count(u32),
+    /// This percentage of the copies, rounded down; at least one unless it is 0 %.
+    Percent(u32),
+}
+
+impl Default for MaxUnavailable {
+    fn default() -> Self {
+        MaxUnavailable::Percent(25)
     }
 }
 
-impl<'de> Deserialize<'de> for Surge {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        // `"25%"`, `"2"` or, in a deployment file, a bare `2`.
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Text(String),
-            Count(u64),
-        }
-        let text = match Raw::deserialize(deserializer)? {
-            Raw::Text(text) => text,
-            Raw::Count(n) => n.to_string(),
+impl MaxUnavailable {
+    /// How many of `copies` may be unavailable at once, at most `copies`.
+    pub fn of(self, copies: u32) -> u32 {
+        let n = match self {
+            MaxUnavailable::Count(n) => n,
+            MaxUnavailable::Percent(0) => 0,
+            MaxUnavailable::Percent(p) => percent_of(copies, p, |a, b| a / b).max(1),
         };
-        text.parse().map_err(serde::de::Error::custom)
+        n.min(copies)
     }
 }
+
+impl fmt::Display for MaxUnavailable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MaxUnavailable::Count(n) => write!(f, "{n}"),
+            MaxUnavailable::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+impl std::str::FromStr for MaxUnavailable {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match parse_share(s, "max-unavailable", "1", 0)? {
+            Share::Count(n) => Ok(MaxUnavailable::Count(n)),
+            Share::Percent(p) if p <= 100 => Ok(MaxUnavailable::Percent(p)),
+            Share::Percent(_) => Err(format!(
+                "invalid max-unavailable {s:?}; a share of the copies goes up to 100%"
+            )),
+        }
+    }
+}
+
+/// `p` percent of `copies`, rounded by `divide`.
+fn percent_of(copies: u32, p: u32, divide: fn(u64, u64) -> u64) -> u32 {
+    u32::try_from(divide(u64::from(copies) * u64::from(p), 100)).unwrap_or(u32::MAX)
+}
+
+/// A count of replicas or a share of the copies, as written.
+enum Share {
+    Count(u32),
+    Percent(u32),
+}
+
+/// Parses `2` or `25%`, each at least `min`, naming `what` in the error.
+fn parse_share(s: &str, what: &str, example: &str, min: u32) -> Result<Share, String> {
+    let bad = || {
+        format!(
+            "invalid {what} {s:?}; expected a count of replicas such as {example} or a share of the copies such as 25%"
+        )
+    };
+    match s.strip_suffix('%') {
+        Some(p) => match p.parse::<u32>() {
+            Ok(p) if (min..=1000).contains(&p) => Ok(Share::Percent(p)),
+            _ => Err(bad()),
+        },
+        None => match s.parse::<u32>() {
+            Ok(n) if (min..=10_000).contains(&n) => Ok(Share::Count(n)),
+            _ => Err(bad()),
+        },
+    }
+}
+
+/// Serializes a share as its text: `"2"`, `"25%"`.
+macro_rules! share_serde {
+    ($type:ty) => {
+        impl Serialize for $type {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_str(self)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $type {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                // `"25%"`, `"2"` or, in a deployment file, a bare `2`.
+                #[derive(Deserialize)]
+                #[serde(untagged)]
+                enum Raw {
+                    Text(String),
+                    Count(u64),
+                }
+                let text = match Raw::deserialize(deserializer)? {
+                    Raw::Text(text) => text,
+                    Raw::Count(n) => n.to_string(),
+                };
+                text.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+share_serde!(Surge);
+share_serde!(MaxUnavailable);
 
 /// One change of what a deployment serves: a deploy, a rollback, or an automatic
 /// rollback, and how it ended. The history of a deployment is its rollouts in order.
@@ -244,6 +328,9 @@ pub struct Rollout {
     /// Where it stands.
     #[serde(flatten)]
     pub outcome: RolloutOutcome,
+    /// Locations where it replaced old replicas in place, for want of room beside them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub in_place: Vec<InPlace>,
 }
 
 /// Why a rollout started.
@@ -347,6 +434,30 @@ pub struct Unplaced {
     pub count: u32,
     /// Why, for people: "no ready node in location tokyo", "not enough capacity: …".
     pub reason: String,
+}
+
+/// A location where a rolling update replaces old replicas in place, because no node
+/// there has room to start a new one beside them: an old replica stops, then a new one
+/// starts where it ran, at most `max_unavailable` at a time.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InPlace {
+    /// The deployment.
+    pub deployment: String,
+    /// The location.
+    pub location: String,
+    /// Copies the location wants.
+    pub copies: u32,
+    /// How many of them may be out of service at once.
+    pub max_unavailable: u32,
+    /// Why no new replica fits beside the old ones ("not enough capacity: …").
+    pub reason: String,
+}
+
+impl InPlace {
+    /// Whether the location is left with no replica while its new one starts.
+    pub fn empties_location(&self) -> bool {
+        self.max_unavailable >= self.copies
+    }
 }
 
 /// Where a replica is in its life, as its agent reports it.

@@ -42,7 +42,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use crate::api::RolloutLocation;
-use crate::fleet::{Assignment, Deployment, Node, NodeState, Unplaced};
+use crate::fleet::{Assignment, Deployment, InPlace, Node, NodeState, Unplaced};
 use crate::manifest::Resources;
 
 /// Slack when summing fractional CPU requests, so that 0.1 + 0.2 fits in 0.3 cores.
@@ -59,6 +59,9 @@ pub struct Plan {
     /// Copies that found no node: one entry per deployment and location, in deployment
     /// then location order.
     pub unplaced: Vec<Unplaced>,
+    /// Locations where a rolling update replaces old replicas in place (no room beside
+    /// them) in this step or waits to, in deployment then location order.
+    pub in_place: Vec<InPlace>,
 }
 
 /// Computes the next assignments from the desired state, the current assignments and
@@ -77,7 +80,9 @@ pub fn reconcile(
     }
 
     let mut ids = ReplicaIds::new(current);
-    let mut shortfalls = Vec::new();
+    let mut in_place = Vec::new();
+    // (deployment, location, copies short, ready replicas replacing in place would take)
+    let mut shortfalls: Vec<(&Deployment, &String, usize, Option<usize>)> = Vec::new();
     for deployment in deployments.values() {
         for (location, &copies) in &deployment.copies {
             let group = kept
@@ -87,16 +92,28 @@ pub fn reconcile(
             let limit = copies as usize + deployment.surge.of(copies) as usize;
             let room = limit.saturating_sub(group.up_to_date + group.outdated);
             let missing = (copies as usize).saturating_sub(group.up_to_date).min(room);
-            let placed = place_new(
+            let mut places = Placing {
                 deployment,
                 location,
-                missing,
-                &mut loads,
-                &mut ids,
-                &mut assignments,
-            );
-            if placed < missing {
-                shortfalls.push((*deployment, location, missing - placed));
+                loads: &mut loads,
+                ids: &mut ids,
+                assignments: &mut assignments,
+            };
+            let placed = places.place_new(missing);
+            if placed == missing {
+                continue;
+            }
+            // No room beside the old replicas: replace them where they run.
+            let wanted = (copies as usize).saturating_sub(group.up_to_date + placed);
+            match places.replace_in_place(wanted, ready) {
+                InPlaceStep::Impossible { needs } => {
+                    shortfalls.push((*deployment, location, missing - placed, needs));
+                }
+                InPlaceStep::Replaced {
+                    count: 0,
+                    all: true,
+                } => {}
+                InPlaceStep::Replaced { .. } => in_place.push((*deployment, location)),
             }
         }
     }
@@ -105,17 +122,40 @@ pub fn reconcile(
     // the same words.
     let unplaced = shortfalls
         .into_iter()
-        .map(|(deployment, location, count)| Unplaced {
-            deployment: deployment.name.clone(),
-            location: location.clone(),
-            count: u32::try_from(count).unwrap_or(u32::MAX),
-            reason: explain_shortfall(location, &deployment.resources, &loads, nodes),
+        .map(|(deployment, location, count, needs)| {
+            let mut reason = explain_shortfall(location, deployment, &loads, nodes);
+            if let Some(needs) = needs {
+                reason.push_str(&format!(
+                    "; replacing the old replicas in place would take {needs} out of service at once, more than --max-unavailable {} allows",
+                    deployment.max_unavailable
+                ));
+            }
+            Unplaced {
+                deployment: deployment.name.clone(),
+                location: location.clone(),
+                count: u32::try_from(count).unwrap_or(u32::MAX),
+                reason,
+            }
+        })
+        .collect();
+    let in_place = in_place
+        .into_iter()
+        .map(|(deployment, location)| {
+            let copies = deployment.copies.get(location).copied().unwrap_or(0);
+            InPlace {
+                deployment: deployment.name.clone(),
+                location: location.clone(),
+                copies,
+                max_unavailable: deployment.max_unavailable.of(copies),
+                reason: explain_shortfall(location, deployment, &loads, nodes),
+            }
         })
         .collect();
     assignments.sort_by(|a, b| a.replica.cmp(&b.replica));
     Plan {
         assignments,
         unplaced,
+        in_place,
     }
 }
 
@@ -288,35 +328,168 @@ fn parse_index(digits: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-/// Places up to `missing` new replicas; returns how many found a node.
-fn place_new(
-    deployment: &Deployment,
-    location: &str,
-    missing: usize,
-    loads: &mut BTreeMap<&str, NodeLoad<'_>>,
-    ids: &mut ReplicaIds,
-    assignments: &mut Vec<Assignment>,
-) -> usize {
-    for placed in 0..missing {
-        // Replicas of one deployment are alike: once one fits nowhere, none will.
-        let Some(load) = best_fit(loads, location, deployment) else {
-            return placed;
-        };
-        let assignment = Assignment {
-            replica: ids.allocate(&deployment.name, location),
-            deployment: deployment.name.clone(),
-            component: deployment.component.clone(),
-            version: deployment.version,
-            seq: deployment.seq,
-            node: load.name().to_owned(),
-            location: location.to_owned(),
-            resources: deployment.resources,
-            serve: deployment.serve,
-        };
-        load.add(&assignment);
-        assignments.push(assignment);
+/// What one deployment in one location is placing into the plan.
+struct Placing<'p, 'n> {
+    deployment: &'p Deployment,
+    location: &'p str,
+    loads: &'p mut BTreeMap<&'n str, NodeLoad<'n>>,
+    ids: &'p mut ReplicaIds,
+    assignments: &'p mut Vec<Assignment>,
+}
+
+/// How replacing old replicas in place went.
+#[derive(Debug, PartialEq, Eq)]
+enum InPlaceStep {
+    /// It cannot help here: no node would have room for a new replica even without
+    /// its old ones (`needs` is `None`), or making room takes `needs` ready replicas
+    /// out of service at once, more than `max_unavailable` allows.
+    Impossible { needs: Option<usize> },
+    /// `count` were replaced; `all` unless more wait for new replicas to get ready.
+    Replaced { count: usize, all: bool },
+}
+
+impl Placing<'_, '_> {
+    /// Places up to `missing` new replicas; returns how many found a node.
+    fn place_new(&mut self, missing: usize) -> usize {
+        let deployment = self.deployment;
+        for placed in 0..missing {
+            // Replicas of one deployment are alike: once one fits nowhere, none will.
+            let Some(load) = best_fit(self.loads, self.location, deployment) else {
+                return placed;
+            };
+            let assignment = Assignment {
+                replica: self.ids.allocate(&deployment.name, self.location),
+                deployment: deployment.name.clone(),
+                component: deployment.component.clone(),
+                version: deployment.version,
+                seq: deployment.seq,
+                node: load.name().to_owned(),
+                location: self.location.to_owned(),
+                resources: deployment.resources,
+                serve: deployment.serve,
+            };
+            load.add(&assignment);
+            self.assignments.push(assignment);
+        }
+        missing
     }
-    missing
+
+    /// Stops outdated replicas to start up to `wanted` new ones on the room they free,
+    /// while the location keeps `copies - max_unavailable` ready replicas: outdated
+    /// replicas that are not ready go first, then the highest indices.
+    fn replace_in_place(&mut self, wanted: usize, ready: &HashSet<&str>) -> InPlaceStep {
+        let deployment = self.deployment;
+        let copies = deployment.copies.get(self.location).copied().unwrap_or(0);
+        let max_unavailable = deployment.max_unavailable.of(copies) as usize;
+        let mine = |a: &Assignment| a.deployment == deployment.name && a.location == self.location;
+        let (present, ready_now) =
+            self.assignments
+                .iter()
+                .filter(|a| mine(a))
+                .fold((0, 0), |(present, ready_now), a| {
+                    let is_ready = ready.contains(a.replica.as_str());
+                    (present + 1, ready_now + usize::from(is_ready))
+                });
+        // Counted from the replicas there, not from the copies wanted, so a location
+        // that never had room for all its copies can still be rolled.
+        let keep_ready = present.min(copies as usize).saturating_sub(max_unavailable);
+        let mut budget = ready_now.saturating_sub(keep_ready);
+
+        // Per node, its outdated replicas in the order they would go.
+        let mut by_node: BTreeMap<String, Vec<Assignment>> = BTreeMap::new();
+        for a in self
+            .assignments
+            .iter()
+            .filter(|a| mine(a) && !up_to_date(a, deployment))
+        {
+            by_node.entry(a.node.clone()).or_default().push(a.clone());
+        }
+        for outdated in by_node.values_mut() {
+            outdated.sort_by(|a, b| {
+                let is_ready = |x: &Assignment| ready.contains(x.replica.as_str());
+                is_ready(a)
+                    .cmp(&is_ready(b))
+                    .then_with(|| surplus_order(&b.replica).cmp(&surplus_order(&a.replica)))
+            });
+        }
+        // The fewest ready replicas that must stop at once on one node to make room.
+        let ready_cost = |outdated: &[Assignment]| {
+            outdated
+                .iter()
+                .filter(|a| ready.contains(a.replica.as_str()))
+                .count()
+        };
+        let fewest = by_node
+            .iter()
+            .filter_map(|(node, outdated)| {
+                let count = self.room_without(node, outdated)?;
+                Some(ready_cost(&outdated[..count]))
+            })
+            .min();
+        match fewest {
+            None => return InPlaceStep::Impossible { needs: None },
+            Some(needs) if needs > max_unavailable => {
+                return InPlaceStep::Impossible { needs: Some(needs) }
+            }
+            Some(_) => {}
+        }
+
+        let mut replaced = 0;
+        while replaced < wanted {
+            // The first node where the fewest old replicas make room, within the budget.
+            let next = by_node.iter().find_map(|(node, outdated)| {
+                let count = self.room_without(node, outdated)?;
+                let cost = ready_cost(&outdated[..count]);
+                (cost <= budget).then(|| (node.clone(), count, cost))
+            });
+            let Some((node, count, cost)) = next else {
+                break;
+            };
+            let Some(outdated) = by_node.get_mut(&node) else {
+                break;
+            };
+            let stopped: Vec<Assignment> = outdated.drain(..count).collect();
+            for old in &stopped {
+                self.assignments.retain(|a| a.replica != old.replica);
+                if let Some(load) = self.loads.get_mut(node.as_str()) {
+                    load.remove(old);
+                }
+            }
+            budget -= cost;
+            if self.place_new(1) == 0 {
+                break;
+            }
+            replaced += 1;
+        }
+        InPlaceStep::Replaced {
+            count: replaced,
+            all: replaced == wanted,
+        }
+    }
+
+    /// How many of `outdated` (a prefix, in order) must stop on `node` before a new
+    /// replica fits there; `None` if not even all of them make room.
+    fn room_without(&mut self, node: &str, outdated: &[Assignment]) -> Option<usize> {
+        let need = self.deployment.resources;
+        let load = self.loads.get_mut(node)?;
+        let mut count = None;
+        for (i, old) in outdated.iter().enumerate() {
+            load.remove(old);
+            if load.fits(&need) {
+                count = Some(i + 1);
+                for back in &outdated[..=i] {
+                    load.add(back);
+                }
+                break;
+            }
+        }
+        if count.is_none() {
+            for back in outdated {
+                load.add(back);
+            }
+        }
+        count
+    }
 }
 
 /// The Ready node of `location` that should take the next replica of `deployment`.
@@ -346,10 +519,11 @@ fn add_to_node(loads: &mut BTreeMap<&str, NodeLoad<'_>>, assignment: &Assignment
 /// Why copies of a deployment found no node in `location`.
 fn explain_shortfall(
     location: &str,
-    need: &Resources,
+    deployment: &Deployment,
     loads: &BTreeMap<&str, NodeLoad<'_>>,
     nodes: &[Node],
 ) -> String {
+    let need = &deployment.resources;
     let ready_here: Vec<&NodeLoad<'_>> = loads
         .values()
         .filter(|load| load.location() == location)
@@ -507,6 +681,16 @@ impl NodeLoad<'_> {
             .unwrap_or(0)
     }
 
+    fn remove(&mut self, assignment: &Assignment) {
+        let need = &assignment.resources;
+        self.used.cpus -= need.cpus;
+        self.used.memory_bytes = self.used.memory_bytes.saturating_sub(need.memory_bytes);
+        self.used.gpus = self.used.gpus.saturating_sub(need.gpus);
+        if let Some(count) = self.replicas_by_deployment.get_mut(&assignment.deployment) {
+            *count = count.saturating_sub(1);
+        }
+    }
+
     fn add(&mut self, assignment: &Assignment) {
         let need = &assignment.resources;
         self.used.cpus += need.cpus;
@@ -567,7 +751,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::fleet::{NodeSpec, Surge};
+    use crate::fleet::{MaxUnavailable, NodeSpec, Surge};
     use crate::hash::BlobHash;
     use crate::manifest::ServeOptions;
     use crate::version::VersionId;
@@ -618,6 +802,7 @@ mod tests {
             signature: None,
             generation: 1,
             surge: Default::default(),
+            max_unavailable: Default::default(),
             deadline_s: crate::fleet::DEFAULT_DEADLINE_S,
         }
     }
@@ -908,6 +1093,155 @@ mod tests {
         assert_eq!(Surge::Percent(25).of(5), 2);
         assert_eq!(Surge::Percent(10).of(0), 1);
         assert_eq!(Surge::Count(0).of(4), 1);
+    }
+
+    /// Reconciles until nothing changes, marking ready the replicas `ready` says are.
+    fn settle(
+        deployments: &[Deployment],
+        nodes: &[Node],
+        mut current: Vec<Assignment>,
+        ready: impl Fn(&Assignment) -> bool,
+    ) -> Plan {
+        for _ in 0..50 {
+            let ready_ids: HashSet<&str> = current
+                .iter()
+                .filter(|a| ready(a))
+                .map(|a| a.replica.as_str())
+                .collect();
+            let next = reconcile(deployments, nodes, &current, &ready_ids);
+            if next.assignments == current {
+                return next;
+            }
+            current = next.assignments;
+        }
+        panic!("no fixed point");
+    }
+
+    #[test]
+    fn a_rollout_on_full_nodes_replaces_one_replica_at_a_time_in_place() {
+        // The default node of `mycel up` on two cores: two copies fill it.
+        let nodes = [node("ny", "new-york", 2.0, 8)];
+        let v1 = plan(&[deployment("echo", &[("new-york", 2)])], &nodes, &[]);
+        let v2 = [at_version("echo", &[("new-york", 2)], 2)];
+        let old_ready: HashSet<&str> = ids(&v1).into_iter().collect();
+
+        // No room for a surge replica: the highest index stops, a new one takes its room.
+        let step = reconcile(&v2, &nodes, &v1.assignments, &old_ready);
+        assert_eq!(running(&step, 1), ["echo-new-york-0"]);
+        assert_eq!(running(&step, 2), ["echo-new-york-2"]);
+        assert_eq!(node_of(&step, "echo-new-york-2"), "ny");
+        assert!(step.unplaced.is_empty(), "{:?}", step.unplaced);
+        assert_eq!(step.in_place.len(), 1);
+        let note = &step.in_place[0];
+        assert_eq!((note.copies, note.max_unavailable), (2, 1));
+        assert!(!note.empties_location());
+        assert!(note.reason.contains("short of cpus"), "{}", note.reason);
+
+        // Until the new one is ready the last old one keeps serving: nothing changes.
+        assert_eq!(reconcile(&v2, &nodes, &step.assignments, &old_ready), step);
+
+        // Ready: the last old one makes room for the second new one.
+        let mut ready = old_ready.clone();
+        ready.insert("echo-new-york-2");
+        let step = reconcile(&v2, &nodes, &step.assignments, &ready);
+        assert!(running(&step, 1).is_empty());
+        assert_eq!(running(&step, 2), ["echo-new-york-2", "echo-new-york-3"]);
+        assert_eq!(step.in_place.len(), 1);
+        assert!(step.unplaced.is_empty());
+        let done = plan(&v2, &nodes, &step.assignments);
+        assert_eq!(done.assignments, step.assignments);
+        assert!(done.in_place.is_empty());
+    }
+
+    #[test]
+    fn in_place_replacement_keeps_copies_minus_max_unavailable_ready() {
+        let nodes = [node("a", "paris", 4.0, 16), node("b", "paris", 4.0, 16)];
+        let v1 = plan(&[deployment("echo", &[("paris", 8)])], &nodes, &[]);
+        for (max_unavailable, at_once) in [
+            (MaxUnavailable::Percent(25), 2),
+            (MaxUnavailable::Percent(10), 1),
+            (MaxUnavailable::Count(3), 3),
+            (MaxUnavailable::Percent(100), 8),
+        ] {
+            let mut v2 = at_version("echo", &[("paris", 8)], 2);
+            v2.max_unavailable = max_unavailable;
+            let old_ready: HashSet<&str> = ids(&v1).into_iter().collect();
+            let step = reconcile(&[v2.clone()], &nodes, &v1.assignments, &old_ready);
+            assert_eq!(running(&step, 2).len(), at_once, "{max_unavailable}");
+            assert_eq!(running(&step, 1).len(), 8 - at_once, "{max_unavailable}");
+            let done = settle(&[v2], &nodes, step.assignments, |_| true);
+            assert_eq!(running(&done, 2).len(), 8);
+            assert!(running(&done, 1).is_empty());
+        }
+    }
+
+    #[test]
+    fn a_single_copy_on_a_full_node_is_replaced_and_says_the_location_empties() {
+        let nodes = [node("t", "tokyo", 1.0, 8)];
+        let v1 = plan(&[deployment("echo", &[("tokyo", 1)])], &nodes, &[]);
+        let v2 = [at_version("echo", &[("tokyo", 1)], 2)];
+        let old_ready: HashSet<&str> = ids(&v1).into_iter().collect();
+        let step = reconcile(&v2, &nodes, &v1.assignments, &old_ready);
+        assert!(running(&step, 1).is_empty());
+        assert_eq!(running(&step, 2), ["echo-tokyo-1"]);
+        assert!(step.unplaced.is_empty());
+        assert!(step.in_place[0].empties_location());
+    }
+
+    #[test]
+    fn max_unavailable_zero_waits_for_room_and_says_so() {
+        let nodes = [node("ny", "new-york", 2.0, 8)];
+        let v1 = plan(&[deployment("echo", &[("new-york", 2)])], &nodes, &[]);
+        let mut v2 = at_version("echo", &[("new-york", 2)], 2);
+        v2.max_unavailable = MaxUnavailable::Count(0);
+        let step = plan(&[v2], &nodes, &v1.assignments);
+        assert_eq!(step.assignments, v1.assignments);
+        assert!(step.in_place.is_empty());
+        let reason = &step.unplaced[0].reason;
+        assert!(reason.contains("short of cpus"), "{reason}");
+        assert!(
+            reason.contains("more than --max-unavailable 0 allows"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn bigger_new_replicas_stop_as_many_old_ones_as_they_need() {
+        let nodes = [node("a", "paris", 4.0, 16)];
+        let mut other = deployment("other", &[("paris", 1)]);
+        other.resources.cpus = 2.0;
+        let v1 = plan(
+            &[deployment("echo", &[("paris", 2)]), other.clone()],
+            &nodes,
+            &[],
+        );
+        let mut v2 = at_version("echo", &[("paris", 2)], 2);
+        v2.resources.cpus = 2.0;
+        // Both old ones must stop for one new one; 25 % of 2 copies allows one.
+        let step = plan(&[v2.clone(), other.clone()], &nodes, &v1.assignments);
+        assert!(running(&step, 2).iter().all(|id| id.starts_with("other")));
+        assert!(step.unplaced[0].reason.contains(
+            "would take 2 out of service at once, more than --max-unavailable 25% allows"
+        ));
+        v2.max_unavailable = MaxUnavailable::Percent(100);
+        let done = settle(&[v2, other], &nodes, v1.assignments, |_| true);
+        assert_eq!(running(&done, 2), ["echo-paris-2"]);
+        assert!(running(&done, 1).iter().all(|id| id.starts_with("other")));
+        assert_eq!(done.unplaced[0].count, 1);
+    }
+
+    #[test]
+    fn max_unavailable_rounds_down_but_allows_one() {
+        assert_eq!(MaxUnavailable::Percent(25).of(2), 1);
+        assert_eq!(MaxUnavailable::Percent(25).of(8), 2);
+        assert_eq!(MaxUnavailable::Percent(25).of(11), 2);
+        assert_eq!(MaxUnavailable::Percent(25).of(0), 0);
+        assert_eq!(MaxUnavailable::Percent(0).of(8), 0);
+        assert_eq!(MaxUnavailable::Count(5).of(3), 3);
+        assert_eq!("0".parse(), Ok(MaxUnavailable::Count(0)));
+        assert_eq!("50%".parse(), Ok(MaxUnavailable::Percent(50)));
+        assert!("150%".parse::<MaxUnavailable>().is_err());
+        assert!("some".parse::<MaxUnavailable>().is_err());
     }
 
     #[test]
@@ -1243,6 +1577,11 @@ mod tests {
                     memory_bytes: (1 + rng.below(4)) * (GIB / 2),
                     gpus: u32::from(rng.chance(20)),
                 };
+                d.max_unavailable = match rng.below(4) {
+                    0 | 1 => MaxUnavailable::Count(0),
+                    2 => MaxUnavailable::Percent(50),
+                    _ => MaxUnavailable::default(),
+                };
                 d
             })
             .collect()
@@ -1269,7 +1608,8 @@ mod tests {
     }
 
     /// With every replica ready, a step may drop an up-to-date or outdated replica of a
-    /// deployment in a location only while as many up-to-date ones as it wants remain.
+    /// deployment in a location only while as many ones as it wants remain, less the
+    /// ones it may take out of service to replace in place.
     fn check_no_early_drain(
         seed: u64,
         deployments: &[Deployment],
@@ -1293,8 +1633,9 @@ mod tests {
                 };
                 let (was, now) = (live(before), live(after));
                 let still_serving = was.intersection(&now).count();
+                let may_go = d.max_unavailable.of(copies) as usize;
                 assert!(
-                    still_serving >= was.len().min(copies as usize),
+                    still_serving + may_go >= was.len().min(copies as usize),
                     "seed {seed}: {} in {location} dropped to {still_serving} of {} serving",
                     d.name,
                     was.len()
@@ -1368,7 +1709,26 @@ mod tests {
                 if outdated > 0 {
                     assert!(
                         missing > 0,
-                        "seed {seed}: {} kept outdated replicas with nothing missing",
+                        "seed {seed}: {} kept outdated replicas with nothing missing: {plan:#?}",
+                        d.name
+                    );
+                    // Stuck only where replacing in place is forbidden or cannot help.
+                    let reason = plan
+                        .unplaced
+                        .iter()
+                        .find(|u| u.deployment == d.name && &u.location == location)
+                        .map(|u| u.reason.as_str())
+                        .unwrap_or_default();
+                    let nowhere = !nodes.iter().any(|n| {
+                        n.state == NodeState::Ready
+                            && &n.spec.location == location
+                            && n.spec.cpus + CPU_EPSILON >= d.resources.cpus
+                            && n.spec.memory_bytes >= d.resources.memory_bytes
+                            && n.spec.gpus >= d.resources.gpus
+                    });
+                    assert!(
+                        reason.contains("--max-unavailable 0") || nowhere,
+                        "seed {seed}: {} stuck with outdated replicas: {reason}",
                         d.name
                     );
                     settled = false;
@@ -1384,7 +1744,8 @@ mod tests {
     fn reconciling_a_plan_again_changes_nothing() {
         // How often each path ran, so the generator cannot quietly stop covering one.
         let (mut kept, mut replaced, mut short_of_room, mut no_node, mut stuck) = (0, 0, 0, 0, 0);
-        for seed in 0..300 {
+        let mut in_place = 0;
+        for seed in 0..600 {
             let mut rng = Lcg(seed);
             let mut nodes = random_nodes(&mut rng);
             let mut deployments = random_deployments(&mut rng);
@@ -1406,6 +1767,7 @@ mod tests {
                     break;
                 }
                 check_no_early_drain(seed, &deployments, &nodes, &second, &next);
+                in_place += next.in_place.len();
                 steps.push((second, next.clone()));
                 second = next;
             }
@@ -1438,6 +1800,7 @@ mod tests {
             ("short of room", short_of_room),
             ("no node", no_node),
             ("rollout stuck for room", stuck),
+            ("replaced in place", in_place),
         ] {
             assert!(count > 20, "{path} ran only {count} times");
         }

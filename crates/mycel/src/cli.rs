@@ -474,6 +474,11 @@ pub struct DeployArgs {
     /// or a share of the copies (25%, the default).
     #[arg(long)]
     pub surge: Option<mycel_core::fleet::Surge>,
+    /// Where no node has room for new replicas beside the old ones, how many copies per
+    /// location may be replaced in place at once: a count (1) or a share of the copies
+    /// (25%, the default, rounded down but at least one). 0 waits for room instead.
+    #[arg(long)]
+    pub max_unavailable: Option<mycel_core::fleet::MaxUnavailable>,
     /// Roll back if the new replicas are not all ready within this time [default: 10m].
     #[arg(long, value_parser = humantime::parse_duration)]
     pub deadline: Option<std::time::Duration>,

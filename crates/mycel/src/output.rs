@@ -18,6 +18,13 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
+/// Cores with at most two decimals and no sign on zero: `0`, `0.5`, `2`.
+pub fn cpus(cores: f64) -> String {
+    let rounded = (cores * 100.0).round() / 100.0;
+    // `+ 0.0` turns a negative zero (an empty f64 sum) into a plain one.
+    format!("{}", rounded + 0.0)
+}
+
 /// Milliseconds since the epoch as RFC 3339 (UTC, seconds).
 pub fn time(ms: u64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
@@ -53,6 +60,15 @@ pub fn json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn cpus_print_without_a_sign_on_zero() {
+        assert_eq!(super::cpus(-0.0), "0");
+        assert_eq!(super::cpus(0.0), "0");
+        assert_eq!(super::cpus(2.0), "2");
+        assert_eq!(super::cpus(0.1 + 0.2), "0.3");
+        assert_eq!(super::cpus(1.25), "1.25");
+    }
+
     #[test]
     fn bytes_are_readable() {
         assert_eq!(super::bytes(0), "0 B");

@@ -441,3 +441,125 @@ fn dev_pushes_each_save_rolls_it_out_and_streams_the_logs() {
         .unwrap();
     assert!(dev.wait().unwrap().success());
 }
+
+/// This machine's cores, as `mycel up` gives each node by default.
+fn machine_cores() -> f64 {
+    std::thread::available_parallelism().map_or(1, |n| n.get()) as f64
+}
+
+/// A component like `ver` whose replicas need `cpus` each.
+fn write_component(dir: &Path, name: &str, cpus: f64, version: u32) {
+    let manifest = MANIFEST
+        .replace("name = \"ver\"", &format!("name = \"{name}\""))
+        .replace("cpus = 0.5", &format!("cpus = {cpus:?}"));
+    write_tree(
+        dir,
+        &[
+            ("mycel.toml", manifest.as_bytes()),
+            ("model.py", model(version, "pass").as_bytes()),
+            ("weights.bin", &[3u8; 1024]),
+        ],
+    );
+}
+
+#[test]
+fn a_rollout_on_nodes_without_spare_capacity_replaces_in_place_and_drops_nothing() {
+    // `mycel up` with its defaults: each node offers all of this machine's cores, and
+    // two replicas of `ver` fill one, so no surge replica fits anywhere.
+    let data = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let server = TestServer::up_with_defaults(data.path(), "new-york,london,tokyo");
+    let gateway = server.gateway();
+    let cores = machine_cores();
+    eventually("three nodes", READY_PATIENCE, || {
+        (status(&server)["nodes"].as_array().unwrap().len() == 3).then_some(())
+    });
+    let out = server.cli(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!(" 0/{cores} ")) && !text.contains("-0"),
+        "{text}"
+    );
+
+    let ver = work.path().join("ver");
+    write_component(&ver, "ver", cores / 2.0, 1);
+    let solo = work.path().join("solo");
+    write_component(&solo, "solo", cores, 1);
+    push(&server, &ver);
+    push(&server, &solo);
+    let deploy = |args: &[&str]| {
+        let out = server.cli(args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    deploy(&[
+        "deploy",
+        "ver",
+        "--copies",
+        "new-york=2",
+        "--copies",
+        "london=2",
+        "--wait",
+    ]);
+    deploy(&["deploy", "solo", "--copies", "tokyo=1", "--wait"]);
+
+    let load = Load::start(&gateway, 4);
+    eventually("answers from version 1", Duration::from_secs(10), || {
+        (load.count() > 20).then_some(())
+    });
+
+    // One line changes; the push rolls out and completes although no node has room.
+    write_tree(&ver, &[("model.py", model(2, "pass").as_bytes())]);
+    let start = load.count();
+    let stderr = deploy(&["push", ver.to_str().unwrap(), "--deploy", "--wait"]);
+    assert!(
+        stderr.contains("no room for a new replica beside the old ones in new-york")
+            && stderr.contains("replacing them in place, one at a time, while the others serve"),
+        "{stderr}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let answers = load.since(start);
+    load.stop();
+    assert_no_failures(&answers, "an in-place rollout on full nodes");
+    let versions: Vec<i64> = answers.iter().map(|a| a.1).collect();
+    assert!(
+        versions.contains(&1) && versions.last() == Some(&2),
+        "{versions:?}"
+    );
+    let rollout = server.cli_json(&["rollout", "status", "ver"]);
+    assert_eq!(rollout["rollout"]["outcome"], "complete");
+    let noted: Vec<&str> = rollout["rollout"]["in_place"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["location"].as_str().unwrap())
+        .collect();
+    assert_eq!(noted, ["london", "new-york"]);
+    for location in rollout["locations"].as_array().unwrap() {
+        assert_eq!(
+            (location["ready"].clone(), location["outdated"].clone()),
+            (json!(2), json!(0))
+        );
+    }
+
+    // A single copy on a full node: it goes through, and says the location empties.
+    write_tree(&solo, &[("model.py", model(2, "pass").as_bytes())]);
+    let stderr = deploy(&["push", solo.to_str().unwrap(), "--deploy", "--wait"]);
+    assert!(
+        stderr.contains(
+            "tokyo has no replica until the new one is ready, requests for solo fail until then"
+        ),
+        "{stderr}"
+    );
+    let history = server.cli(&["history", "solo"]);
+    assert!(
+        String::from_utf8_lossy(&history.stdout).contains("complete")
+            && String::from_utf8_lossy(&history.stdout).contains("(in place in tokyo)"),
+        "{}",
+        String::from_utf8_lossy(&history.stdout)
+    );
+}

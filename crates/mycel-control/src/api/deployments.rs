@@ -85,6 +85,10 @@ pub(super) async fn put(
             .surge
             .or(existing.as_ref().map(|e| e.surge))
             .unwrap_or_default(),
+        max_unavailable: request
+            .max_unavailable
+            .or(existing.as_ref().map(|e| e.max_unavailable))
+            .unwrap_or_default(),
         deadline_s: request
             .deadline_s
             .or(existing.as_ref().map(|e| e.deadline_s))

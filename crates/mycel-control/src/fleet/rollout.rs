@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use mycel_core::api::RolloutStatus;
 use mycel_core::fleet::{
-    Assignment, Deployment, ReplicaId, ReplicaState, ReplicaStatus, Rollout, RolloutKind,
+    Assignment, Deployment, InPlace, ReplicaId, ReplicaState, ReplicaStatus, Rollout, RolloutKind,
     RolloutOutcome,
 };
 use mycel_core::reconcile::{progress, rolled_out, up_to_date};
@@ -66,6 +66,7 @@ impl Fleet {
                 started_ms: now,
                 ended_ms: None,
                 outcome: RolloutOutcome::Progressing,
+                in_place: Vec::new(),
             };
             writes.push(rollout.clone());
             let stored = deployment.clone();
@@ -93,6 +94,7 @@ impl Fleet {
         deployments: &[Deployment],
         assignments: &[Assignment],
         statuses: &HashMap<ReplicaId, ReplicaStatus>,
+        in_place: &[InPlace],
     ) -> Result<bool, StoreError> {
         let names: Vec<String> = deployments.iter().map(|d| d.name.clone()).collect();
         let histories = blocking(&self.store, move |s| {
@@ -109,6 +111,8 @@ impl Fleet {
             if latest.outcome.is_final() || latest.to != deployment.served() {
                 continue;
             }
+            let mut latest = latest.clone();
+            let noted = note_in_place(&mut latest, in_place);
             let mut ended = latest.clone();
             ended.ended_ms = Some(now);
             if rolled_out(&progress(deployment, assignments, &ready)) {
@@ -119,8 +123,12 @@ impl Fleet {
                 continue;
             }
             let Some(reason) = failure(deployment, assignments, statuses)
-                .or_else(|| overdue(deployment, latest, now))
+                .or_else(|| overdue(deployment, &latest, now))
             else {
+                if noted {
+                    blocking(&self.store, move |s| s.put_rollouts(None, &[latest])).await?;
+                    self.routes.send_modify(|g| *g += 1);
+                }
                 continue;
             };
             // Back to the newest version that rolled out completely; a rollback that
@@ -160,6 +168,7 @@ impl Fleet {
                 started_ms: now,
                 ended_ms: None,
                 outcome: RolloutOutcome::Progressing,
+                in_place: Vec::new(),
             };
             blocking(&self.store, move |s| {
                 s.put_rollouts(Some(&restored), &[ended, rollback])
@@ -211,6 +220,29 @@ impl Fleet {
             unplaced,
         }))
     }
+}
+
+/// Records in `rollout` the locations of `in_place` that are its deployment's and new
+/// to it; true if there were any.
+fn note_in_place(rollout: &mut Rollout, in_place: &[InPlace]) -> bool {
+    let mut noted = false;
+    for note in in_place
+        .iter()
+        .filter(|n| n.deployment == rollout.deployment)
+    {
+        if !rollout.in_place.iter().any(|n| n.location == note.location) {
+            tracing::info!(
+                deployment = %note.deployment,
+                location = %note.location,
+                max_unavailable = note.max_unavailable,
+                reason = %note.reason,
+                "no room beside the old replicas; replacing them in place"
+            );
+            rollout.in_place.push(note.clone());
+            noted = true;
+        }
+    }
+    noted
 }
 
 /// The first new replica that failed, and why.

@@ -31,6 +31,7 @@ struct FileDeployment {
     max_batch_size: Option<u32>,
     batch_wait_ms: Option<u32>,
     surge: Option<mycel_core::fleet::Surge>,
+    max_unavailable: Option<mycel_core::fleet::MaxUnavailable>,
     /// Seconds.
     deadline_s: Option<u64>,
 }
@@ -57,6 +58,7 @@ fn read_file(path: &Path) -> anyhow::Result<Vec<(String, DeployRequest)>> {
                 max_batch_size: d.max_batch_size,
                 batch_wait_ms: d.batch_wait_ms,
                 surge: d.surge,
+                max_unavailable: d.max_unavailable,
                 deadline_s: d.deadline_s,
             };
             (name, request)
@@ -80,6 +82,7 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<()> {
                 max_batch_size: args.max_batch_size,
                 batch_wait_ms: args.batch_wait_ms,
                 surge: args.surge,
+                max_unavailable: args.max_unavailable,
                 deadline_s: args.deadline.map(|d| d.as_secs().max(1)),
             };
             vec![(name, request)]

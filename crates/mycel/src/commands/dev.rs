@@ -54,6 +54,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             max_batch_size: None,
             batch_wait_ms: None,
             surge: None,
+            max_unavailable: None,
             deadline_s: None,
         };
         client.deploy(&name, &request).await?;

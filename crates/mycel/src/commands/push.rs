@@ -324,6 +324,7 @@ pub async fn roll_out(
         max_batch_size: Some(existing.serve.max_batch_size),
         batch_wait_ms: Some(existing.serve.batch_wait_ms),
         surge: None,
+        max_unavailable: None,
         deadline_s: None,
     };
     let deployment = client

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use mycel_core::api::RolloutStatus;
-use mycel_core::fleet::{Rollout, RolloutOutcome};
+use mycel_core::fleet::{Deployment, InPlace, Rollout, RolloutOutcome};
 use mycel_core::reconcile::rolled_out;
 
 use crate::cli::{HistoryArgs, RollbackArgs, RolloutStatusArgs};
@@ -35,6 +35,7 @@ pub async fn wait(
     }
     let started = Instant::now();
     let mut last_line = String::new();
+    let mut told_in_place = std::collections::HashSet::new();
     let mut generation = 0;
     loop {
         let mut statuses = Vec::with_capacity(names.len());
@@ -54,6 +55,13 @@ pub async fn wait(
             if latest.as_ref().is_some_and(|r| r.to.seq != target) {
                 let history = client.history(&status.deployment.name).await?;
                 latest = history.into_iter().rev().find(|r| r.to.seq == target);
+            }
+            if let Some(rollout) = latest.as_ref().filter(|_| !quiet) {
+                for note in &rollout.in_place {
+                    if told_in_place.insert((note.deployment.clone(), note.location.clone())) {
+                        eprintln!("{}", in_place_text(note, &status.deployment));
+                    }
+                }
             }
             if let Some(rollout) = &latest {
                 match &rollout.outcome {
@@ -110,6 +118,41 @@ pub async fn wait(
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+}
+
+/// What replacing in place means for a location, for people: whether it keeps serving
+/// and where its requests go meanwhile.
+fn in_place_text(note: &InPlace, deployment: &Deployment) -> String {
+    let head = format!(
+        "{}: no room for a new replica beside the old ones in {} ({})",
+        note.deployment,
+        note.location,
+        note.reason
+            .trim_start_matches("not enough capacity in location ")
+    );
+    if !note.empties_location() {
+        let at_once = match note.max_unavailable {
+            1 => "one at a time".to_owned(),
+            n => format!("{n} at a time"),
+        };
+        return format!(
+            "{head}; replacing them in place, {at_once}, while the others serve (--max-unavailable {})",
+            deployment.max_unavailable
+        );
+    }
+    let elsewhere = deployment
+        .copies
+        .iter()
+        .any(|(location, &copies)| location != &note.location && copies > 0);
+    let meanwhile = if elsewhere {
+        "its requests go to the other locations meanwhile".to_owned()
+    } else {
+        format!("requests for {} fail until then", note.deployment)
+    };
+    format!(
+        "{head}; replacing in place: {} has no replica until the new one is ready, {meanwhile}",
+        note.location
+    )
 }
 
 /// `12/12 replicas ready, 3 old draining`.
@@ -176,7 +219,12 @@ pub async fn status(args: RolloutStatusArgs) -> anyhow::Result<()> {
         d.version.short()
     );
     match &status.rollout {
-        Some(rollout) => println!("rollout {}", describe(rollout)),
+        Some(rollout) => {
+            println!("rollout {}", describe(rollout));
+            for note in &rollout.in_place {
+                println!("{}", in_place_text(note, d));
+            }
+        }
         None => println!("no rollout recorded"),
     }
     let mut rows = vec![vec![
@@ -261,6 +309,10 @@ pub async fn history(args: HistoryArgs) -> anyhow::Result<()> {
             &r.outcome
         {
             outcome.push_str(&format!(": {}", first_line(reason)));
+        }
+        if !r.in_place.is_empty() {
+            let locations: Vec<&str> = r.in_place.iter().map(|n| n.location.as_str()).collect();
+            outcome.push_str(&format!(" (in place in {})", locations.join(", ")));
         }
         rows.push(vec![
             r.number.to_string(),

@@ -33,7 +33,11 @@ pub async fn run(args: ListArgs) -> anyhow::Result<()> {
             spec.location.clone(),
             state.into(),
             view.replicas.to_string(),
-            format!("{:.1}/{:.1}", view.cpus_used, spec.cpus),
+            format!(
+                "{}/{}",
+                output::cpus(view.cpus_used),
+                output::cpus(spec.cpus)
+            ),
             format!(
                 "{}/{}",
                 output::bytes(view.memory_used),

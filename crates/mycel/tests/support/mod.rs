@@ -59,6 +59,11 @@ impl TestServer {
         )
     }
 
+    /// `mycel up` as a user runs it: every node offers this machine's cores and memory.
+    pub fn up_with_defaults(data: &Path, nodes: &str) -> Self {
+        Self::spawn("up", data, &["--nodes", nodes])
+    }
+
     fn spawn(command: &str, data: &Path, extra: &[&str]) -> Self {
         let url_file = data.join("server.url");
         let _ = std::fs::remove_file(&url_file);
