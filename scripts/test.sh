@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite: Rust unit and end-to-end tests, then the Python worker's tests.
+# The whole test suite: formatting and lints, Rust unit and end-to-end tests, then the
+# Python worker's tests.
 # Works on a fresh machine with Rust and Python 3: it makes .venv, which holds the
 # worker's test tools and `uv` (the agents build model environments with it).
 set -euo pipefail
@@ -15,5 +16,8 @@ export PATH="$PWD/.venv/bin:$PATH"
 uv pip install --quiet --python .venv/bin/python -e './python[test]' \
   'tritonclient[http]' torch torchvision safetensors scikit-learn
 
+# The workspace denies unwrap/expect outside tests; clippy is what holds it.
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
 python -m pytest -q python/tests examples/tests
