@@ -41,6 +41,9 @@ pub struct Config {
     pub envs_dir: PathBuf,
     /// Data-plane address; port 0 picks a free one.
     pub listen: SocketAddr,
+    /// The data-plane URL gateways dial; by default made from `listen` (see
+    /// [`crate::advertise`]).
+    pub advertise: Option<String>,
     /// The `uv` binary.
     pub uv: PathBuf,
     /// The worker runtime package (the repository's `python/`).
@@ -71,6 +74,9 @@ pub enum AgentError {
     /// The control plane client could not be built.
     #[error(transparent)]
     Client(#[from] mycel_client::ClientError),
+    /// No URL to give the control plane for the data plane.
+    #[error(transparent)]
+    Advertise(#[from] crate::advertise::AdvertiseError),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> AgentError {
@@ -116,6 +122,8 @@ pub async fn run(
     let addr = listener
         .local_addr()
         .map_err(io("reading the listen address"))?;
+    let agent_url =
+        crate::advertise::url(config.advertise.as_deref(), addr, client.server_authority()).await?;
     let sandbox = crate::isolation::probe().await;
     let spec = NodeSpec {
         name: config.name.clone(),
@@ -124,7 +132,7 @@ pub async fn run(
         cpus: config.cpus,
         memory_bytes: config.memory_bytes,
         gpus: 0,
-        agent_url: format!("http://{addr}"),
+        agent_url,
         datasets: config.datasets.keys().cloned().collect(),
         isolation: sandbox.isolation,
     };

@@ -6,6 +6,7 @@
 //! plane over HTTP through `mycel-client` only.
 #![warn(missing_docs)]
 
+pub mod advertise;
 mod agent;
 mod batch;
 mod data_plane;

@@ -97,6 +97,15 @@ impl Client {
         })
     }
 
+    /// The server's `host:port`, the port filled in from the scheme when the URL has
+    /// none; `None` if the URL names no host.
+    pub fn server_authority(&self) -> Option<String> {
+        let url = reqwest::Url::parse(&self.base).ok()?;
+        let host = url.host_str()?;
+        let port = url.port_or_known_default()?;
+        Some(format!("{host}:{port}"))
+    }
+
     /// The server's base URL.
     pub fn base_url(&self) -> &str {
         &self.base

@@ -408,13 +408,39 @@ pub struct AgentArgs {
     pub envs: Option<PathBuf>,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
-    /// Data-plane address (statuses, logs); port 0 picks a free port.
+    /// Data-plane address (inference, logs); port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:0")]
     pub listen: SocketAddr,
+    /// The data-plane URL gateways dial, e.g. http://10.0.0.7:7801 [default: the
+    /// --listen address; for 0.0.0.0, this machine's address on the route to the server].
+    #[arg(long, env = "MYCEL_ADVERTISE", value_parser = parse_advertise)]
+    pub advertise: Option<String>,
     /// A dataset on this node for federated learning, repeatable: training workers see
     /// PATH as ctx.data_dir; the data never leaves the node.
     #[arg(long = "dataset", value_name = "NAME=PATH", value_parser = parse_dataset)]
     pub datasets: Vec<(String, PathBuf)>,
+}
+
+/// An http(s) URL with a host others can dial.
+fn parse_advertise(text: &str) -> Result<String, String> {
+    let expected = "expected the URL others reach this node at, such as http://10.0.0.7:7801";
+    let url = reqwest::Url::parse(text).map_err(|e| format!("{text:?}: {e}; {expected}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("{text:?} is not an http or https URL; {expected}"));
+    }
+    let Some(host) = url.host_str() else {
+        return Err(format!("{text:?} names no host; {expected}"));
+    };
+    let ip = host.trim_start_matches('[').trim_end_matches(']');
+    if ip
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_unspecified())
+    {
+        return Err(format!(
+            "{text:?}: {host} is where a server listens, not an address others can dial; {expected}"
+        ));
+    }
+    Ok(text.trim_end_matches('/').to_owned())
 }
 
 fn parse_dataset(text: &str) -> Result<(String, PathBuf), String> {
@@ -441,8 +467,8 @@ pub struct RuntimeArgs {
     /// The uv binary that builds environments.
     #[arg(long, env = "MYCEL_UV", default_value = "uv")]
     pub uv: PathBuf,
-    /// The worker runtime package to install into environments [default: this
-    /// repository's python/ directory].
+    /// The worker runtime package to install into environments [default: the one
+    /// inside this binary, unpacked into DATA/runtime].
     #[arg(long, env = "MYCEL_RUNTIME")]
     pub runtime: Option<PathBuf>,
     /// Time between heartbeats.

@@ -5,6 +5,7 @@ mod commands;
 mod connect;
 mod npy;
 mod output;
+mod runtime;
 mod walk;
 
 use std::process::ExitCode;

@@ -1,6 +1,8 @@
 //! `mycel agent`: one node's agent in the foreground.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
 
 use crate::cli::{AgentArgs, RuntimeArgs};
 
@@ -21,11 +23,18 @@ pub fn machine_memory() -> u64 {
         .unwrap_or(4 << 30)
 }
 
-/// The worker runtime package: the flag, or this repository's python/ directory.
-pub fn runtime_dir(args: &RuntimeArgs) -> PathBuf {
-    args.runtime
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../python")))
+/// The worker runtime package: the flag, or the one inside this binary, unpacked under
+/// `data`.
+pub fn runtime_dir(args: &RuntimeArgs, data: &Path) -> anyhow::Result<PathBuf> {
+    match &args.runtime {
+        Some(dir) => Ok(dir.clone()),
+        None => crate::runtime::unpack(data).with_context(|| {
+            format!(
+                "unpacking the worker runtime into {}",
+                data.join("runtime").display()
+            )
+        }),
+    }
 }
 
 pub fn config(args: &AgentArgs) -> anyhow::Result<mycel_agent::Config> {
@@ -50,8 +59,9 @@ pub fn config(args: &AgentArgs) -> anyhow::Result<mycel_agent::Config> {
         data_dir: args.data.clone(),
         envs_dir: args.envs.clone().unwrap_or_else(|| args.data.join("envs")),
         listen: args.listen,
+        advertise: args.advertise.clone(),
         uv: args.runtime.uv.clone(),
-        runtime_dir: runtime_dir(&args.runtime),
+        runtime_dir: runtime_dir(&args.runtime, &args.data)?,
         heartbeat: args.runtime.heartbeat,
         max_request_bytes: mycel_agent::DEFAULT_MAX_REQUEST_BYTES,
         datasets,

@@ -155,6 +155,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     };
     let mut roles = Roles::start(control).await?;
     roles.gateway(args.gateway, args.max_request_size)?;
+    let runtime = runtime_dir(&args.runtime, &data)?;
     for node in &args.nodes {
         let config = mycel_agent::Config {
             server: roles.server.clone(),
@@ -167,8 +168,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             data_dir: data.join("nodes").join(node),
             envs_dir: data.join("envs"),
             listen: "127.0.0.1:0".parse()?,
+            advertise: None,
             uv: args.runtime.uv.clone(),
-            runtime_dir: runtime_dir(&args.runtime),
+            runtime_dir: runtime.clone(),
             heartbeat: args.runtime.heartbeat,
             max_request_bytes: mycel_agent::DEFAULT_MAX_REQUEST_BYTES,
             datasets: datasets.remove(node.as_str()).unwrap_or_default(),

@@ -231,8 +231,21 @@ impl TestAgent {
         location: &str,
         extra: &[&str],
     ) -> Self {
+        Self::start_from(Path::new(mycel_bin()), server, root, name, location, extra)
+    }
+
+    /// [`TestAgent::start_with`] running the binary at `bin`, from `root`.
+    pub fn start_from(
+        bin: &Path,
+        server: &TestServer,
+        root: &Path,
+        name: &str,
+        location: &str,
+        extra: &[&str],
+    ) -> Self {
         let data = root.join(name);
-        let child = Command::new(mycel_bin())
+        let child = Command::new(bin)
+            .current_dir(root)
             .args([
                 "agent",
                 "--server",

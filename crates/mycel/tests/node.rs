@@ -1,0 +1,121 @@
+//! A node set up as on another machine: the `mycel` binary alone (no checkout beside
+//! it), an agent listening on every interface, registering an address others can dial.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::json;
+use support::{eventually, status, write_tree, TestAgent, TestServer, READY_PATIENCE};
+
+const ECHO: &[(&str, &[u8])] = &[
+    (
+        "mycel.toml",
+        b"[component]\nname = \"edge-echo\"\nentrypoint = \"model:Echo\"\n\n[python]\nrequirements = [\"numpy\"]\n\n[resources]\ncpus = 0.5\n",
+    ),
+    (
+        "model.py",
+        b"class Echo:\n    def __init__(self, ctx):\n        pass\n\n    def predict(self, inputs):\n        return inputs\n",
+    ),
+];
+
+#[test]
+fn a_node_runs_from_the_binary_alone_and_advertises_a_dialable_address() {
+    let data = tempfile::tempdir().unwrap();
+    let machine = tempfile::tempdir().unwrap();
+    let server = TestServer::start(data.path());
+    let gateway = server.gateway();
+
+    // The binary copied away from the build tree, run from an unrelated directory.
+    let bin = machine.path().join("bin/mycel");
+    std::fs::create_dir_all(bin.parent().unwrap()).unwrap();
+    std::fs::copy(support::mycel_bin(), &bin).unwrap();
+    let _agent = TestAgent::start_from(
+        &bin,
+        &server,
+        machine.path(),
+        "edge",
+        "tokyo",
+        &["--listen", "0.0.0.0:0"],
+    );
+    let url = eventually("the node to register", Duration::from_secs(30), || {
+        let status = status(&server);
+        let node = status["nodes"].as_array()?.first()?.clone();
+        node["node"]["spec"]["agent_url"]
+            .as_str()
+            .map(str::to_owned)
+    });
+    // The server is on loopback, so the route to it leaves from 127.0.0.1.
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    assert!(!url.ends_with(":0"), "{url}");
+
+    let dir = machine.path().join("edge-echo");
+    write_tree(&dir, ECHO);
+    let out = server.cli(&["push", dir.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = server.cli(&[
+        "deploy",
+        "edge-echo",
+        "--copies",
+        "tokyo=1",
+        "--wait",
+        "--timeout",
+        &format!("{}s", READY_PATIENCE.as_secs()),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer: serde_json::Value = reqwest::blocking::Client::new()
+        .post(format!("{gateway}/v2/models/edge-echo/infer"))
+        .json(&json!({"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": [1.5, 2.5]}]}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(answer["outputs"][0]["data"], json!([1.5, 2.5]), "{answer}");
+
+    // The worker runtime came out of the binary, into the node's data directory.
+    let unpacked: Vec<_> = std::fs::read_dir(machine.path().join("edge/runtime"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(unpacked.len(), 1, "{unpacked:?}");
+    assert!(unpacked[0].join("src/mycel_worker/worker.py").is_file());
+}
+
+#[test]
+fn an_advertised_address_nobody_can_dial_is_refused() {
+    for (url, expected) in [
+        ("http://0.0.0.0:7801", "not an address others can dial"),
+        ("http://[::]:7801", "not an address others can dial"),
+        ("ftp://10.0.0.7:7801", "not an http or https URL"),
+        (
+            "10.0.0.7:7801",
+            "expected the URL others reach this node at",
+        ),
+    ] {
+        let out = std::process::Command::new(support::mycel_bin())
+            .args([
+                "agent",
+                "--name",
+                "n",
+                "--location",
+                "l",
+                "--data",
+                "/nonexistent",
+            ])
+            .args(["--server", "http://127.0.0.1:9", "--advertise", url])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{url} accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expected), "{url}: {stderr}");
+    }
+}
