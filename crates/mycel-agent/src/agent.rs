@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::env::EnvBuilder;
 use crate::replica::{self, NodeContext, ReplicaHandle};
+use crate::state::NodeState;
 use crate::sync::BlobCache;
 
 /// How to run an agent.
@@ -74,6 +75,9 @@ pub enum AgentError {
     /// The control plane client could not be built.
     #[error(transparent)]
     Client(#[from] mycel_client::ClientError),
+    /// The node's saved state.
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
     /// No URL to give the control plane for the data plane.
     #[error(transparent)]
     Advertise(#[from] crate::advertise::AdvertiseError),
@@ -101,6 +105,7 @@ pub async fn run(
         client: client.clone(),
         cache: BlobCache::open(data.join("blobs")).map_err(io("opening the blob cache"))?,
         versions_dir: data.join("versions"),
+        state: NodeState::open(data.join("state"))?,
         run_dir,
         logs_dir: data.join("logs"),
         envs: EnvBuilder::new(
@@ -173,6 +178,21 @@ pub async fn run(
         running: HashMap::new(),
         draining: TaskTracker::new(),
     };
+    // Static stability: serve what was assigned last, before and without asking the
+    // control plane. Its first answer replaces this; unchanged replicas stay as they are.
+    match node.state.assignments() {
+        Ok(Some(saved)) => {
+            tracing::info!(
+                replicas = saved.len(),
+                "starting the replicas assigned before this restart"
+            );
+            apply(&node, &mut replicas, saved, &stop);
+        }
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "saved assignments unreadable; waiting for the control plane")
+        }
+    }
     watch_loop(&client, &spec, &node, &mut replicas, &stop).await;
 
     // Shutdown: `stop` has stopped every replica, draining ones too; wait for every
@@ -207,16 +227,26 @@ async fn heartbeat_loop(
     period: Duration,
     stop: CancellationToken,
 ) {
+    // While the control plane is away this fails every period: say so once.
+    let mut failing = false;
     loop {
         match client.heartbeat(&spec.name, node.snapshot()).await {
-            Ok(()) => {}
+            Ok(()) => {
+                if std::mem::take(&mut failing) {
+                    tracing::info!("heartbeats reach the control plane again");
+                }
+            }
             Err(e) if e.code() == Some(mycel_core::ErrorCode::NotFound) => {
                 // The control plane forgot us (new data directory): register again.
                 if let Err(e) = client.register_node(&spec).await {
                     tracing::warn!(error = %e, "re-registering failed");
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "heartbeat failed; replicas keep serving"),
+            Err(e) if failing => tracing::debug!(error = %e, "heartbeat failed"),
+            Err(e) => {
+                failing = true;
+                tracing::warn!(error = %e, "heartbeat failed; replicas keep serving from what this node has");
+            }
         }
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -262,11 +292,17 @@ async fn watch_loop(
             Ok(answer) => {
                 retry = Duration::from_millis(200);
                 generation = answer.generation;
+                let saved = answer.assignments.clone();
+                node.state
+                    .save("assignments", move |s| s.save_assignments(&saved))
+                    .await;
                 apply(node, replicas, answer.assignments, stop);
             }
             Err(e) => {
-                // Keep serving what we run; the control plane may be restarting.
+                // Keep serving what we run; the control plane may be restarting, and a
+                // new process counts generations from the start: ask for its table at once.
                 tracing::warn!(error = %e, "watching assignments failed; retrying");
+                generation = 0;
                 registered = e.code() != Some(mycel_core::ErrorCode::NotFound);
                 backoff(&mut retry, stop).await;
             }

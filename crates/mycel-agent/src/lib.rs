@@ -14,6 +14,7 @@ pub mod env;
 pub mod isolation;
 pub mod metrics;
 pub mod replica;
+pub mod state;
 pub mod sync;
 mod training;
 pub mod worker;

@@ -45,6 +45,8 @@ pub struct NodeContext {
     pub cache: BlobCache,
     /// Where versions are materialized.
     pub versions_dir: PathBuf,
+    /// What the node keeps on disk to serve without the control plane.
+    pub state: crate::state::NodeState,
     /// Where worker sockets live (kept short: Unix socket paths are limited).
     pub run_dir: PathBuf,
     /// Where each replica's stdout and stderr go.
@@ -306,6 +308,19 @@ async fn sync_one(
     };
     let synced = once
         .get_or_try_init(|| async {
+            // Laid out before: the saved file list and the blobs on disk are enough, so a
+            // node restarted while the control plane is away still starts it.
+            if let Some(version) = node.state.version(id) {
+                match materialize(&node.cache, &node.versions_dir, &version).await {
+                    Ok(dir) => {
+                        return Ok(SyncedVersion {
+                            dir,
+                            dependencies: version.dependencies,
+                        })
+                    }
+                    Err(e) => tracing::info!(version = %version.label(), error = %e, "not all on disk; fetching"),
+                }
+            }
             let (version, size) = node
                 .client
                 .version_sized(component, &id.to_string())
@@ -329,6 +344,10 @@ async fn sync_one(
             let dir = materialize(&node.cache, &node.versions_dir, &version)
                 .await
                 .map_err(|e| format!("materialize failed: {e}"))?;
+            let saved = version.clone();
+            node.state
+                .save("a version's file list", move |s| s.save_version(&saved))
+                .await;
             Ok(SyncedVersion {
                 dir,
                 dependencies: version.dependencies,

@@ -47,6 +47,8 @@ pub(crate) struct Fleet {
     /// Serializes reconciles so two never interleave their read and write.
     reconciling: tokio::sync::Mutex<()>,
     lost_after: Duration,
+    /// When this process started: replica states are soft and arrive with heartbeats.
+    started: std::time::Instant,
 }
 
 /// Waits until `generation` passes `after`, `wait` elapses or `stop`; returns the
@@ -96,6 +98,7 @@ impl Fleet {
             unplaced: Mutex::new(Vec::new()),
             reconciling: tokio::sync::Mutex::new(()),
             lost_after,
+            started: std::time::Instant::now(),
         }
     }
 
@@ -276,6 +279,30 @@ impl Fleet {
         Ok((generation, assignments))
     }
 
+    /// Right after a restart, waits until every node that was ready has reported its
+    /// replicas (or `lost_after` has passed): a table built before would list no replica
+    /// as ready, and gateways would drop routes that still serve.
+    async fn hear_from_nodes(&self, stop: &CancellationToken) -> Result<(), StoreError> {
+        while self.started.elapsed() < self.lost_after {
+            let nodes = blocking(&self.store, |s| s.nodes()).await?;
+            let silent = {
+                let heard = lock(&self.heartbeats);
+                nodes
+                    .iter()
+                    .filter(|n| n.state == NodeState::Ready)
+                    .any(|n| !heard.contains_key(&n.spec.name))
+            };
+            if !silent {
+                break;
+            }
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+        }
+        Ok(())
+    }
+
     /// The routing table, waiting up to `wait` for a generation newer than `after`.
     pub(crate) async fn routes(
         &self,
@@ -283,6 +310,7 @@ impl Fleet {
         wait: Duration,
         stop: &CancellationToken,
     ) -> Result<RoutingTable, StoreError> {
+        self.hear_from_nodes(stop).await?;
         // The generation is read before the state: a change racing this read bumps it
         // again, so the gateway's next poll picks it up.
         let generation = wait_past(&self.routes, after, wait, stop).await;

@@ -33,6 +33,9 @@ pub struct Config {
     pub location: Option<String>,
     /// Largest request body accepted.
     pub max_request_bytes: usize,
+    /// Where the last routing table is kept, so that a gateway restarted while the
+    /// control plane is away serves at once; `None` keeps it in memory only.
+    pub routes_file: Option<std::path::PathBuf>,
 }
 
 /// Why the gateway could not run.
@@ -70,8 +73,25 @@ pub async fn run(
         source,
     })?;
     let router = Arc::new(routes::Router::new(config.location.clone()));
+    if let Some(path) = &config.routes_file {
+        match routes::load(path) {
+            Ok(Some(table)) => {
+                tracing::info!(path = %path.display(), models = table.models.len(), "serving the routes kept from the last run");
+                router.update(table);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "kept routes unreadable; waiting for the control plane")
+            }
+        }
+    }
     let stop = CancellationToken::new();
-    let follower = tokio::spawn(routes::follow(client, Arc::clone(&router), stop.clone()));
+    let follower = tokio::spawn(routes::follow(
+        client,
+        Arc::clone(&router),
+        config.routes_file.clone(),
+        stop.clone(),
+    ));
     let app = http::app(router, config.max_request_bytes).map_err(|e| GatewayError::Io {
         what: "building the HTTP client for agents".into(),
         source: std::io::Error::other(e),

@@ -1,8 +1,10 @@
 //! The gateway's routing table: which ready replicas serve each model, kept current by
 //! long-polling the control plane, and the choice of replica per request (least
-//! outstanding requests, same location first).
+//! outstanding requests, same location first). The last table can be kept on disk, so a
+//! gateway restarted while the control plane is away serves at once.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -135,8 +137,14 @@ impl Router {
 }
 
 /// Keeps `router` current until `stop`: long-polls the control plane's routing table,
-/// backing off while it is unreachable (the last table keeps serving meanwhile).
-pub async fn follow(client: mycel_client::Client, router: Arc<Router>, stop: CancellationToken) {
+/// backing off while it is unreachable (the last table keeps serving meanwhile), and
+/// keeps each new table in `file` if given.
+pub async fn follow(
+    client: mycel_client::Client,
+    router: Arc<Router>,
+    file: Option<PathBuf>,
+    stop: CancellationToken,
+) {
     let mut after = 0;
     let mut retry = Duration::from_millis(100);
     loop {
@@ -155,10 +163,20 @@ pub async fn follow(client: mycel_client::Client, router: Arc<Router>, stop: Can
                         models = table.models.len(),
                         "routes updated"
                     );
+                    if let Some(path) = file.clone() {
+                        let kept = table.clone();
+                        let saved = tokio::task::spawn_blocking(move || save(&path, &kept)).await;
+                        if let Err(e) = saved.map_err(std::io::Error::other).and_then(|r| r) {
+                            tracing::warn!(error = %e, "cannot keep the routing table on disk");
+                        }
+                    }
                     router.update(table);
                 }
             }
             Err(e) => {
+                // A control plane that restarts counts generations from the start: ask
+                // for its table at once when it is back.
+                after = 0;
                 tracing::warn!(error = %e, "cannot read routes from the control plane; serving the last known");
                 tokio::select! {
                     _ = stop.cancelled() => return,
@@ -168,6 +186,29 @@ pub async fn follow(client: mycel_client::Client, router: Arc<Router>, stop: Can
             }
         }
     }
+}
+
+/// The routing table kept in `path`; `None` if there is none.
+pub fn load(path: &Path) -> std::io::Result<Option<RoutingTable>> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))
+}
+
+/// Keeps `table` in `path`: a synced temporary file renamed over the last one.
+fn save(path: &Path, table: &RoutingTable) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let mut file = tempfile::NamedTempFile::new_in(dir)?;
+    serde_json::to_writer(&mut file, table)?;
+    file.as_file().sync_all()?;
+    file.persist(path).map_err(|e| e.error)?;
+    Ok(())
 }
 
 #[cfg(test)]

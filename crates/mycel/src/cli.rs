@@ -282,7 +282,10 @@ pub struct GatewayArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:7800")]
     pub listen: SocketAddr,
-    /// This gateway's location: requests go to replicas there while any is ready.
+    /// This gateway's location: requests go to replicas there while any is ready, and
+    /// to other locations otherwise. The last routing table is kept in
+    /// DATA/gateway/routes.json, so the gateway serves across restarts while the
+    /// control plane is away.
     #[arg(long)]
     pub location: Option<String>,
     /// Largest request body, e.g. 64MiB.

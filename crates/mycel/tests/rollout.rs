@@ -7,13 +7,12 @@ mod support;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::{eventually, status, write_tree, TestAgent, TestServer, READY_PATIENCE};
+use support::{
+    assert_no_failures, eventually, status, write_tree, Load, TestAgent, TestServer, READY_PATIENCE,
+};
 
 const MANIFEST: &str = r#"
 [component]
@@ -36,84 +35,6 @@ fn model(version: u32, init: &str) -> String {
     format!(
         "import numpy as np\n\nVERSION = {version}\n\nclass Model:\n    def __init__(self, ctx):\n        {init}\n\n    def predict(self, inputs):\n        rows = next(iter(inputs.values())).shape[0]\n        return {{\"version\": np.full(rows, VERSION, dtype=np.int64)}}\n"
     )
-}
-
-/// Clients posting to the gateway without pause, recording every answer.
-struct Load {
-    stop: Arc<AtomicBool>,
-    /// (HTTP status, version answered or -1, body on failure), in order per client.
-    answers: Arc<Mutex<Vec<(u16, i64, String)>>>,
-    clients: Vec<JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(gateway: &str, clients: usize) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let answers = Arc::new(Mutex::new(Vec::new()));
-        let url = format!("{gateway}/v2/models/ver/infer");
-        let clients = (0..clients)
-            .map(|_| {
-                let (stop, answers, url) = (Arc::clone(&stop), Arc::clone(&answers), url.clone());
-                std::thread::spawn(move || {
-                    let http = reqwest::blocking::Client::new();
-                    let body = json!({"inputs": [
-                        {"name": "x", "datatype": "FP32", "shape": [1, 1], "data": [0.0]}
-                    ]});
-                    while !stop.load(Ordering::Relaxed) {
-                        let answer = match http.post(&url).json(&body).send() {
-                            Ok(response) => {
-                                let code = response.status().as_u16();
-                                let text = response.text().unwrap_or_default();
-                                let version = serde_json::from_str::<Value>(&text)
-                                    .ok()
-                                    .and_then(|v| v["outputs"][0]["data"][0].as_i64())
-                                    .unwrap_or(-1);
-                                (
-                                    code,
-                                    version,
-                                    if code == 200 { String::new() } else { text },
-                                )
-                            }
-                            Err(e) => (0, -1, e.to_string()),
-                        };
-                        answers.lock().unwrap().push(answer);
-                    }
-                })
-            })
-            .collect();
-        Self {
-            stop,
-            answers,
-            clients,
-        }
-    }
-
-    /// Answers so far, from `from` on.
-    fn since(&self, from: usize) -> Vec<(u16, i64, String)> {
-        self.answers.lock().unwrap()[from..].to_vec()
-    }
-
-    fn count(&self) -> usize {
-        self.answers.lock().unwrap().len()
-    }
-
-    fn stop(self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for client in self.clients {
-            client.join().unwrap();
-        }
-    }
-}
-
-fn assert_no_failures(answers: &[(u16, i64, String)], during: &str) {
-    let failed: Vec<&(u16, i64, String)> = answers.iter().filter(|a| a.0 != 200).collect();
-    assert!(
-        failed.is_empty(),
-        "{} of {} requests failed during {during}; first: {:?}",
-        failed.len(),
-        answers.len(),
-        failed.first()
-    );
 }
 
 /// `mycel_agent_fetched_bytes_total` by kind, from each node's agent.
@@ -210,7 +131,7 @@ fn rollouts_under_load_drop_nothing_and_a_broken_version_rolls_back() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let load = Load::start(&gateway, 4);
+    let load = Load::start(&gateway, "ver", 4);
     eventually("answers from version 1", Duration::from_secs(10), || {
         (load.count() > 20).then_some(())
     });
@@ -507,7 +428,7 @@ fn a_rollout_on_nodes_without_spare_capacity_replaces_in_place_and_drops_nothing
     ]);
     deploy(&["deploy", "solo", "--copies", "tokyo=1", "--wait"]);
 
-    let load = Load::start(&gateway, 4);
+    let load = Load::start(&gateway, "ver", 4);
     eventually("answers from version 1", Duration::from_secs(10), || {
         (load.count() > 20).then_some(())
     });

@@ -5,6 +5,9 @@ use anyhow::Context;
 use crate::cli::GatewayArgs;
 use crate::connect;
 
+/// Where a gateway keeps its last routing table, under its data directory.
+const ROUTES_FILE: &str = "gateway/routes.json";
+
 pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     let (server, token) = connect::server_and_token(&args.connect)?;
     let config = mycel_gateway::Config {
@@ -12,6 +15,7 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         token,
         listen: args.listen,
         location: args.location,
+        routes_file: Some(connect::data_dir(&args.connect.data)?.join(ROUTES_FILE)),
         max_request_bytes: usize::try_from(args.max_request_size)
             .context("--max-request-size is too large for this machine")?,
     };

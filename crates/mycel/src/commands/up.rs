@@ -65,6 +65,7 @@ impl Roles {
             token: Some(self.token.clone()),
             listen,
             location: None,
+            routes_file: None,
             max_request_bytes: usize::try_from(max_request_size)
                 .context("--max-request-size is too large for this machine")?,
         };

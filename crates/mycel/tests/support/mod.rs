@@ -2,9 +2,12 @@
 //! directory, and helpers to drive it.
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// Path of the binary under test.
@@ -43,6 +46,11 @@ impl TestServer {
         Self::spawn("server", data, extra)
     }
 
+    /// `mycel server` on a fixed port, to come back where agents and gateways look.
+    pub fn start_at(data: &Path, port: u16) -> Self {
+        Self::spawn_at("server", data, &format!("127.0.0.1:{port}"), &[])
+    }
+
     /// `mycel up`: control plane, gateway and one agent per node in one process.
     pub fn up(data: &Path, nodes: &str) -> Self {
         Self::spawn(
@@ -65,13 +73,17 @@ impl TestServer {
     }
 
     fn spawn(command: &str, data: &Path, extra: &[&str]) -> Self {
+        Self::spawn_at(command, data, "127.0.0.1:0", extra)
+    }
+
+    fn spawn_at(command: &str, data: &Path, listen: &str, extra: &[&str]) -> Self {
         let url_file = data.join("server.url");
         let _ = std::fs::remove_file(&url_file);
         let child = Command::new(mycel_bin())
             .args([
                 command,
                 "--listen",
-                "127.0.0.1:0",
+                listen,
                 "--gateway",
                 "127.0.0.1:0",
                 "--data",
@@ -243,13 +255,46 @@ impl TestAgent {
         location: &str,
         extra: &[&str],
     ) -> Self {
+        Self::spawn(
+            bin,
+            &server.url,
+            &server.token(),
+            root,
+            name,
+            location,
+            extra,
+        )
+    }
+
+    /// [`TestAgent::start_with`] for a server that may be down now.
+    pub fn start_with_server(
+        url: &str,
+        token: &str,
+        root: &Path,
+        name: &str,
+        location: &str,
+        extra: &[&str],
+    ) -> Self {
+        let bin = Path::new(mycel_bin());
+        Self::spawn(bin, url, token, root, name, location, extra)
+    }
+
+    fn spawn(
+        bin: &Path,
+        url: &str,
+        token: &str,
+        root: &Path,
+        name: &str,
+        location: &str,
+        extra: &[&str],
+    ) -> Self {
         let data = root.join(name);
         let child = Command::new(bin)
             .current_dir(root)
             .args([
                 "agent",
                 "--server",
-                &server.url,
+                url,
                 "--name",
                 name,
                 "--location",
@@ -268,7 +313,7 @@ impl TestAgent {
             .arg("--envs")
             .arg(root.join("envs"))
             .args(extra)
-            .env("MYCEL_TOKEN", server.token())
+            .env("MYCEL_TOKEN", token)
             .env("MYCEL_LOG", "info")
             .stdout(Stdio::null())
             .spawn()
@@ -348,4 +393,127 @@ pub fn cmdline(pid: u64) -> String {
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
         .unwrap_or_default()
+}
+
+/// Clients posting to the gateway without pause, recording every answer.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    /// (HTTP status, version answered or -1, body on failure), in order per client.
+    answers: Arc<Mutex<Vec<(u16, i64, String)>>>,
+    clients: Vec<JoinHandle<()>>,
+}
+
+impl Load {
+    pub fn start(gateway: &str, model: &str, clients: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let answers = Arc::new(Mutex::new(Vec::new()));
+        let url = format!("{gateway}/v2/models/{model}/infer");
+        let clients = (0..clients)
+            .map(|_| {
+                let (stop, answers, url) = (Arc::clone(&stop), Arc::clone(&answers), url.clone());
+                std::thread::spawn(move || {
+                    let http = reqwest::blocking::Client::new();
+                    let body = json!({"inputs": [
+                        {"name": "x", "datatype": "FP32", "shape": [1, 1], "data": [0.0]}
+                    ]});
+                    while !stop.load(Ordering::Relaxed) {
+                        let answer = match http.post(&url).json(&body).send() {
+                            Ok(response) => {
+                                let code = response.status().as_u16();
+                                let text = response.text().unwrap_or_default();
+                                let version = serde_json::from_str::<Value>(&text)
+                                    .ok()
+                                    .and_then(|v| v["outputs"][0]["data"][0].as_i64())
+                                    .unwrap_or(-1);
+                                (
+                                    code,
+                                    version,
+                                    if code == 200 { String::new() } else { text },
+                                )
+                            }
+                            Err(e) => (0, -1, e.to_string()),
+                        };
+                        answers.lock().unwrap().push(answer);
+                    }
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            answers,
+            clients,
+        }
+    }
+
+    /// Answers so far, from `from` on.
+    pub fn since(&self, from: usize) -> Vec<(u16, i64, String)> {
+        self.answers.lock().unwrap()[from..].to_vec()
+    }
+
+    pub fn count(&self) -> usize {
+        self.answers.lock().unwrap().len()
+    }
+
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for client in self.clients {
+            client.join().unwrap();
+        }
+    }
+}
+
+pub fn assert_no_failures(answers: &[(u16, i64, String)], during: &str) {
+    let failed: Vec<&(u16, i64, String)> = answers.iter().filter(|a| a.0 != 200).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed during {during}; first: {:?}",
+        failed.len(),
+        answers.len(),
+        failed.first()
+    );
+}
+
+/// A port free on 127.0.0.1 a moment ago, for a process that must come back on the
+/// same address after a restart.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A `mycel gateway` process on its own, killed on drop.
+pub struct TestGateway {
+    pub url: String,
+    child: Child,
+}
+
+impl TestGateway {
+    /// Follows `server` from `port`, in `location`, keeping its routes under `data`.
+    pub fn start(server_url: &str, token: &str, port: u16, location: &str, data: &Path) -> Self {
+        let child = Command::new(mycel_bin())
+            .args(["gateway", "--server", server_url, "--location", location])
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--data"])
+            .arg(data)
+            .env("MYCEL_TOKEN", token)
+            .env("MYCEL_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let url = format!("http://127.0.0.1:{port}");
+        eventually("the gateway to listen", Duration::from_secs(10), || {
+            reqwest::blocking::get(format!("{url}/v2/health/live"))
+                .ok()
+                .filter(|r| r.status().is_success())
+        });
+        Self { url, child }
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
