@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use mycel_core::api::{
-    DeployRequest, FleetStatus, Heartbeat, NodeAssignments, RollbackRequest, RolloutStatus,
-    RoutingTable,
+    DeployRequest, FleetStatus, Heartbeat, JoinRequest, JoinToken, JoinTokenRequest, Joined,
+    NodeAssignments, RollbackRequest, RolloutStatus, RoutingTable,
 };
 use mycel_core::fleet::{Deployment, Node, NodeSpec, ReplicaStatus, Rollout};
 use reqwest::Method;
@@ -12,6 +12,31 @@ use reqwest::Method;
 use crate::{Client, ClientError};
 
 impl Client {
+    /// A one-time token for one node to join (an operator's call).
+    pub async fn create_join_token(
+        &self,
+        request: &JoinTokenRequest,
+    ) -> Result<JoinToken, ClientError> {
+        self.call(Method::POST, "/v1/join-tokens", request).await
+    }
+
+    /// Trades a join token for node `name`'s own credential; needs no other token.
+    pub async fn join(&self, name: &str, token: &str) -> Result<Joined, ClientError> {
+        let request = JoinRequest {
+            token: token.to_owned(),
+        };
+        self.call(Method::POST, &format!("/v1/nodes/{name}/join"), &request)
+            .await
+    }
+
+    /// Revokes node `name`: its credentials stop working and its replicas move.
+    pub async fn revoke_node(&self, name: &str) -> Result<(), ClientError> {
+        let _: serde_json::Value = self
+            .json(self.request(Method::DELETE, &format!("/v1/nodes/{name}")))
+            .await?;
+        Ok(())
+    }
+
     /// Registers (or re-registers) a node.
     pub async fn register_node(&self, spec: &NodeSpec) -> Result<Node, ClientError> {
         self.call(Method::PUT, &format!("/v1/nodes/{}", spec.name), spec)

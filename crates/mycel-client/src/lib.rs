@@ -6,6 +6,8 @@
 #![warn(missing_docs)]
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -71,17 +73,21 @@ impl ClientError {
     }
 }
 
-/// A connection to one control plane.
+/// A connection to a control plane: one URL, or several serving the same fleet, tried
+/// in turn when one cannot be reached.
 #[derive(Clone, Debug)]
 pub struct Client {
-    base: String,
+    /// Every server's base URL, without a trailing slash.
+    servers: Arc<Vec<String>>,
+    /// The one that answered last; shared by clones, so all of them move on together.
+    current: Arc<AtomicUsize>,
     token: Option<String>,
     http: reqwest::Client,
 }
 
 impl Client {
-    /// A client for the server at `base` (e.g. `http://127.0.0.1:7700`), sending `token`
-    /// as a bearer token when given.
+    /// A client for the server at `base` (e.g. `http://127.0.0.1:7700`), or at any of
+    /// several comma-separated URLs, sending `token` as a bearer token when given.
     pub fn new(base: &str, token: Option<String>) -> Result<Self, ClientError> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
@@ -90,40 +96,97 @@ impl Client {
                 url: base.to_owned(),
                 source,
             })?;
+        let servers: Vec<String> = base
+            .split(',')
+            .map(|url| url.trim().trim_end_matches('/').to_owned())
+            .filter(|url| !url.is_empty())
+            .collect();
         Ok(Self {
-            base: base.trim_end_matches('/').to_owned(),
+            servers: Arc::new(servers),
+            current: Arc::new(AtomicUsize::new(0)),
             token,
             http,
         })
     }
 
-    /// The server's `host:port`, the port filled in from the scheme when the URL has
-    /// none; `None` if the URL names no host.
+    /// The current server's `host:port`, the port filled in from the scheme when the
+    /// URL has none; `None` if the URL names no host.
     pub fn server_authority(&self) -> Option<String> {
-        let url = reqwest::Url::parse(&self.base).ok()?;
+        let url = reqwest::Url::parse(self.base_url()).ok()?;
         let host = url.host_str()?;
         let port = url.port_or_known_default()?;
         Some(format!("{host}:{port}"))
     }
 
-    /// The server's base URL.
+    /// The base URL of the server in use.
     pub fn base_url(&self) -> &str {
-        &self.base
+        let index = self.current.load(Ordering::Relaxed);
+        self.servers
+            .get(index)
+            .or_else(|| self.servers.first())
+            .map_or("", String::as_str)
     }
 
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        let builder = self.http.request(method, format!("{}{path}", self.base));
+        let builder = self
+            .http
+            .request(method, format!("{}{path}", self.base_url()));
         match &self.token {
             Some(token) => builder.bearer_auth(token),
             None => builder,
         }
     }
 
+    /// Sends to the current server; if it cannot be reached, to the next ones in turn
+    /// (a request whose body is a stream goes to the current one only).
+    async fn execute(&self, builder: RequestBuilder) -> Result<Response, ClientError> {
+        let request = builder.build().map_err(|source| self.transport(source))?;
+        let first = self.current.load(Ordering::Relaxed);
+        let tried = self.base_url().to_owned();
+        let mut last_error = None;
+        for step in 0..self.servers.len().max(1) {
+            let index = (first + step) % self.servers.len().max(1);
+            let attempt = if step == 0 {
+                request.try_clone()
+            } else {
+                let Some(server) = self.servers.get(index) else {
+                    break;
+                };
+                let suffix = request.url().as_str().strip_prefix(tried.as_str());
+                let url = suffix.and_then(|s| reqwest::Url::parse(&format!("{server}{s}")).ok());
+                request.try_clone().zip(url).map(|(mut r, url)| {
+                    *r.url_mut() = url;
+                    r
+                })
+            };
+            let Some(attempt) = attempt else {
+                break;
+            };
+            match self.http.execute(attempt).await {
+                Ok(response) => {
+                    if step > 0 {
+                        self.current.store(index, Ordering::Relaxed);
+                    }
+                    return Ok(response);
+                }
+                // Another server can help only if this one was never reached.
+                Err(e) if e.is_connect() => last_error = Some(e),
+                Err(e) => return Err(self.transport(e)),
+            }
+        }
+        match last_error {
+            Some(e) => Err(self.transport(e)),
+            // Not clonable (a streamed body): it goes to the current server alone.
+            None => self
+                .http
+                .execute(request)
+                .await
+                .map_err(|source| self.transport(source)),
+        }
+    }
+
     async fn send(&self, builder: RequestBuilder) -> Result<Response, ClientError> {
-        let response = builder
-            .send()
-            .await
-            .map_err(|source| self.transport(source))?;
+        let response = self.execute(builder).await?;
         if response.status().is_success() {
             return Ok(response);
         }
@@ -178,7 +241,7 @@ impl Client {
 
     fn transport(&self, source: reqwest::Error) -> ClientError {
         ClientError::Transport {
-            url: self.base.clone(),
+            url: self.servers.join(", "),
             source,
         }
     }
@@ -263,7 +326,7 @@ impl Client {
         let response = self
             .send(self.request(Method::GET, &format!("/v1/blobs/{hash}")))
             .await?;
-        let url = self.base.clone();
+        let url = self.base_url().to_owned();
         Ok(response.bytes_stream().map(move |chunk| {
             chunk.map_err(|source| ClientError::Transport {
                 url: url.clone(),

@@ -58,8 +58,14 @@ pub fn token_name(store: &dyn Store, token: &str) -> Result<Option<String>, Stor
 
 /// 32 random bytes as hex, prefixed so a leaked token is easy to recognize and scan for.
 fn new_token() -> std::io::Result<String> {
+    new_secret("mycel_")
+}
+
+/// 32 random bytes as hex after `prefix` (`mycel_join_`, `mycel_node_`: what a leaked
+/// secret is says itself).
+pub fn new_secret(prefix: &str) -> std::io::Result<String> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|e| std::io::Error::other(e.to_string()))?;
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    Ok(format!("mycel_{hex}"))
+    Ok(format!("{prefix}{hex}"))
 }

@@ -45,7 +45,7 @@ pub(crate) struct Federations {
     /// Tasks not yet handed to their node's agent, by node.
     queued: Mutex<HashMap<String, Vec<Task>>>,
     /// Where each handed-out or queued task's result goes, by task id.
-    waiting: Mutex<HashMap<String, oneshot::Sender<TaskResult>>>,
+    waiting: Mutex<HashMap<String, Waiting>>,
     /// Running federations: their nodes, and how to stop them.
     running: Mutex<HashMap<u64, Running>>,
     /// Bumped when tasks are queued or federations end; agents' long-polls wait on it.
@@ -57,6 +57,30 @@ pub(crate) struct Federations {
 struct Running {
     nodes: BTreeSet<String>,
     cancel: CancellationToken,
+}
+
+/// A task whose result a round waits for.
+struct Waiting {
+    /// The node it was given to: the only one whose result counts.
+    node: String,
+    /// What the node needs to read for it: the version and the weights.
+    version: mycel_core::VersionId,
+    weights: BlobHash,
+    result: oneshot::Sender<TaskResult>,
+}
+
+/// What became of a task's result.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Completion {
+    /// Handed to the round waiting for it.
+    Accepted,
+    /// No round waits for it (it went on without it), or there is no such task.
+    NotAwaited,
+    /// Another node's task: refused, and the round keeps waiting for that node.
+    NotYours {
+        /// The node the task was given to.
+        owner: String,
+    },
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -220,11 +244,32 @@ impl Federations {
 
     /// Hands a task's result to the round waiting for it; false if none waits (the
     /// round moved on, or no such task).
-    pub(crate) fn complete(&self, task: &str, result: TaskResult) -> bool {
-        match lock(&self.waiting).remove(task) {
-            Some(sender) => sender.send(result).is_ok(),
-            None => false,
+    /// `by` is the node that posted it, for a node's credential: a result counts only
+    /// from the node the task was given to.
+    pub(crate) fn complete(&self, task: &str, by: Option<&str>, result: TaskResult) -> Completion {
+        let mut waiting = lock(&self.waiting);
+        match waiting.get(task) {
+            None => return Completion::NotAwaited,
+            Some(w) if by.is_some_and(|node| node != w.node) => {
+                return Completion::NotYours {
+                    owner: w.node.clone(),
+                }
+            }
+            Some(_) => {}
         }
+        match waiting.remove(task).map(|w| w.result.send(result)) {
+            Some(Ok(())) => Completion::Accepted,
+            _ => Completion::NotAwaited,
+        }
+    }
+
+    /// The versions and blobs `node`'s pending tasks need it to read.
+    pub(crate) fn task_reads(&self, node: &str) -> Vec<(mycel_core::VersionId, BlobHash)> {
+        lock(&self.waiting)
+            .values()
+            .filter(|w| w.node == node)
+            .map(|w| (w.version, w.weights))
+            .collect()
     }
 
     async fn save(&self, federation: &Federation) -> Result<(), StoreError> {
@@ -479,7 +524,15 @@ impl Federations {
             for node in nodes {
                 let id = format!("f{}-r{round}-{kind}-{node}", federation.id);
                 let (tx, rx) = oneshot::channel();
-                waiting.insert(id.clone(), tx);
+                waiting.insert(
+                    id.clone(),
+                    Waiting {
+                        node: node.clone(),
+                        version: federation.version,
+                        weights: federation.global,
+                        result: tx,
+                    },
+                );
                 queued.entry(node.clone()).or_default().push(Task {
                     id: id.clone(),
                     federation: federation.id,
@@ -814,6 +867,46 @@ mod tests {
             }),
             evaluation_error: None,
         }
+    }
+
+    #[tokio::test]
+    async fn a_result_counts_only_from_the_node_the_task_was_given_to() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store: Arc<dyn Store> = Arc::new(
+            crate::store::RedbStore::open(&dir.path().join("state.redb"))
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
+        let blobs = BlobStore::open(dir.path().join("blobs")).unwrap_or_else(|e| panic!("{e}"));
+        let fleet = Arc::new(Fleet::new(Arc::clone(&store), Duration::from_secs(15)));
+        let federations = Federations::new(store, blobs, fleet);
+        let (tx, mut rx) = oneshot::channel();
+        let weights = BlobHash::of(b"weights");
+        lock(&federations.waiting).insert(
+            "f1-r1-train-a".into(),
+            Waiting {
+                node: "a".into(),
+                version: mycel_core::VersionId(BlobHash::of(b"v")),
+                weights,
+                result: tx,
+            },
+        );
+        let failed = || TaskResult::Failed { reason: "x".into() };
+        assert_eq!(federations.task_reads("a").len(), 1);
+        assert!(federations.task_reads("b").is_empty());
+        assert_eq!(
+            federations.complete("f1-r1-train-a", Some("b"), failed()),
+            Completion::NotYours { owner: "a".into() }
+        );
+        assert!(rx.try_recv().is_err(), "b's result reached the round");
+        assert_eq!(
+            federations.complete("f1-r1-train-a", Some("a"), failed()),
+            Completion::Accepted
+        );
+        assert_eq!(rx.try_recv().ok(), Some(failed()));
+        assert_eq!(
+            federations.complete("f1-r1-train-a", None, failed()),
+            Completion::NotAwaited
+        );
     }
 
     #[test]

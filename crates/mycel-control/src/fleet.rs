@@ -152,6 +152,14 @@ impl Fleet {
             .await
     }
 
+    /// A revoked node is gone: forget what it reported and place its replicas elsewhere.
+    pub(crate) async fn forget(&self, node: &str) -> Result<(), StoreError> {
+        lock(&self.heartbeats).remove(node);
+        self.reconcile().await?;
+        self.routes.send_modify(|g| *g += 1);
+        Ok(())
+    }
+
     /// An agent registers (or re-registers) its node.
     pub(crate) async fn register(&self, spec: NodeSpec) -> Result<Node, StoreError> {
         let now = now_ms();

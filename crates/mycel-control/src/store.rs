@@ -7,6 +7,7 @@
 
 use std::path::Path;
 
+use mycel_core::api::NodeGrant;
 use mycel_core::federation::Federation;
 use mycel_core::fleet::{Assignment, Deployment, Node, Rollout};
 use mycel_core::{Version, VersionId};
@@ -30,6 +31,31 @@ const ASSIGNMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("assignme
 const ROLLOUTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("rollouts");
 /// Federation id → federation JSON, rounds included.
 const FEDERATIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("federations");
+/// BLAKE3 of an unused join token → the grant JSON it carries.
+const JOIN_TOKENS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("join_tokens");
+/// Node name → the grant JSON it joined with.
+const NODE_GRANTS: TableDefinition<&str, &[u8]> = TableDefinition::new("node_grants");
+
+/// The token name a node's credential is stored under.
+pub fn node_token_name(node: &str) -> String {
+    format!("{NODE_TOKEN_PREFIX}{node}")
+}
+
+/// What starts the name of every node credential in the token table.
+pub const NODE_TOKEN_PREFIX: &str = "node:";
+
+/// How redeeming a join token went.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Redeemed {
+    /// The node joined with this grant; its credential is stored.
+    Joined(NodeGrant),
+    /// No such join token, or it was used already.
+    Unknown,
+    /// The token expired (it is gone now).
+    Expired,
+    /// A node of that name joined before and was not revoked (the token is kept).
+    NameTaken,
+}
 
 /// A failure of the state store.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +99,26 @@ pub trait Store: Send + Sync + 'static {
 
     /// Records a token by its BLAKE3 hash.
     fn put_token(&self, token_hash: &[u8; 32], name: &str) -> Result<(), StoreError>;
+
+    /// Records an unused join token by its BLAKE3 hash.
+    fn put_join_token(&self, token_hash: &[u8; 32], grant: &NodeGrant) -> Result<(), StoreError>;
+
+    /// Uses up a join token for node `name` at `now_ms`: in one transaction the token
+    /// goes, the node's grant is recorded and its credential (by hash) is stored.
+    fn redeem_join_token(
+        &self,
+        token_hash: &[u8; 32],
+        name: &str,
+        credential_hash: &[u8; 32],
+        now_ms: u64,
+    ) -> Result<Redeemed, StoreError>;
+
+    /// The grant node `name` joined with, if it joined with one.
+    fn node_grant(&self, name: &str) -> Result<Option<NodeGrant>, StoreError>;
+
+    /// Cuts node `name` off, in one transaction: its credentials, its grant and its
+    /// record go. True if there was anything to remove.
+    fn revoke_node(&self, name: &str) -> Result<bool, StoreError>;
 
     /// Every node, by name.
     fn nodes(&self) -> Result<Vec<Node>, StoreError>;
@@ -137,6 +183,8 @@ impl RedbStore {
         tx.open_table(ASSIGNMENTS).map_err(db)?;
         tx.open_table(ROLLOUTS).map_err(db)?;
         tx.open_table(FEDERATIONS).map_err(db)?;
+        tx.open_table(JOIN_TOKENS).map_err(db)?;
+        tx.open_table(NODE_GRANTS).map_err(db)?;
         tx.commit().map_err(db)?;
         Ok(Self { db: database })
     }
@@ -464,6 +512,97 @@ impl Store for RedbStore {
         tx.commit().map_err(db)?;
         Ok(())
     }
+
+    fn put_join_token(&self, token_hash: &[u8; 32], grant: &NodeGrant) -> Result<(), StoreError> {
+        let json = to_json(grant)?;
+        let tx = self.db.begin_write().map_err(db)?;
+        tx.open_table(JOIN_TOKENS)
+            .map_err(db)?
+            .insert(token_hash.as_slice(), json.as_slice())
+            .map_err(db)?;
+        tx.commit().map_err(db)?;
+        Ok(())
+    }
+
+    fn redeem_join_token(
+        &self,
+        token_hash: &[u8; 32],
+        name: &str,
+        credential_hash: &[u8; 32],
+        now_ms: u64,
+    ) -> Result<Redeemed, StoreError> {
+        let tx = self.db.begin_write().map_err(db)?;
+        let outcome = {
+            let mut joins = tx.open_table(JOIN_TOKENS).map_err(db)?;
+            let mut grants = tx.open_table(NODE_GRANTS).map_err(db)?;
+            let found = joins
+                .get(token_hash.as_slice())
+                .map_err(db)?
+                .map(|v| from_json::<NodeGrant>(v.value()))
+                .transpose()?;
+            match found {
+                None => Redeemed::Unknown,
+                Some(grant) if grant.expires_ms.is_some_and(|at| now_ms > at) => {
+                    joins.remove(token_hash.as_slice()).map_err(db)?;
+                    Redeemed::Expired
+                }
+                Some(_) if grants.get(name).map_err(db)?.is_some() => Redeemed::NameTaken,
+                Some(grant) => {
+                    joins.remove(token_hash.as_slice()).map_err(db)?;
+                    grants
+                        .insert(name, to_json(&grant)?.as_slice())
+                        .map_err(db)?;
+                    tx.open_table(TOKENS)
+                        .map_err(db)?
+                        .insert(credential_hash.as_slice(), node_token_name(name).as_str())
+                        .map_err(db)?;
+                    Redeemed::Joined(grant)
+                }
+            }
+        };
+        tx.commit().map_err(db)?;
+        Ok(outcome)
+    }
+
+    fn node_grant(&self, name: &str) -> Result<Option<NodeGrant>, StoreError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let table = tx.open_table(NODE_GRANTS).map_err(db)?;
+        let found = table.get(name).map_err(db)?;
+        found.map(|v| from_json(v.value())).transpose()
+    }
+
+    fn revoke_node(&self, name: &str) -> Result<bool, StoreError> {
+        let credential = node_token_name(name);
+        let tx = self.db.begin_write().map_err(db)?;
+        let removed = {
+            let mut tokens = tx.open_table(TOKENS).map_err(db)?;
+            let mut held = Vec::new();
+            for entry in tokens.iter().map_err(db)? {
+                let (hash, owner) = entry.map_err(db)?;
+                if owner.value() == credential {
+                    held.push(hash.value().to_vec());
+                }
+            }
+            for hash in &held {
+                tokens.remove(hash.as_slice()).map_err(db)?;
+            }
+            let grant = tx
+                .open_table(NODE_GRANTS)
+                .map_err(db)?
+                .remove(name)
+                .map_err(db)?
+                .is_some();
+            let node = tx
+                .open_table(NODES)
+                .map_err(db)?
+                .remove(name)
+                .map_err(db)?
+                .is_some();
+            !held.is_empty() || grant || node
+        };
+        tx.commit().map_err(db)?;
+        Ok(removed)
+    }
 }
 
 #[cfg(test)]
@@ -522,6 +661,71 @@ mod tests {
         assert_eq!(store.token_name(&hash).unwrap(), None);
         store.put_token(&hash, "admin").unwrap();
         assert_eq!(store.token_name(&hash).unwrap().as_deref(), Some("admin"));
+
+        // Join tokens: one use each, until they expire; one node per name.
+        let grant = NodeGrant {
+            location: "tokyo".into(),
+            labels: [("tier".to_owned(), "edge".to_owned())].into(),
+            expires_ms: Some(1_000),
+            created_by: "admin".into(),
+        };
+        let (join, credential) = (
+            *blake3::hash(b"join").as_bytes(),
+            *blake3::hash(b"cred").as_bytes(),
+        );
+        store.put_join_token(&join, &grant).unwrap();
+        assert_eq!(
+            store
+                .redeem_join_token(&join, "edge-1", &credential, 1_001)
+                .unwrap(),
+            Redeemed::Expired
+        );
+        assert_eq!(
+            store
+                .redeem_join_token(&join, "edge-1", &credential, 0)
+                .unwrap(),
+            Redeemed::Unknown,
+            "an expired token is gone"
+        );
+        store.put_join_token(&join, &grant).unwrap();
+        assert_eq!(
+            store
+                .redeem_join_token(&join, "edge-1", &credential, 999)
+                .unwrap(),
+            Redeemed::Joined(grant.clone())
+        );
+        assert_eq!(
+            store.token_name(&credential).unwrap().as_deref(),
+            Some("node:edge-1")
+        );
+        assert_eq!(store.node_grant("edge-1").unwrap(), Some(grant.clone()));
+        assert_eq!(
+            store
+                .redeem_join_token(&join, "edge-2", &credential, 0)
+                .unwrap(),
+            Redeemed::Unknown,
+            "a used token is gone"
+        );
+        let second = *blake3::hash(b"join-2").as_bytes();
+        store.put_join_token(&second, &grant).unwrap();
+        assert_eq!(
+            store
+                .redeem_join_token(&second, "edge-1", &credential, 0)
+                .unwrap(),
+            Redeemed::NameTaken
+        );
+        assert!(store.revoke_node("edge-1").unwrap());
+        assert_eq!(store.token_name(&credential).unwrap(), None);
+        assert_eq!(store.node_grant("edge-1").unwrap(), None);
+        assert_eq!(store.token_name(&hash).unwrap().as_deref(), Some("admin"));
+        assert!(!store.revoke_node("edge-1").unwrap());
+        assert!(matches!(
+            store
+                .redeem_join_token(&second, "edge-1", &credential, 0)
+                .unwrap(),
+            Redeemed::Joined(_)
+        ));
+        assert!(store.revoke_node("edge-1").unwrap());
 
         let node = Node {
             spec: NodeSpec {

@@ -353,3 +353,60 @@ pub struct RouteReplica {
     /// The agent's data-plane URL.
     pub agent_url: String,
 }
+
+/// `POST /v1/join-tokens`: a one-time token with which one node joins the fleet.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinTokenRequest {
+    /// The location the node joins.
+    pub location: String,
+    /// Labels the node gets, whatever it says of itself.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Seconds until the token can no longer be used; by default it does not expire.
+    #[serde(default)]
+    pub expires_s: Option<u64>,
+}
+
+/// What a node joining with a join token, and then holding its credential, is granted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeGrant {
+    /// Its location; the node cannot register elsewhere.
+    pub location: String,
+    /// Labels it carries.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// When the join token stops working, ms since the Unix epoch.
+    #[serde(default)]
+    pub expires_ms: Option<u64>,
+    /// Who made the join token.
+    pub created_by: String,
+}
+
+/// The answer to [`JoinTokenRequest`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JoinToken {
+    /// The secret to hand to `mycel agent --join`; shown once, stored only as a hash.
+    pub token: String,
+    /// What the node that uses it gets.
+    pub grant: NodeGrant,
+}
+
+/// `POST /v1/nodes/{name}/join`: a node trades a join token for its own credential.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinRequest {
+    /// The one-time join token.
+    pub token: String,
+}
+
+/// The answer to [`JoinRequest`]: the node's credential, shown once.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Joined {
+    /// The node's name.
+    pub node: String,
+    /// What it may be.
+    pub grant: NodeGrant,
+    /// Its bearer credential: it may do what a node does, for this node only.
+    pub credential: String,
+}

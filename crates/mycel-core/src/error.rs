@@ -13,6 +13,9 @@ pub enum ErrorCode {
     InvalidRequest,
     /// No token, or a token the server does not know.
     Unauthorized,
+    /// A known token that may not do this (a node's credential asking for what only an
+    /// operator, or another node, may do).
+    Forbidden,
     /// No such component, version, blob or route.
     NotFound,
     /// The request body is over the configured limit.
@@ -40,6 +43,7 @@ impl ErrorCode {
         match self {
             ErrorCode::InvalidRequest => 400,
             ErrorCode::Unauthorized => 401,
+            ErrorCode::Forbidden => 403,
             ErrorCode::NotFound => 404,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::HashMismatch | ErrorCode::MissingBlobs | ErrorCode::InvalidManifest => 422,

@@ -58,6 +58,52 @@ pub enum Command {
     /// List, follow or stop federations; show their rounds.
     #[command(subcommand)]
     Federation(FederationCommand),
+    /// Let nodes join the fleet with their own credentials, or cut one off.
+    #[command(subcommand)]
+    Node(NodeCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NodeCommand {
+    /// One-time join tokens: `mycel node token create --location tokyo`.
+    #[command(subcommand)]
+    Token(NodeTokenCommand),
+    /// Revoke a node: its credential stops working at once and its replicas are placed
+    /// on other nodes.
+    Revoke(RevokeNodeArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NodeTokenCommand {
+    /// Print a token with which one node joins (`mycel agent --join TOKEN`): it gets
+    /// its own credential, good for that node's calls only, in this location.
+    Create(JoinTokenArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct JoinTokenArgs {
+    /// The location the node joins; it cannot register anywhere else.
+    #[arg(long)]
+    pub location: String,
+    /// A label the node gets, repeatable.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// How long the token can be used, e.g. 1h [default: until it is used].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub expires: Option<std::time::Duration>,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// Print the token and its grant as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RevokeNodeArgs {
+    /// The node's name.
+    pub name: String,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
 }
 
 #[derive(Args, Debug)]
@@ -298,7 +344,8 @@ pub struct GatewayArgs {
 pub struct ConnectArgs {
     #[command(flatten)]
     pub data: DataArgs,
-    /// Server URL [default: read from DATA/server.url].
+    /// Server URL, or several comma-separated, tried in turn when one cannot be reached
+    /// [default: read from DATA/server.url].
     #[arg(long, env = "MYCEL_SERVER")]
     pub server: Option<String>,
     /// Bearer token [default: read from DATA/admin.token].
@@ -381,18 +428,24 @@ pub struct ShowArgs {
 
 #[derive(Args, Debug)]
 pub struct AgentArgs {
-    /// Control plane URL.
+    /// Control plane URL; several, comma-separated, are tried in turn when one cannot be
+    /// reached.
     #[arg(long, env = "MYCEL_SERVER")]
     pub server: String,
-    /// Bearer token for the control plane.
+    /// Bearer token for the control plane: an operator's, for a node that did not join
+    /// with --join (a node's own credential, once it joined, is read from DATA).
     #[arg(long, env = "MYCEL_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// A one-time join token from `mycel node token create`: on first start the agent
+    /// trades it for the node's own credential, kept in DATA/node.credential (0600).
+    #[arg(long, env = "MYCEL_JOIN_TOKEN", hide_env_values = true)]
+    pub join: Option<String>,
     /// Node name (a-z, 0-9, '-').
     #[arg(long, env = "MYCEL_NODE")]
     pub name: String,
-    /// Node location, e.g. new-york.
+    /// Node location, e.g. new-york [default: the one it joined].
     #[arg(long, env = "MYCEL_LOCATION")]
-    pub location: String,
+    pub location: Option<String>,
     /// Node label, repeatable.
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,

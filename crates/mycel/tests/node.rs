@@ -1,5 +1,6 @@
 //! A node set up as on another machine: the `mycel` binary alone (no checkout beside
-//! it), an agent listening on every interface, registering an address others can dial.
+//! it), an agent listening on every interface, registering an address others can dial,
+//! with a list of server URLs of which the first is down.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -31,9 +32,11 @@ fn a_node_runs_from_the_binary_alone_and_advertises_a_dialable_address() {
     let bin = machine.path().join("bin/mycel");
     std::fs::create_dir_all(bin.parent().unwrap()).unwrap();
     std::fs::copy(support::mycel_bin(), &bin).unwrap();
+    // The first server URL goes nowhere: the agent fails over to the second.
     let _agent = TestAgent::start_from(
         &bin,
-        &server,
+        &format!("http://127.0.0.1:9,{}", server.url),
+        &server.token(),
         machine.path(),
         "edge",
         "tokyo",
@@ -80,6 +83,19 @@ fn a_node_runs_from_the_binary_alone_and_advertises_a_dialable_address() {
         .json()
         .unwrap();
     assert_eq!(answer["outputs"][0]["data"], json!([1.5, 2.5]), "{answer}");
+
+    // The CLI fails over the same way.
+    let out = std::process::Command::new(support::mycel_bin())
+        .args(["status", "--json", "--server"])
+        .arg(format!("http://127.0.0.1:9, {}", server.url))
+        .env("MYCEL_TOKEN", server.token())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // The worker runtime came out of the binary, into the node's data directory.
     let unpacked: Vec<_> = std::fs::read_dir(machine.path().join("edge/runtime"))

@@ -11,7 +11,7 @@ use mycel_core::api::{MissingBlobsRequest, MissingBlobsResponse, PutBlobResponse
 use mycel_core::{BlobHash, ErrorCode};
 use tokio_util::io::ReaderStream;
 
-use super::{ApiError, ApiJson, Caller};
+use super::{ApiError, ApiJson, Caller, Principal};
 use crate::AppState;
 
 /// Most hashes one `missing` request may ask about.
@@ -53,9 +53,11 @@ pub(super) async fn missing(
     Ok(Json(MissingBlobsResponse { missing }))
 }
 
+/// Nodes upload too: a training task's update is a blob, checked against its hash like
+/// any other.
 pub(super) async fn put(
     State(state): State<Arc<AppState>>,
-    _caller: Caller,
+    _principal: Principal,
     Path(hash): Path<String>,
     headers: HeaderMap,
     body: Body,
@@ -91,10 +93,11 @@ pub(super) async fn put(
 
 pub(super) async fn get(
     State(state): State<Arc<AppState>>,
-    _caller: Caller,
+    principal: Principal,
     Path(hash): Path<String>,
 ) -> Result<Response, ApiError> {
     let hash = parse_hash(&hash)?;
+    super::access::check_blob(&state, &principal, hash).await?;
     let file = state
         .blobs
         .open_blob(&hash)

@@ -13,7 +13,7 @@ use mycel_core::api::{
 };
 use mycel_core::Version;
 
-use super::{ApiError, ApiJson, Caller};
+use super::{ApiError, ApiJson, Caller, Principal};
 use crate::registry::{self, blocking, RegistryError};
 use crate::AppState;
 
@@ -75,12 +75,12 @@ pub(super) async fn create_version(
 
 pub(super) async fn show(
     State(state): State<Arc<AppState>>,
-    _caller: Caller,
+    principal: Principal,
     Path((name, reference)): Path<(String, String)>,
 ) -> Result<Json<Version>, ApiError> {
-    Ok(Json(
-        registry::find_version(&state.store, &name, &reference).await?,
-    ))
+    let version = registry::find_version(&state.store, &name, &reference).await?;
+    super::access::check_version(&state, &principal, version.id, &version.label()).await?;
+    Ok(Json(version))
 }
 
 fn now_ms() -> u64 {

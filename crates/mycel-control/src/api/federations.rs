@@ -14,7 +14,8 @@ use mycel_core::ErrorCode;
 use serde::Deserialize;
 
 use super::nodes::{WatchQuery, MAX_WAIT};
-use super::{ApiError, ApiJson, Caller};
+use super::{ApiError, ApiJson, Caller, Principal};
+use crate::federation::Completion;
 use crate::fleet::now_ms;
 use crate::registry::{self, blocking};
 use crate::AppState;
@@ -242,10 +243,11 @@ fn default_wait() -> u64 {
 
 pub(super) async fn tasks(
     State(state): State<Arc<AppState>>,
-    _caller: Caller,
+    principal: Principal,
     Path(node): Path<String>,
     Query(query): Query<TasksQuery>,
 ) -> Result<Json<NodeTasks>, ApiError> {
+    principal.may_act_for(&node)?;
     let wait = Duration::from_millis(query.wait_ms).min(MAX_WAIT);
     Ok(Json(
         state.federations.tasks_for(&node, wait, &state.stop).await,
@@ -254,17 +256,20 @@ pub(super) async fn tasks(
 
 pub(super) async fn result(
     State(state): State<Arc<AppState>>,
-    _caller: Caller,
+    principal: Principal,
     Path(task): Path<String>,
     ApiJson(result): ApiJson<TaskResult>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    if state.federations.complete(&task, result) {
-        Ok(Json(serde_json::json!({})))
-    } else {
-        Err(ApiError::new(
+    match state.federations.complete(&task, principal.node(), result) {
+        Completion::Accepted => Ok(Json(serde_json::json!({}))),
+        Completion::NotAwaited => Err(ApiError::new(
             ErrorCode::NotFound,
             format!("task {task:?} is not awaited: its round went on without it, or there is no such task"),
-        ))
+        )),
+        Completion::NotYours { owner } => Err(ApiError::new(
+            ErrorCode::Forbidden,
+            format!("task {task:?} was given to node {owner:?}; only its result counts"),
+        )),
     }
 }
 

@@ -1,5 +1,6 @@
 //! The `/v1` REST API: routing, authentication and the one error shape.
 
+mod access;
 mod blobs;
 mod components;
 mod deployments;
@@ -51,7 +52,12 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
             "/v1/components/{name}/dependents",
             get(components::dependents),
         )
-        .route("/v1/nodes/{name}", put(nodes::register))
+        .route(
+            "/v1/nodes/{name}",
+            put(nodes::register).delete(nodes::revoke),
+        )
+        .route("/v1/nodes/{name}/join", post(nodes::join))
+        .route("/v1/join-tokens", post(nodes::create_join_token))
         .route("/v1/nodes/{name}/heartbeat", post(nodes::heartbeat))
         .route("/v1/nodes/{name}/assignments", get(nodes::assignments))
         .route("/v1/deployments", get(deployments::list))
@@ -87,10 +93,37 @@ async fn health() -> Json<Health> {
     })
 }
 
-/// The name of the token that made the request; extracting it is what requires one.
-pub(crate) struct Caller(pub String);
+/// Who made a request: an operator's token (by name) or a node's credential (by node).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Principal {
+    /// A token that may do anything.
+    Operator(String),
+    /// A node's credential: it may do what a node does, for itself.
+    Node(String),
+}
 
-impl FromRequestParts<Arc<AppState>> for Caller {
+impl Principal {
+    /// Refuses a node acting for another node.
+    pub(crate) fn may_act_for(&self, node: &str) -> Result<(), ApiError> {
+        match self {
+            Principal::Node(own) if own != node => Err(ApiError::new(
+                ErrorCode::Forbidden,
+                format!("this credential is node {own:?}'s; it may not act for node {node:?}"),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The node, for a node's credential.
+    pub(crate) fn node(&self) -> Option<&str> {
+        match self {
+            Principal::Node(node) => Some(node),
+            Principal::Operator(_) => None,
+        }
+    }
+}
+
+impl FromRequestParts<Arc<AppState>> for Principal {
     type Rejection = ApiError;
 
     async fn from_request_parts(
@@ -117,8 +150,36 @@ impl FromRequestParts<Arc<AppState>> for Caller {
         let store = Arc::clone(&state.store);
         let name = crate::registry::blocking(&store, move |s| crate::auth::token_name(s, &token))
             .await
-            .map_err(ApiError::internal)?;
-        name.map(Caller)
-            .ok_or_else(|| unauthorized("unknown token"))
+            .map_err(ApiError::internal)?
+            .ok_or_else(|| {
+                unauthorized("unknown token (a revoked node's credential is unknown too)")
+            })?;
+        Ok(match name.strip_prefix(crate::store::NODE_TOKEN_PREFIX) {
+            Some(node) => Principal::Node(node.to_owned()),
+            None => Principal::Operator(name),
+        })
+    }
+}
+
+/// The name of the operator's token that made the request; extracting it is what
+/// requires one, and refuses a node's credential.
+pub(crate) struct Caller(pub String);
+
+impl FromRequestParts<Arc<AppState>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, ApiError> {
+        match Principal::from_request_parts(parts, state).await? {
+            Principal::Operator(name) => Ok(Caller(name)),
+            Principal::Node(node) => Err(ApiError::new(
+                ErrorCode::Forbidden,
+                format!(
+                    "node {node:?}'s credential may only register and heartbeat the node, read its own assignments and tasks, fetch what is assigned to it and post its own results; this needs an operator's token"
+                ),
+            )),
+        }
     }
 }

@@ -8,13 +8,14 @@ mod gateway;
 mod init;
 mod list;
 mod logs;
+mod node;
 mod predict;
 mod push;
 mod rollout;
 mod status;
 mod up;
 
-use crate::cli::{Cli, Command, FederationCommand, RolloutCommand};
+use crate::cli::{Cli, Command, FederationCommand, NodeCommand, NodeTokenCommand, RolloutCommand};
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
@@ -41,6 +42,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Federation(FederationCommand::Status(args)) => federate::status(args).await,
         Command::Federation(FederationCommand::Rounds(args)) => federate::rounds(args).await,
         Command::Federation(FederationCommand::Stop(args)) => federate::stop(args).await,
+        Command::Node(NodeCommand::Token(NodeTokenCommand::Create(args))) => {
+            node::create_token(args).await
+        }
+        Command::Node(NodeCommand::Revoke(args)) => node::revoke(args).await,
     }
 }
 

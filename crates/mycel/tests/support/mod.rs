@@ -243,18 +243,7 @@ impl TestAgent {
         location: &str,
         extra: &[&str],
     ) -> Self {
-        Self::start_from(Path::new(mycel_bin()), server, root, name, location, extra)
-    }
-
-    /// [`TestAgent::start_with`] running the binary at `bin`, from `root`.
-    pub fn start_from(
-        bin: &Path,
-        server: &TestServer,
-        root: &Path,
-        name: &str,
-        location: &str,
-        extra: &[&str],
-    ) -> Self {
+        let bin = Path::new(mycel_bin());
         Self::spawn(
             bin,
             &server.url,
@@ -264,6 +253,20 @@ impl TestAgent {
             location,
             extra,
         )
+    }
+
+    /// [`TestAgent::start_with`] running the binary at `bin`, from `root`, following the
+    /// servers at `urls` (comma-separated).
+    pub fn start_from(
+        bin: &Path,
+        urls: &str,
+        token: &str,
+        root: &Path,
+        name: &str,
+        location: &str,
+        extra: &[&str],
+    ) -> Self {
+        Self::spawn(bin, urls, token, root, name, location, extra)
     }
 
     /// [`TestAgent::start_with`] for a server that may be down now.
