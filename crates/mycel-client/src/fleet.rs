@@ -11,6 +11,11 @@ use reqwest::Method;
 
 use crate::{Client, ClientError};
 
+/// How long a heartbeat or registration may take. A connection that went silent (a
+/// partition, a peer that vanished) would otherwise hold the next heartbeat for as long
+/// as TCP retries, long after the network is back.
+const NODE_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl Client {
     /// A one-time token for one node to join (an operator's call).
     pub async fn create_join_token(
@@ -39,8 +44,13 @@ impl Client {
 
     /// Registers (or re-registers) a node.
     pub async fn register_node(&self, spec: &NodeSpec) -> Result<Node, ClientError> {
-        self.call(Method::PUT, &format!("/v1/nodes/{}", spec.name), spec)
-            .await
+        let path = format!("/v1/nodes/{}", spec.name);
+        self.json(
+            self.request(Method::PUT, &path)
+                .json(spec)
+                .timeout(NODE_CALL_TIMEOUT),
+        )
+        .await
     }
 
     /// Reports that `node` is alive and how its replicas are.
@@ -49,11 +59,12 @@ impl Client {
         node: &str,
         replicas: Vec<ReplicaStatus>,
     ) -> Result<(), ClientError> {
+        let path = format!("/v1/nodes/{node}/heartbeat");
         let _: serde_json::Value = self
-            .call(
-                Method::POST,
-                &format!("/v1/nodes/{node}/heartbeat"),
-                &Heartbeat { replicas },
+            .json(
+                self.request(Method::POST, &path)
+                    .json(&Heartbeat { replicas })
+                    .timeout(NODE_CALL_TIMEOUT),
             )
             .await?;
         Ok(())

@@ -232,7 +232,7 @@ impl Fleet {
         let nodes = blocking(&self.store, |s| s.nodes()).await?;
         let now = now_ms();
         let lost_after = self.lost_after.as_millis() as u64;
-        let mut changed = false;
+        let mut lost = Vec::new();
         for mut node in nodes.into_iter().filter(|n| n.state == NodeState::Ready) {
             // A node not heard from since this process started gets a full grace period.
             let last = *lock(&self.heartbeats)
@@ -242,11 +242,20 @@ impl Fleet {
                 tracing::warn!(node = %node.spec.name, silent_ms = now - last, "node lost: no heartbeat");
                 node.state = NodeState::Lost;
                 node.last_heartbeat_ms = last;
+                lost.push(node.spec.name.clone());
                 blocking(&self.store, move |s| s.put_node(&node)).await?;
-                changed = true;
             }
         }
-        if changed {
+        if !lost.is_empty() {
+            // What a lost node's replicas last said is stale: none counts as ready (they
+            // stay assigned until replaced, and say again when the node is back).
+            let assignments = blocking(&self.store, |s| s.assignments()).await?;
+            let stale: HashSet<&str> = assignments
+                .iter()
+                .filter(|a| lost.contains(&a.node))
+                .map(|a| a.replica.as_str())
+                .collect();
+            lock(&self.statuses).retain(|replica, _| !stale.contains(replica.as_str()));
             tracing::info!("re-placing the replicas of lost nodes");
         }
         // Also how rollout deadlines are noticed.

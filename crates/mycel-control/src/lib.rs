@@ -145,7 +145,7 @@ pub async fn run(
 }
 
 /// The address a local client should dial: a wildcard bind is reachable on loopback.
-fn client_addr(addr: SocketAddr) -> SocketAddr {
+pub fn client_addr(addr: SocketAddr) -> SocketAddr {
     match addr {
         SocketAddr::V4(a) if a.ip().is_unspecified() => {
             SocketAddr::from(([127, 0, 0, 1], a.port()))

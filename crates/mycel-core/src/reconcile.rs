@@ -5,7 +5,12 @@
 //! Rules. Every deployment gets exactly `copies` replicas in each location it names, or
 //! fewer plus one [`Unplaced`] entry saying how many are missing and why. A current
 //! assignment is kept unchanged (same replica id, same node) while its deployment exists
-//! and its node is Ready and still in the assignment's location. It is *up to date* if it
+//! and its node is Ready and still in the assignment's location. One on a Lost node
+//! (cut off, perhaps still serving where it is) is *stranded*: it stays assigned, taking
+//! no capacity and counting for no copy, while fewer than `copies` up-to-date replicas
+//! are ready on Ready nodes; replacements are placed as if it were gone. So a node back
+//! from a partition keeps its replicas, and the replacements, with higher indices, are
+//! the surplus that goes. It is *up to date* if it
 //! also matches the deployment (version, component, resources and serve options), and
 //! *outdated* otherwise. When copies shrink, the highest-indexed up-to-date replicas go
 //! first.
@@ -74,7 +79,12 @@ pub fn reconcile(
 ) -> Plan {
     let deployments = by_name(deployments);
     let mut loads = ready_node_loads(nodes);
-    let (mut assignments, kept) = keep_current(&deployments, &loads, current, ready);
+    let lost: HashMap<&str, &str> = nodes
+        .iter()
+        .filter(|n| n.state == NodeState::Lost)
+        .map(|n| (n.spec.name.as_str(), n.spec.location.as_str()))
+        .collect();
+    let (mut assignments, kept) = keep_current(&deployments, &loads, &lost, current, ready);
     for assignment in &assignments {
         add_to_node(&mut loads, assignment);
     }
@@ -180,6 +190,7 @@ struct Kept {
 fn keep_current<'d>(
     deployments: &BTreeMap<&'d str, &'d Deployment>,
     loads: &BTreeMap<&str, NodeLoad<'_>>,
+    lost: &HashMap<&str, &str>,
     current: &'d [Assignment],
     ready: &HashSet<&str>,
 ) -> (Vec<Assignment>, BTreeMap<(&'d str, &'d str), Kept>) {
@@ -187,21 +198,25 @@ fn keep_current<'d>(
     struct Group<'a> {
         up_to_date: Vec<&'a Assignment>,
         outdated: Vec<&'a Assignment>,
+        stranded: Vec<&'a Assignment>,
     }
     let mut groups: BTreeMap<(&str, &str), Group<'_>> = BTreeMap::new();
     for assignment in current {
         let Some(deployment) = deployments.get(assignment.deployment.as_str()) else {
             continue;
         };
+        let group = groups
+            .entry((assignment.deployment.as_str(), assignment.location.as_str()))
+            .or_default();
         let node_still_there = loads
             .get(assignment.node.as_str())
             .is_some_and(|load| load.location() == assignment.location);
         if !node_still_there {
+            if lost.get(assignment.node.as_str()) == Some(&assignment.location.as_str()) {
+                group.stranded.push(assignment);
+            }
             continue;
         }
-        let group = groups
-            .entry((assignment.deployment.as_str(), assignment.location.as_str()))
-            .or_default();
         if up_to_date(assignment, deployment) {
             group.up_to_date.push(assignment);
         } else {
@@ -239,6 +254,16 @@ fn keep_current<'d>(
             .filter(|a| seen_ids.insert(a.replica.as_str()))
             .take(wanted.saturating_sub(ready_now))
             .collect();
+        // Replicas on a lost node may well still serve where it is (a partition): they
+        // stay assigned until replacements elsewhere are ready, so a node that comes
+        // back keeps them and drops the replacements instead. They count for nothing
+        // else: no capacity, no copies.
+        group.stranded.sort_by_key(|a| surplus_order(&a.replica));
+        let stranded = group
+            .stranded
+            .into_iter()
+            .filter(|a| seen_ids.insert(a.replica.as_str()))
+            .take(wanted.saturating_sub(ready_now));
         counts.insert(
             (deployment, location),
             Kept {
@@ -246,7 +271,13 @@ fn keep_current<'d>(
                 outdated: outdated.len(),
             },
         );
-        kept.extend(up_to_date.into_iter().chain(outdated).cloned());
+        kept.extend(
+            up_to_date
+                .into_iter()
+                .chain(outdated)
+                .chain(stranded)
+                .cloned(),
+        );
     }
     (kept, counts)
 }
@@ -381,7 +412,13 @@ impl Placing<'_, '_> {
         let deployment = self.deployment;
         let copies = deployment.copies.get(self.location).copied().unwrap_or(0);
         let max_unavailable = deployment.max_unavailable.of(copies) as usize;
-        let mine = |a: &Assignment| a.deployment == deployment.name && a.location == self.location;
+        // Replicas stranded on lost nodes neither serve here nor free room: not counted.
+        let loads = &*self.loads;
+        let mine = |a: &Assignment| {
+            a.deployment == deployment.name
+                && a.location == self.location
+                && loads.contains_key(a.node.as_str())
+        };
         let (present, ready_now) =
             self.assignments
                 .iter()
@@ -961,17 +998,67 @@ mod tests {
         let nodes_b_lost = [nodes[0].clone(), lost(nodes[1].clone()), nodes[2].clone()];
         let after = plan(&echo, &nodes_b_lost, &before.assignments);
 
+        // The replica on b may still serve where b is: it stays until its replacement
+        // is ready.
         assert_eq!(
             ids(&after),
-            ["echo-paris-0", "echo-paris-2", "echo-paris-3"]
+            [
+                "echo-paris-0",
+                "echo-paris-1",
+                "echo-paris-2",
+                "echo-paris-3"
+            ]
         );
-        for kept in ["echo-paris-0", "echo-paris-2"] {
+        for kept in ["echo-paris-0", "echo-paris-1", "echo-paris-2"] {
             let old = before.assignments.iter().find(|a| a.replica == kept);
             let new = after.assignments.iter().find(|a| a.replica == kept);
             assert_eq!(old, new);
         }
         assert_ne!(node_of(&after, "echo-paris-3"), "b");
         assert!(after.unplaced.is_empty());
+        let replaced = plan(&echo, &nodes_b_lost, &after.assignments);
+        assert_eq!(
+            ids(&replaced),
+            ["echo-paris-0", "echo-paris-2", "echo-paris-3"]
+        );
+    }
+
+    #[test]
+    fn a_node_back_from_a_partition_keeps_its_replicas_and_the_replacements_go() {
+        let nodes = [node("a", "paris", 8.0, 16), node("b", "paris", 8.0, 16)];
+        let echo = [deployment("echo", &[("paris", 2)])];
+        let before = plan(&echo, &nodes, &[]);
+        assert_eq!(node_of(&before, "echo-paris-1"), "b");
+
+        // b is cut off: a replacement starts on a and is not ready yet.
+        let partitioned = [nodes[0].clone(), lost(nodes[1].clone())];
+        let ready: HashSet<&str> = ["echo-paris-0"].into();
+        let during = reconcile(&echo, &partitioned, &before.assignments, &ready);
+        assert_eq!(
+            ids(&during),
+            ["echo-paris-0", "echo-paris-1", "echo-paris-2"]
+        );
+        assert_eq!(node_of(&during, "echo-paris-2"), "a");
+        assert_eq!(
+            reconcile(&echo, &partitioned, &during.assignments, &ready),
+            during,
+            "stable while the partition lasts"
+        );
+
+        // b is back before the replacement was ready: b's replica stays, the
+        // replacement goes.
+        let healed = reconcile(&echo, &nodes, &during.assignments, &ready);
+        assert_eq!(ids(&healed), ["echo-paris-0", "echo-paris-1"]);
+        assert_eq!(healed.assignments, before.assignments);
+
+        // A location whose only node is lost keeps its replica assigned, and says the
+        // copy cannot be placed elsewhere.
+        let alone = [node("t", "tokyo", 8.0, 16)];
+        let tokyo = [deployment("echo", &[("tokyo", 1)])];
+        let placed = plan(&tokyo, &alone, &[]);
+        let cut_off = plan(&tokyo, &[lost(alone[0].clone())], &placed.assignments);
+        assert_eq!(cut_off.assignments, placed.assignments);
+        assert_eq!(cut_off.unplaced[0].count, 1);
     }
 
     #[test]
@@ -1444,7 +1531,15 @@ mod tests {
         on_lost.node = "b".to_owned();
         current.push(on_lost);
         let plan = plan(&echo, &nodes, &current);
-        assert_eq!(ids(&plan), ["echo-paris-0", "echo-paris-8", "echo-paris-9"]);
+        assert_eq!(
+            ids(&plan),
+            [
+                "echo-paris-0",
+                "echo-paris-7",
+                "echo-paris-8",
+                "echo-paris-9"
+            ]
+        );
     }
 
     #[test]
@@ -1667,10 +1762,15 @@ mod tests {
         );
 
         let mut loads = ready_node_loads(nodes);
+        let on_lost = |a: &Assignment| {
+            nodes.iter().any(|n| {
+                n.spec.name == a.node && n.state == NodeState::Lost && n.spec.location == a.location
+            })
+        };
         for a in &plan.assignments {
             let n = ready.get(a.node.as_str());
             assert!(
-                n.is_some_and(|n| n.spec.location == a.location),
+                n.is_some_and(|n| n.spec.location == a.location) || on_lost(a),
                 "seed {seed}: {a:?}"
             );
             add_to_node(&mut loads, a);
@@ -1689,10 +1789,19 @@ mod tests {
         let mut settled = true;
         for d in deployments {
             for (location, &copies) in &d.copies {
+                let mine = |a: &&Assignment| a.deployment == d.name && &a.location == location;
+                // Stranded on a lost node: kept only while nothing could replace them.
+                let stranded = plan
+                    .assignments
+                    .iter()
+                    .filter(mine)
+                    .filter(|a| on_lost(a))
+                    .count();
                 let here: Vec<&Assignment> = plan
                     .assignments
                     .iter()
-                    .filter(|a| a.deployment == d.name && &a.location == location)
+                    .filter(mine)
+                    .filter(|a| !on_lost(a))
                     .collect();
                 let outdated = here.iter().filter(|a| !up_to_date(a, d)).count();
                 let missing = plan
@@ -1700,6 +1809,11 @@ mod tests {
                     .iter()
                     .find(|u| u.deployment == d.name && &u.location == location)
                     .map_or(0, |u| u.count as usize);
+                assert!(
+                    stranded == 0 || missing > 0,
+                    "seed {seed}: {} kept {stranded} replicas of lost nodes with nothing missing",
+                    d.name
+                );
                 if missing > 0 {
                     let room = loads
                         .values()

@@ -73,6 +73,7 @@ impl Roles {
         let stopped = self.stop.clone();
         self.tasks.spawn(async move {
             mycel_gateway::run(config, stopped.cancelled_owned(), move |addr| {
+                let addr = mycel_control::client_addr(addr);
                 if let Err(e) = std::fs::write(&url_file, format!("http://{addr}\n")) {
                     tracing::warn!(error = %e, file = %url_file.display(), "cannot write the gateway URL");
                 }

@@ -2,6 +2,8 @@
 //! directory, and helpers to drive it.
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
+pub mod netns;
+
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
