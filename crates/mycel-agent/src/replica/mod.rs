@@ -1,0 +1,250 @@
+//! One replica's life on this node: sync its version, build its environment, start its
+//! worker, serve requests, and restart the worker with backoff when it dies.
+//!
+//! This module holds what replicas share on a node ([`NodeContext`]) and how the agent
+//! holds one ([`ReplicaHandle`], [`start`]); `prepare` lays out code and environments,
+//! `supervise` runs a replica's worker and restarts it, `calls` answers requests in
+//! batches, and `process` starts and stops worker processes.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mycel_core::fleet::{Assignment, ReplicaState, ReplicaStatus};
+use mycel_core::manifest::{ServeOptions, MANIFEST_FILE};
+use mycel_core::{Manifest, ResolvedDependency, VersionId};
+use tokio::net::UnixListener;
+use tokio::process::{Child, Command};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::batch;
+use crate::env::{EnvBuilder, EnvSpec};
+use crate::metrics::{Metrics, ModelLabels, ReplicaLabels};
+use crate::sync::{materialize, sync_version, BlobCache};
+use crate::worker::{Frame, Tensor, WorkerConn, WorkerError};
+
+/// How long a worker may take to import and construct the model.
+const START_TIMEOUT: Duration = Duration::from_secs(600);
+/// Restart backoff: first delay, doubled per consecutive failure, capped.
+const BACKOFF_START: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A worker that served this long resets the backoff.
+const HEALTHY_AFTER: Duration = Duration::from_secs(30);
+/// Largest worker answer accepted.
+const MAX_BODY: u64 = 4 << 30;
+/// A worker idle this long is pinged; one that does not answer within
+/// [`HEALTH_TIMEOUT`] is killed and restarted (and fails a rollout it is part of).
+const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a replica no longer assigned may take to finish the requests it holds.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What every replica on this node shares.
+pub struct NodeContext {
+    /// The control plane.
+    pub client: mycel_client::Client,
+    /// The local blob cache.
+    pub cache: BlobCache,
+    /// Where versions are materialized.
+    pub versions_dir: PathBuf,
+    /// What the node keeps on disk to serve without the control plane.
+    pub state: crate::state::NodeState,
+    /// Where worker sockets live (kept short: Unix socket paths are limited).
+    pub run_dir: PathBuf,
+    /// Where each replica's stdout and stderr go.
+    pub logs_dir: PathBuf,
+    /// Builds and caches environments.
+    pub envs: EnvBuilder,
+    /// Replica statuses, reported with every heartbeat.
+    pub statuses: Mutex<HashMap<String, ReplicaStatus>>,
+    /// Signalled when a replica's state changes, so the heartbeat reports it at once
+    /// instead of at the next tick: gateways learn of a ready replica sooner.
+    pub changed: tokio::sync::Notify,
+    /// Where each running replica takes calls, for the data plane.
+    pub callers: Mutex<HashMap<String, Caller>>,
+    /// This node's location, for metrics.
+    pub location: String,
+    /// Inference metrics.
+    pub metrics: Metrics,
+    /// Versions synced and materialized on this node, or being so: replicas of one
+    /// version, and versions that share a dependency, share one fetch.
+    pub synced: Mutex<HashMap<VersionId, Arc<tokio::sync::OnceCell<SyncedVersion>>>>,
+}
+
+/// A version laid out on this node.
+#[derive(Clone, Debug)]
+pub struct SyncedVersion {
+    /// Its read-only directory.
+    pub dir: PathBuf,
+    /// The versions it imports, as it records them.
+    pub dependencies: Vec<ResolvedDependency>,
+}
+
+/// How the data plane reaches a replica.
+#[derive(Clone)]
+pub struct Caller {
+    /// Its call queue.
+    pub calls: mpsc::Sender<Call>,
+    /// Its metric labels.
+    pub labels: ModelLabels,
+}
+
+impl NodeContext {
+    fn set(&self, replica: &str, state: ReplicaState, pid: Option<u32>, restarts: u32) {
+        let status = ReplicaStatus {
+            replica: replica.to_owned(),
+            state,
+            pid,
+            restarts,
+        };
+        let mut statuses = self.statuses.lock().unwrap_or_else(|p| p.into_inner());
+        let previous = statuses.insert(replica.to_owned(), status.clone());
+        if previous.is_none_or(|p| p.state != status.state) {
+            self.changed.notify_one();
+        }
+    }
+
+    /// Forgets a stopped replica, unless a newer one under the same id (a changed
+    /// assignment) has taken its place.
+    pub fn remove(&self, replica: &str, calls: &mpsc::Sender<Call>) {
+        let mut callers = self.callers.lock().unwrap_or_else(|p| p.into_inner());
+        if callers
+            .get(replica)
+            .is_some_and(|c| !c.calls.same_channel(calls))
+        {
+            return;
+        }
+        callers.remove(replica);
+        drop(callers);
+        let mut statuses = self.statuses.lock().unwrap_or_else(|p| p.into_inner());
+        statuses.remove(replica);
+    }
+
+    /// Where to send calls for `replica`, if it runs here.
+    pub fn caller(&self, replica: &str) -> Option<Caller> {
+        let callers = self.callers.lock().unwrap_or_else(|p| p.into_inner());
+        callers.get(replica).cloned()
+    }
+
+    /// Whether `replica` is ready to take calls.
+    pub fn is_ready(&self, replica: &str) -> bool {
+        let statuses = self.statuses.lock().unwrap_or_else(|p| p.into_inner());
+        statuses
+            .get(replica)
+            .is_some_and(|s| s.state == ReplicaState::Ready)
+    }
+
+    /// Every replica's status.
+    pub fn snapshot(&self) -> Vec<ReplicaStatus> {
+        let statuses = self.statuses.lock().unwrap_or_else(|p| p.into_inner());
+        let mut all: Vec<ReplicaStatus> = statuses.values().cloned().collect();
+        all.sort_by(|a, b| a.replica.cmp(&b.replica));
+        all
+    }
+
+    /// The log file of a replica.
+    pub fn log_path(&self, replica: &str) -> PathBuf {
+        self.logs_dir.join(format!("{replica}.log"))
+    }
+}
+
+/// A request for a replica's worker.
+pub struct Call {
+    /// Method, e.g. `predict`.
+    pub method: String,
+    /// Input tensors.
+    pub tensors: Vec<Tensor>,
+    /// Other header fields, e.g. `config` for `train`.
+    pub extra: serde_json::Map<String, serde_json::Value>,
+    /// Where the answer goes.
+    pub reply: oneshot::Sender<Result<Frame, WorkerError>>,
+}
+
+/// A running replica as the agent holds it.
+pub struct ReplicaHandle {
+    /// What the control plane assigned.
+    pub assignment: Assignment,
+    /// Requests for its worker.
+    pub calls: mpsc::Sender<Call>,
+    /// Cancelling stops the replica and its worker at once.
+    pub stop: CancellationToken,
+    /// Cancelling makes the replica refuse new requests, answer those it holds, and stop.
+    pub drain: CancellationToken,
+    /// The replica's task.
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// Starts a replica's task; cancelling `shutdown` stops it, draining or not.
+pub fn start(
+    node: Arc<NodeContext>,
+    assignment: Assignment,
+    shutdown: &CancellationToken,
+) -> ReplicaHandle {
+    let (calls, calls_rx) = mpsc::channel(1024);
+    {
+        let mut callers = node.callers.lock().unwrap_or_else(|p| p.into_inner());
+        let caller = Caller {
+            calls: calls.clone(),
+            labels: labels_of(&node, &assignment),
+        };
+        callers.insert(assignment.replica.clone(), caller);
+    }
+    let stop = shutdown.child_token();
+    let drain = CancellationToken::new();
+    let task = tokio::spawn(run(
+        Arc::clone(&node),
+        assignment.clone(),
+        calls_rx,
+        Signals {
+            stop: stop.clone(),
+            drain: drain.clone(),
+        },
+    ));
+    ReplicaHandle {
+        assignment,
+        calls,
+        stop,
+        drain,
+        task,
+    }
+}
+
+fn labels_of(node: &NodeContext, assignment: &Assignment) -> ModelLabels {
+    ModelLabels {
+        model: assignment.deployment.clone(),
+        version: assignment.version.short(),
+        location: node.location.clone(),
+    }
+}
+
+/// Sets each replica's queue-depth gauge from its queue.
+pub fn update_queue_depths(node: &NodeContext) {
+    let callers = node.callers.lock().unwrap_or_else(|p| p.into_inner());
+    node.metrics.queue_depth.clear();
+    for (replica, caller) in callers.iter() {
+        let waiting = caller.calls.max_capacity() - caller.calls.capacity();
+        let labels = ReplicaLabels {
+            model: caller.labels.model.clone(),
+            replica: replica.clone(),
+        };
+        node.metrics
+            .queue_depth
+            .get_or_create(&labels)
+            .set(waiting as i64);
+    }
+}
+
+mod calls;
+mod prepare;
+mod process;
+mod supervise;
+
+use calls::{gather, run_batch};
+use prepare::prepare;
+pub(crate) use prepare::{prepare_code, Prepared};
+use process::{exit_reason, stop_worker};
+pub(crate) use process::{log_tail, spawn_worker, tail, Launch};
+use supervise::{run, Signals};

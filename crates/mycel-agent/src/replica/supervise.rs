@@ -1,0 +1,279 @@
+//! Supervision: prepare a replica, start its worker, serve until it dies, restart it
+//! with backoff.
+
+use super::*;
+
+/// How a replica is told to end.
+pub(super) struct Signals {
+    /// At once, killing a call in progress (the node is shutting down).
+    pub(super) stop: CancellationToken,
+    /// After answering what it holds (it is no longer assigned).
+    pub(super) drain: CancellationToken,
+}
+
+impl Signals {
+    /// Either signal; before a replica serves, draining is stopping.
+    async fn ended(&self) {
+        tokio::select! {
+            _ = self.stop.cancelled() => {}
+            _ = self.drain.cancelled() => {}
+        }
+    }
+
+    fn is_ended(&self) -> bool {
+        self.stop.is_cancelled() || self.drain.is_cancelled()
+    }
+}
+
+pub(super) async fn run(
+    node: Arc<NodeContext>,
+    assignment: Assignment,
+    mut calls: mpsc::Receiver<Call>,
+    signals: Signals,
+) {
+    let replica = assignment.replica.clone();
+    let prepared = tokio::select! {
+        _ = signals.ended() => return,
+        prepared = prepare(&node, &assignment) => prepared,
+    };
+    let prepared = match prepared {
+        Ok(p) => p,
+        Err(reason) => {
+            tracing::warn!(%replica, %reason, "replica failed");
+            node.set(&replica, ReplicaState::Failed { reason }, None, 0);
+            // Answer callers until stopped, so nobody waits on a replica that cannot start.
+            drain_failed(&mut calls, &signals).await;
+            return;
+        }
+    };
+
+    let mut restarts = 0u32;
+    let mut backoff = BACKOFF_START;
+    loop {
+        node.set(&replica, ReplicaState::Starting, None, restarts);
+        let started = tokio::time::Instant::now();
+        let outcome = serve_once(&node, &replica, &prepared, &mut calls, &signals, restarts).await;
+        if signals.is_ended() {
+            return;
+        }
+        let reason = match outcome {
+            Ok(()) => return,
+            Err(reason) => reason,
+        };
+        tracing::warn!(%replica, %reason, "worker stopped; restarting");
+        node.set(&replica, ReplicaState::Failed { reason }, None, restarts);
+        let (delay, next) = restart_delay(backoff, started.elapsed());
+        tokio::select! {
+            _ = signals.ended() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        backoff = next;
+        restarts += 1;
+    }
+}
+
+pub(super) async fn drain_failed(calls: &mut mpsc::Receiver<Call>, signals: &Signals) {
+    loop {
+        tokio::select! {
+            _ = signals.ended() => return,
+            call = calls.recv() => match call {
+                Some(call) => {
+                    let error = std::io::Error::other("replica failed to start");
+                    let _ = call.reply.send(Err(WorkerError::Io(error)));
+                }
+                None => return,
+            }
+        }
+    }
+}
+
+/// Starts one worker process and serves calls until it dies (Err) or the replica is
+/// stopped or drained (Ok).
+pub(super) async fn serve_once(
+    node: &NodeContext,
+    replica: &str,
+    prepared: &Prepared,
+    calls: &mut mpsc::Receiver<Call>,
+    signals: &Signals,
+    restarts: u32,
+) -> Result<(), String> {
+    let stop = &signals.stop;
+    let socket = node.run_dir.join(format!("{replica}.sock"));
+    let _ = std::fs::remove_file(&socket);
+    let listener =
+        UnixListener::bind(&socket).map_err(|e| format!("binding {}: {e}", socket.display()))?;
+    let launch = Launch {
+        log: node.log_path(replica),
+        ..Launch::default()
+    };
+    let mut child = spawn_worker(prepared, &socket, &launch)?;
+    let pid = child.id();
+
+    let accepted = tokio::select! {
+        _ = signals.ended() => { stop_worker(&mut child, None).await; return Ok(()); }
+        status = child.wait() => Err(exit_reason(node, replica, status)),
+        accepted = tokio::time::timeout(START_TIMEOUT, listener.accept()) => match accepted {
+            Ok(Ok((stream, _))) => Ok(stream),
+            Ok(Err(e)) => Err(format!("accepting the worker's connection: {e}")),
+            Err(_) => Err(format!("worker did not connect within {}s", START_TIMEOUT.as_secs())),
+        },
+    };
+    drop(listener);
+    let _ = std::fs::remove_file(&socket);
+    let stream = match accepted {
+        Ok(stream) => stream,
+        Err(reason) => {
+            stop_worker(&mut child, None).await;
+            return Err(reason);
+        }
+    };
+    let mut conn = WorkerConn::new(stream, MAX_BODY);
+    let handshake = tokio::select! {
+        _ = signals.ended() => { stop_worker(&mut child, Some(&mut conn)).await; return Ok(()); }
+        handshake = tokio::time::timeout(START_TIMEOUT, conn.handshake()) => handshake,
+    };
+    match handshake {
+        Ok(Ok(_)) => {}
+        Ok(Err(WorkerError::Model { message, traceback })) => {
+            stop_worker(&mut child, None).await;
+            return Err(format!("model failed to load: {message}\n{traceback}"));
+        }
+        Ok(Err(e)) => {
+            let status = child.wait().await;
+            return Err(format!("{e}; {}", exit_reason(node, replica, status)));
+        }
+        Err(_) => {
+            stop_worker(&mut child, None).await;
+            return Err(format!(
+                "model did not load within {}s",
+                START_TIMEOUT.as_secs()
+            ));
+        }
+    }
+    node.set(replica, ReplicaState::Ready, pid, restarts);
+    tracing::info!(%replica, pid, "replica ready");
+
+    let mut pending: VecDeque<Call> = VecDeque::new();
+    let mut draining = false;
+    loop {
+        let first = match pending.pop_front() {
+            Some(call) => call,
+            None => tokio::select! {
+                _ = stop.cancelled() => {
+                    stop_worker(&mut child, Some(&mut conn)).await;
+                    return Ok(());
+                }
+                // No longer assigned: refuse new calls (the gateway sends them to another
+                // replica), answer the queued ones, then stop when the queue runs dry.
+                _ = signals.drain.cancelled(), if !draining => {
+                    draining = true;
+                    node.set(replica, ReplicaState::Draining, pid, restarts);
+                    calls.close();
+                    continue;
+                }
+                status = child.wait() => return Err(exit_reason(node, replica, status)),
+                _ = tokio::time::sleep(HEALTH_INTERVAL) => {
+                    let pong = tokio::time::timeout(
+                        HEALTH_TIMEOUT,
+                        conn.call("ping", Vec::new(), Default::default()),
+                    )
+                    .await;
+                    match pong {
+                        Ok(Ok(_)) => continue,
+                        Ok(Err(e)) => {
+                            let _ = child.kill().await;
+                            let status = child.wait().await;
+                            return Err(format!("failed its health check: {e}; {}", exit_reason(node, replica, status)));
+                        }
+                        Err(_) => {
+                            let _ = child.kill().await;
+                            let _ = child.wait().await;
+                            return Err(format!(
+                                "failed its health check: no answer to a ping within {}s; killed",
+                                HEALTH_TIMEOUT.as_secs()
+                            ));
+                        }
+                    }
+                }
+                call = calls.recv() => match call {
+                    Some(call) => call,
+                    None => {
+                        stop_worker(&mut child, Some(&mut conn)).await;
+                        return Ok(());
+                    }
+                },
+            },
+        };
+        let batch = gather(first, &mut pending, calls, prepared.serve).await;
+        if batch[0].method == "predict" {
+            let rows = batch
+                .iter()
+                .map(|c| {
+                    c.tensors
+                        .first()
+                        .and_then(|t| t.shape.first())
+                        .copied()
+                        .unwrap_or(1)
+                })
+                .sum();
+            node.metrics.batch(&prepared.labels, rows);
+        }
+        let outcome = tokio::select! {
+            outcome = run_batch(&mut conn, batch) => outcome,
+            // A model stuck in a call must not hold up stopping: the callers of the
+            // dropped batch get 503 and the gateway retries them elsewhere.
+            _ = stop.cancelled() => {
+                let _ = child.kill().await;
+                let _ = child.wait().await;
+                return Ok(());
+            }
+        };
+        if let Err(e) = outcome {
+            // The worker broke mid-call; its exit status says why.
+            let status = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+            let status = match status {
+                Ok(status) => status,
+                Err(_) => {
+                    let _ = child.kill().await;
+                    child.wait().await
+                }
+            };
+            return Err(format!("{e}; {}", exit_reason(node, replica, status)));
+        }
+    }
+}
+
+/// How long to wait before restarting a worker that ran for `served`, with `backoff`
+/// the wait that was next: back to the first wait after a healthy run, and the one
+/// after doubled, up to a cap. Returns (this wait, the next one).
+pub(super) fn restart_delay(backoff: Duration, served: Duration) -> (Duration, Duration) {
+    let delay = if served > HEALTHY_AFTER {
+        BACKOFF_START
+    } else {
+        backoff
+    };
+    (delay, (delay * 2).min(BACKOFF_MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crash_loops_back_off_and_a_healthy_run_starts_over() {
+        let quick = Duration::from_millis(10);
+        let mut backoff = BACKOFF_START;
+        let mut waits = Vec::new();
+        for _ in 0..9 {
+            let (delay, next) = restart_delay(backoff, quick);
+            waits.push(delay.as_millis());
+            backoff = next;
+        }
+        assert_eq!(
+            waits,
+            [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]
+        );
+        let (delay, next) = restart_delay(backoff, HEALTHY_AFTER + quick);
+        assert_eq!((delay, next), (BACKOFF_START, BACKOFF_START * 2));
+    }
+}
