@@ -85,12 +85,29 @@ pub struct Client {
     http: reqwest::Client,
 }
 
+/// `url`, a call to the server at base URL `from`, made to the server at `to` instead:
+/// the same path below the base and the same query.
+fn same_call_on(url: &reqwest::Url, from: &str, to: &str) -> Option<reqwest::Url> {
+    let from = reqwest::Url::parse(from).ok()?;
+    let mut moved = reqwest::Url::parse(to).ok()?;
+    let below = url
+        .path()
+        .strip_prefix(from.path().trim_end_matches('/'))
+        .unwrap_or(url.path());
+    let path = format!("{}{below}", moved.path().trim_end_matches('/'));
+    moved.set_path(&path);
+    moved.set_query(url.query());
+    Some(moved)
+}
+
 impl Client {
     /// A client for the server at `base` (e.g. `http://127.0.0.1:7700`), or at any of
     /// several comma-separated URLs, sending `token` as a bearer token when given.
     pub fn new(base: &str, token: Option<String>) -> Result<Self, ClientError> {
         let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
+            // Under the 5 s a heartbeat may take, so an unreachable server shows as a
+            // connect error and the next one is tried.
+            .connect_timeout(Duration::from_secs(4))
             .build()
             .map_err(|source| ClientError::Transport {
                 url: base.to_owned(),
@@ -152,8 +169,7 @@ impl Client {
                 let Some(server) = self.servers.get(index) else {
                     break;
                 };
-                let suffix = request.url().as_str().strip_prefix(tried.as_str());
-                let url = suffix.and_then(|s| reqwest::Url::parse(&format!("{server}{s}")).ok());
+                let url = same_call_on(request.url(), &tried, server);
                 request.try_clone().zip(url).map(|(mut r, url)| {
                     *r.url_mut() = url;
                     r
@@ -400,5 +416,25 @@ impl Client {
             &format!("/v1/components/{component}/versions/{reference}"),
         ))
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_moves_to_another_server_with_its_path_and_query() {
+        let call = reqwest::Url::parse("http://a.example/v1/nodes/n/assignments?after=3&wait_ms=0")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let moved = same_call_on(
+            &call,
+            "http://A.example:80",
+            "https://b.example:7700/mycel/",
+        );
+        assert_eq!(
+            moved.map(|u| u.to_string()).as_deref(),
+            Some("https://b.example:7700/mycel/v1/nodes/n/assignments?after=3&wait_ms=0")
+        );
     }
 }

@@ -18,7 +18,7 @@ use mycel_core::api::{
 use mycel_core::fleet::{
     Assignment, Node, NodeSpec, NodeState, ReplicaId, ReplicaState, ReplicaStatus, Unplaced,
 };
-use mycel_core::reconcile::reconcile;
+use mycel_core::reconcile::reconcile_reported;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -42,6 +42,8 @@ pub(crate) struct Fleet {
     /// ready or not; gateways' long-polls wait on it.
     routes: watch::Sender<u64>,
     heartbeats: Mutex<HashMap<String, u64>>,
+    /// Nodes whose replica states arrived since this process started.
+    reported: Mutex<HashSet<String>>,
     statuses: Mutex<HashMap<ReplicaId, ReplicaStatus>>,
     unplaced: Mutex<Vec<Unplaced>>,
     /// Serializes reconciles so two never interleave their read and write.
@@ -94,6 +96,7 @@ impl Fleet {
             generation: watch::Sender::new(1),
             routes: watch::Sender::new(1),
             heartbeats: Mutex::new(HashMap::new()),
+            reported: Mutex::new(HashSet::new()),
             statuses: Mutex::new(HashMap::new()),
             unplaced: Mutex::new(Vec::new()),
             reconciling: tokio::sync::Mutex::new(()),
@@ -129,7 +132,8 @@ impl Fleet {
         .await?;
         let statuses = lock(&self.statuses).clone();
         let ready = ready_set(&statuses);
-        let plan = reconcile(&deployments, &nodes, &current, &ready);
+        let reported: HashSet<&str> = statuses.keys().map(String::as_str).collect();
+        let plan = reconcile_reported(&deployments, &nodes, &current, &ready, &reported);
         *lock(&self.unplaced) = plan.unplaced.clone();
         if plan.assignments != current {
             let assignments = plan.assignments.clone();
@@ -184,12 +188,20 @@ impl Fleet {
         replicas: Vec<ReplicaStatus>,
     ) -> Result<bool, StoreError> {
         let owned = node_name.to_owned();
-        let nodes = blocking(&self.store, |s| s.nodes()).await?;
+        let (nodes, assignments) =
+            blocking(&self.store, |s| Ok((s.nodes()?, s.assignments()?))).await?;
         let Some(mut node) = nodes.into_iter().find(|n| n.spec.name == owned) else {
             return Ok(false);
         };
+        // A node speaks for the replicas assigned to it, and for no other.
+        let mine: HashSet<&str> = assignments
+            .iter()
+            .filter(|a| a.node == node_name)
+            .map(|a| a.replica.as_str())
+            .collect();
         let now = now_ms();
         lock(&self.heartbeats).insert(node_name.to_owned(), now);
+        lock(&self.reported).insert(node_name.to_owned());
         let (readiness_changed, failed) = {
             let mut statuses = lock(&self.statuses);
             let (mut changed, mut failed) = (false, false);
@@ -197,6 +209,7 @@ impl Fleet {
             for status in replicas
                 .into_iter()
                 .filter(|s| s.state != ReplicaState::Draining)
+                .filter(|s| mine.contains(s.replica.as_str()))
             {
                 let ready = status.state == ReplicaState::Ready;
                 let newly_failed = matches!(status.state, ReplicaState::Failed { .. });
@@ -297,17 +310,19 @@ impl Fleet {
     }
 
     /// Right after a restart, waits until every node that was ready has reported its
-    /// replicas (or `lost_after` has passed): a table built before would list no replica
-    /// as ready, and gateways would drop routes that still serve.
+    /// replicas (or `lost_after`, at most 20 s, has passed): a table built before would
+    /// list no replica as ready, and gateways would drop routes that still serve. The
+    /// bound keeps a gateway's long-poll inside its client's timeout.
     async fn hear_from_nodes(&self, stop: &CancellationToken) -> Result<(), StoreError> {
-        while self.started.elapsed() < self.lost_after {
+        let patience = self.lost_after.min(Duration::from_secs(20));
+        while self.started.elapsed() < patience {
             let nodes = blocking(&self.store, |s| s.nodes()).await?;
             let silent = {
-                let heard = lock(&self.heartbeats);
+                let heard = lock(&self.reported);
                 nodes
                     .iter()
                     .filter(|n| n.state == NodeState::Ready)
-                    .any(|n| !heard.contains_key(&n.spec.name))
+                    .any(|n| !heard.contains(&n.spec.name))
             };
             if !silent {
                 break;

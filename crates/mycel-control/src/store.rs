@@ -53,7 +53,8 @@ pub enum Redeemed {
     Unknown,
     /// The token expired (it is gone now).
     Expired,
-    /// A node of that name joined before and was not revoked (the token is kept).
+    /// A node of that name joined before, or registered with an operator's token, and
+    /// was not revoked (the token is kept).
     NameTaken,
 }
 
@@ -546,7 +547,17 @@ impl Store for RedbStore {
                     joins.remove(token_hash.as_slice()).map_err(db)?;
                     Redeemed::Expired
                 }
-                Some(_) if grants.get(name).map_err(db)?.is_some() => Redeemed::NameTaken,
+                Some(_)
+                    if grants.get(name).map_err(db)?.is_some()
+                        || tx
+                            .open_table(NODES)
+                            .map_err(db)?
+                            .get(name)
+                            .map_err(db)?
+                            .is_some() =>
+                {
+                    Redeemed::NameTaken
+                }
                 Some(grant) => {
                     joins.remove(token_hash.as_slice()).map_err(db)?;
                     grants

@@ -12,8 +12,8 @@
 //! from a partition keeps its replicas, and the replacements, with higher indices, are
 //! the surplus that goes. It is *up to date* if it
 //! also matches the deployment (version, component, resources and serve options), and
-//! *outdated* otherwise. When copies shrink, the highest-indexed up-to-date replicas go
-//! first.
+//! *outdated* otherwise. When copies shrink, up-to-date replicas that are not ready go
+//! first, then the highest indices.
 //!
 //! Rolling updates fall out of two limits per deployment and location, with `copies`
 //! wanted and `surge` allowed on top ([`Surge`](crate::fleet::Surge)): outdated replicas
@@ -32,6 +32,12 @@
 //! anything new is placed. Deployments are handled in name order and locations in sorted
 //! order, and the output is sorted by replica id, so equal inputs give equal plans, and
 //! reconciling a plan again changes nothing.
+//!
+//! Where no node of a location has room for a new replica beside the old ones, outdated
+//! replicas are replaced in place: stopped (not-ready ones first) for new ones to take
+//! their room, while the location keeps `copies - max_unavailable` serving. A replica
+//! whose state was never reported counts as serving. A location short of its copies is
+//! not replaced in place, since its rollout could never complete.
 //!
 //! Replica ids are `{deployment}-{location}-{index}`. A new replica's index is one more
 //! than the highest index among all ids in `current` and in the plan so far that start
@@ -70,12 +76,27 @@ pub struct Plan {
 }
 
 /// Computes the next assignments from the desired state, the current assignments and
-/// the ids of the replicas that are ready. The module documentation states the rules.
+/// the ids of the replicas that are ready, every replica's state being known. The
+/// module documentation states the rules.
 pub fn reconcile(
     deployments: &[Deployment],
     nodes: &[Node],
     current: &[Assignment],
     ready: &HashSet<&str>,
+) -> Plan {
+    let reported: HashSet<&str> = current.iter().map(|a| a.replica.as_str()).collect();
+    reconcile_reported(deployments, nodes, current, ready, &reported)
+}
+
+/// [`reconcile`] when only the replicas in `reported` have said how they are (a control
+/// plane that just started): one that has not is taken to be serving wherever taking it
+/// out of service is at stake.
+pub fn reconcile_reported(
+    deployments: &[Deployment],
+    nodes: &[Node],
+    current: &[Assignment],
+    ready: &HashSet<&str>,
+    reported: &HashSet<&str>,
 ) -> Plan {
     let deployments = by_name(deployments);
     let mut loads = ready_node_loads(nodes);
@@ -91,8 +112,8 @@ pub fn reconcile(
 
     let mut ids = ReplicaIds::new(current);
     let mut in_place = Vec::new();
-    // (deployment, location, copies short, ready replicas replacing in place would take)
-    let mut shortfalls: Vec<(&Deployment, &String, usize, Option<usize>)> = Vec::new();
+    // (deployment, location, copies short, why replacing in place cannot help)
+    let mut shortfalls: Vec<(&Deployment, &String, usize, Option<String>)> = Vec::new();
     for deployment in deployments.values() {
         for (location, &copies) in &deployment.copies {
             let group = kept
@@ -115,9 +136,9 @@ pub fn reconcile(
             }
             // No room beside the old replicas: replace them where they run.
             let wanted = (copies as usize).saturating_sub(group.up_to_date + placed);
-            match places.replace_in_place(wanted, ready) {
-                InPlaceStep::Impossible { needs } => {
-                    shortfalls.push((*deployment, location, missing - placed, needs));
+            match places.replace_in_place(wanted, ready, reported) {
+                InPlaceStep::Impossible { why } => {
+                    shortfalls.push((*deployment, location, missing - placed, why));
                 }
                 InPlaceStep::Replaced {
                     count: 0,
@@ -132,13 +153,11 @@ pub fn reconcile(
     // the same words.
     let unplaced = shortfalls
         .into_iter()
-        .map(|(deployment, location, count, needs)| {
+        .map(|(deployment, location, count, why)| {
             let mut reason = explain_shortfall(location, deployment, &loads, nodes);
-            if let Some(needs) = needs {
-                reason.push_str(&format!(
-                    "; replacing the old replicas in place would take {needs} out of service at once, more than --max-unavailable {} allows",
-                    deployment.max_unavailable
-                ));
+            if let Some(why) = why {
+                reason.push_str("; ");
+                reason.push_str(&why);
             }
             Unplaced {
                 deployment: deployment.name.clone(),
@@ -232,7 +251,12 @@ fn keep_current<'d>(
             .get(deployment)
             .and_then(|d| d.copies.get(location))
             .map_or(0, |&copies| copies as usize);
-        group.up_to_date.sort_by_key(|a| surplus_order(&a.replica));
+        // Ready ones stay first: a node back from a partition whose replicas are still
+        // starting does not push out ready replacements.
+        group.up_to_date.sort_by_key(|a| {
+            let (no_index, index, id) = surplus_order(&a.replica);
+            (!ready.contains(a.replica.as_str()), no_index, index, id)
+        });
         let up_to_date: Vec<&Assignment> = group
             .up_to_date
             .into_iter()
@@ -372,9 +396,8 @@ struct Placing<'p, 'n> {
 #[derive(Debug, PartialEq, Eq)]
 enum InPlaceStep {
     /// It cannot help here: no node would have room for a new replica even without
-    /// its old ones (`needs` is `None`), or making room takes `needs` ready replicas
-    /// out of service at once, more than `max_unavailable` allows.
-    Impossible { needs: Option<usize> },
+    /// its old ones (`why` is `None`), or `why` not.
+    Impossible { why: Option<String> },
     /// `count` were replaced; `all` unless more wait for new replicas to get ready.
     Replaced { count: usize, all: bool },
 }
@@ -408,7 +431,15 @@ impl Placing<'_, '_> {
     /// Stops outdated replicas to start up to `wanted` new ones on the room they free,
     /// while the location keeps `copies - max_unavailable` ready replicas: outdated
     /// replicas that are not ready go first, then the highest indices.
-    fn replace_in_place(&mut self, wanted: usize, ready: &HashSet<&str>) -> InPlaceStep {
+    fn replace_in_place(
+        &mut self,
+        wanted: usize,
+        ready: &HashSet<&str>,
+        reported: &HashSet<&str>,
+    ) -> InPlaceStep {
+        // A replica that has not said how it is counts as serving: stopping it is never
+        // free (a control plane that just started knows nothing yet).
+        let serving = |id: &str| ready.contains(id) || !reported.contains(id);
         let deployment = self.deployment;
         let copies = deployment.copies.get(self.location).copied().unwrap_or(0);
         let max_unavailable = deployment.max_unavailable.of(copies) as usize;
@@ -424,12 +455,10 @@ impl Placing<'_, '_> {
                 .iter()
                 .filter(|a| mine(a))
                 .fold((0, 0), |(present, ready_now), a| {
-                    let is_ready = ready.contains(a.replica.as_str());
+                    let is_ready = serving(a.replica.as_str());
                     (present + 1, ready_now + usize::from(is_ready))
                 });
-        // Counted from the replicas there, not from the copies wanted, so a location
-        // that never had room for all its copies can still be rolled.
-        let keep_ready = present.min(copies as usize).saturating_sub(max_unavailable);
+        let keep_ready = (copies as usize).saturating_sub(max_unavailable);
         let mut budget = ready_now.saturating_sub(keep_ready);
 
         // Per node, its outdated replicas in the order they would go.
@@ -443,17 +472,25 @@ impl Placing<'_, '_> {
         }
         for outdated in by_node.values_mut() {
             outdated.sort_by(|a, b| {
-                let is_ready = |x: &Assignment| ready.contains(x.replica.as_str());
+                let is_ready = |x: &Assignment| serving(x.replica.as_str());
                 is_ready(a)
                     .cmp(&is_ready(b))
                     .then_with(|| surplus_order(&b.replica).cmp(&surplus_order(&a.replica)))
             });
         }
+        if !by_node.is_empty() && present < copies as usize {
+            // It could never be rolled out completely, so it is not rolled by halves.
+            return InPlaceStep::Impossible {
+                why: Some(format!(
+                    "replacing the old replicas in place waits until all {copies} copies are placed ({present} are)"
+                )),
+            };
+        }
         // The fewest ready replicas that must stop at once on one node to make room.
         let ready_cost = |outdated: &[Assignment]| {
             outdated
                 .iter()
-                .filter(|a| ready.contains(a.replica.as_str()))
+                .filter(|a| serving(a.replica.as_str()))
                 .count()
         };
         let fewest = by_node
@@ -464,9 +501,14 @@ impl Placing<'_, '_> {
             })
             .min();
         match fewest {
-            None => return InPlaceStep::Impossible { needs: None },
+            None => return InPlaceStep::Impossible { why: None },
             Some(needs) if needs > max_unavailable => {
-                return InPlaceStep::Impossible { needs: Some(needs) }
+                return InPlaceStep::Impossible {
+                    why: Some(format!(
+                        "replacing the old replicas in place would take {needs} out of service at once, more than --max-unavailable {} allows",
+                        deployment.max_unavailable
+                    )),
+                }
             }
             Some(_) => {}
         }

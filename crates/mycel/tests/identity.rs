@@ -195,6 +195,8 @@ fn a_joined_node_may_act_only_for_itself_and_a_revoked_one_is_cut_off() {
             Value::Null,
         ),
         ("GET", format!("/v1/blobs/{}", blob_of(&other)), Value::Null),
+        // Uploads are for a federation task's update; it has none.
+        ("PUT", format!("/v1/blobs/{}", blob_of(&other)), Value::Null),
     ] {
         let (code, message) = call(&server, &credential, method, &path, body);
         assert_eq!(code, 403, "{method} {path}: {message}");
@@ -231,7 +233,46 @@ fn a_joined_node_may_act_only_for_itself_and_a_revoked_one_is_cut_off() {
         json!({"token": fresh}),
     );
     assert_eq!(code, 403, "{message}");
-    assert!(message.contains("has joined already"), "{message}");
+    assert!(message.contains("is in the fleet already"), "{message}");
+    // So is the name of a node that registered with an operator's token.
+    let (code, message) = call(
+        &server,
+        &server.token(),
+        "PUT",
+        "/v1/nodes/ops-1",
+        spec("ops-1", "osaka"),
+    );
+    assert_eq!(code, 200, "{message}");
+    let (code, message) = call(
+        &server,
+        "",
+        "POST",
+        "/v1/nodes/ops-1/join",
+        json!({"token": fresh}),
+    );
+    assert_eq!(code, 403, "{message}");
+    let out = server.cli(&["node", "revoke", "ops-1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A node speaks only for its own replicas: a heartbeat about another node's
+    // replica changes nothing.
+    let (code, message) = call(
+        &server,
+        &credential,
+        "POST",
+        "/v1/nodes/edge-1/heartbeat",
+        json!({"replicas": [{"replica": "served-tokyo-9", "state": "ready"}]}),
+    );
+    assert_eq!(code, 200, "{message}");
+    let reported = status(&server)["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["assignment"]["replica"] == "served-tokyo-9");
+    assert!(!reported);
 
     // A second node joins; edge-1 is revoked: cut off, and its replica moves.
     let _edge2 = join(&server, root.path(), "edge-2", &fresh);

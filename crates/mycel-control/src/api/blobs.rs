@@ -53,16 +53,26 @@ pub(super) async fn missing(
     Ok(Json(MissingBlobsResponse { missing }))
 }
 
-/// Nodes upload too: a training task's update is a blob, checked against its hash like
-/// any other.
+/// Nodes upload too, while they have a federation task: its update is a blob, checked
+/// against its hash like any other.
 pub(super) async fn put(
     State(state): State<Arc<AppState>>,
-    _principal: Principal,
+    principal: Principal,
     Path(hash): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<PutBlobResponse>, ApiError> {
     let hash = parse_hash(&hash)?;
+    if let Some(node) = principal.node() {
+        if state.federations.task_reads(node).is_empty() {
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                format!(
+                    "node {node:?} may upload only a federation task's update, and has no task"
+                ),
+            ));
+        }
+    }
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())

@@ -193,7 +193,7 @@ pub(super) async fn join(
         ),
         Redeemed::NameTaken => refused(
             ErrorCode::Forbidden,
-            format!("a node named {name:?} has joined already; pick another name, or `mycel node revoke {name}` first (the token is still good)"),
+            format!("a node named {name:?} is in the fleet already; pick another name, or `mycel node revoke {name}` first (the token is still good)"),
         ),
     }
 }

@@ -533,6 +533,36 @@ fn bigger_new_replicas_stop_as_many_old_ones_as_they_need() {
 }
 
 #[test]
+fn replicas_whose_state_is_unknown_count_as_serving() {
+    // A control plane that just started has heard from no replica: it must not take
+    // that for "none is ready" and replace everything in place at once.
+    let nodes = [node("ny", "new-york", 4.0, 8)];
+    let v1 = plan(&[deployment("echo", &[("new-york", 4)])], &nodes, &[]);
+    let v2 = [at_version("echo", &[("new-york", 4)], 2)];
+    let nothing = HashSet::new();
+    let step = reconcile_reported(&v2, &nodes, &v1.assignments, &nothing, &nothing);
+    assert_eq!(running(&step, 1).len(), 3);
+    assert_eq!(running(&step, 2).len(), 1);
+}
+
+#[test]
+fn a_location_short_of_its_copies_is_not_replaced_by_halves() {
+    // Room for two of three copies: the rollout could never complete there.
+    let nodes = [node("ny", "new-york", 2.0, 8)];
+    let v1 = plan(&[deployment("echo", &[("new-york", 3)])], &nodes, &[]);
+    assert_eq!(v1.assignments.len(), 2);
+    let step = plan(
+        &[at_version("echo", &[("new-york", 3)], 2)],
+        &nodes,
+        &v1.assignments,
+    );
+    assert_eq!(step.assignments, v1.assignments);
+    assert!(step.unplaced[0]
+        .reason
+        .contains("waits until all 3 copies are placed (2 are)"));
+}
+
+#[test]
 fn max_unavailable_rounds_down_but_allows_one() {
     assert_eq!(MaxUnavailable::Percent(25).of(2), 1);
     assert_eq!(MaxUnavailable::Percent(25).of(8), 2);
@@ -1051,7 +1081,9 @@ fn check_invariants(seed: u64, deployments: &[Deployment], nodes: &[Node], plan:
                         && n.spec.gpus >= d.resources.gpus
                 });
                 assert!(
-                    reason.contains("--max-unavailable 0") || nowhere,
+                    reason.contains("--max-unavailable 0")
+                        || reason.contains("waits until all")
+                        || nowhere,
                     "seed {seed}: {} stuck with outdated replicas: {reason}",
                     d.name
                 );
@@ -1069,7 +1101,7 @@ fn reconciling_a_plan_again_changes_nothing() {
     // How often each path ran, so the generator cannot quietly stop covering one.
     let (mut kept, mut replaced, mut short_of_room, mut no_node, mut stuck) = (0, 0, 0, 0, 0);
     let mut in_place = 0;
-    for seed in 0..600 {
+    for seed in 0..1500 {
         let mut rng = Lcg(seed);
         let mut nodes = random_nodes(&mut rng);
         let mut deployments = random_deployments(&mut rng);
