@@ -69,7 +69,9 @@ pub fn unpack(data: &Path) -> io::Result<PathBuf> {
         if let Some(folder) = target.parent() {
             std::fs::create_dir_all(folder)?;
         }
-        std::fs::write(target, bytes)?;
+        std::fs::write(&target, bytes)?;
+        // On disk before the rename names the directory complete.
+        std::fs::File::open(&target)?.sync_all()?;
     }
     match std::fs::rename(staging.path(), &dir) {
         Ok(()) => {
