@@ -289,6 +289,11 @@ impl Fleet {
         }
     }
 
+    /// The assignments' generation now: it moves whenever they change.
+    pub(crate) fn generation(&self) -> u64 {
+        *self.generation.borrow()
+    }
+
     /// A node's assignments, waiting up to `wait` for a generation newer than `after`.
     pub(crate) async fn assignments_for(
         &self,

@@ -75,6 +75,8 @@ pub(crate) struct AppState {
     max_blob_bytes: u64,
     fleet: Arc<fleet::Fleet>,
     federations: Arc<federation::Federations>,
+    /// What each node's credential may read, while its assignments stay the same.
+    node_reads: api::ReadsCache,
     /// Cancelled on shutdown, so long-polls answer at once instead of holding it up.
     stop: CancellationToken,
 }
@@ -113,6 +115,7 @@ pub async fn run(
         max_blob_bytes: config.max_blob_bytes,
         fleet: Arc::clone(&fleet),
         federations: Arc::clone(&federations),
+        node_reads: Default::default(),
         stop: stop.clone(),
     });
     let listener = TcpListener::bind(config.listen)

@@ -17,6 +17,7 @@ use axum::{Json, Router};
 use mycel_core::api::Health;
 use mycel_core::ErrorCode;
 
+pub(crate) use access::ReadsCache;
 pub(crate) use error::{ApiError, ApiJson};
 
 use crate::AppState;
