@@ -6,7 +6,8 @@
 //! reached at; tokyo is partitioned from the control plane under load at its gateway
 //! and keeps serving, and when the partition heals no replica restarts; a node lost
 //! for good has its replica started on another node of its location. tokyo's nodes have
-//! room for one replica each, so nothing can be placed there while they are cut off.
+//! room for one replica each, so nothing can be placed there while they are cut off,
+//! and reach the control plane through a link that adds 80 ms round trip.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -17,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::netns::{Host, Network, Process};
+use support::proxy::DelayProxy;
 use support::{assert_no_failures, eventually, mycel_bin, write_tree, Load, READY_PATIENCE};
 
 const MANIFEST: &[u8] = b"[component]\nname = \"ver\"\nentrypoint = \"model:Model\"\n\n[python]\nrequirements = [\"numpy\"]\n\n[resources]\ncpus = 0.5\nmemory = \"128MiB\"\n";
@@ -170,6 +172,22 @@ fn a_fleet_on_separate_hosts_joins_survives_a_partition_and_a_lost_node() {
         Duration::from_secs(30),
         || status(&server, &token),
     );
+    // tokyo is far: its hosts reach the control plane through a link that adds 40 ms
+    // each way (this kernel has no netem to delay packets).
+    let far = DelayProxy::start(
+        "10.203.255.254:0",
+        format!("{}:7700", control.ip).parse().unwrap(),
+        Duration::from_millis(40),
+    );
+    let tokyo_server = format!("http://{}", far.addr);
+    let sent = Instant::now();
+    let health = reqwest::blocking::get(format!("{tokyo_server}/v1/health")).unwrap();
+    assert!(health.status().is_success());
+    assert!(
+        sent.elapsed() >= Duration::from_millis(80),
+        "{:?}",
+        sent.elapsed()
+    );
 
     // Nodes join over the network and register where they are reached.
     let _ny = agent(
@@ -182,7 +200,7 @@ fn a_fleet_on_separate_hosts_joins_survives_a_partition_and_a_lost_node() {
     );
     let _t1 = agent(
         &tokyo1,
-        &server,
+        &tokyo_server,
         &join(&server, &token, "tokyo"),
         "tokyo-1",
         "0.5",
@@ -190,7 +208,7 @@ fn a_fleet_on_separate_hosts_joins_survives_a_partition_and_a_lost_node() {
     );
     let mut t2 = agent(
         &tokyo2,
-        &server,
+        &tokyo_server,
         &join(&server, &token, "tokyo"),
         "tokyo-2",
         "0.5",
@@ -212,7 +230,7 @@ fn a_fleet_on_separate_hosts_joins_survives_a_partition_and_a_lost_node() {
         &[
             "gateway",
             "--server",
-            &server,
+            &tokyo_server,
             "--location",
             "tokyo",
             "--listen",
@@ -276,6 +294,7 @@ fn a_fleet_on_separate_hosts_joins_survives_a_partition_and_a_lost_node() {
     for host in [&tokyo1, &tokyo2, &tokyo_gw] {
         net.partition(host, &control);
     }
+    far.cut();
     eventually(
         "tokyo's nodes to be lost to the control plane",
         Duration::from_secs(30),
@@ -299,6 +318,7 @@ fn a_fleet_on_separate_hosts_joins_survives_a_partition_and_a_lost_node() {
     for host in [&tokyo1, &tokyo2, &tokyo_gw] {
         net.heal(host, &control);
     }
+    far.heal();
     // A node back before the other may get a replacement for a moment; once both are
     // back the surplus goes, and the fleet is as before.
     eventually(

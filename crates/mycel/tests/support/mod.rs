@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
 pub mod netns;
+pub mod proxy;
 
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
