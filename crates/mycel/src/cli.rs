@@ -285,6 +285,10 @@ pub struct ServerArgs {
     /// A node silent this long is marked lost and its replicas placed elsewhere.
     #[arg(long, env = "MYCEL_LOST_AFTER", default_value = "15s", value_parser = humantime::parse_duration)]
     pub lost_after: std::time::Duration,
+    /// Listen beyond loopback with plain HTTP, tokens and all (mycel has no TLS yet: run
+    /// the fleet on a private network or VPN).
+    #[arg(long, env = "MYCEL_INSECURE")]
+    pub insecure: bool,
     /// Address of the gateway (OIP v2); its URL is written to DATA/gateway.url.
     #[arg(long, env = "MYCEL_GATEWAY_LISTEN", default_value = "127.0.0.1:7800")]
     pub gateway: SocketAddr,
@@ -337,6 +341,9 @@ pub struct GatewayArgs {
     /// Largest request body, e.g. 64MiB.
     #[arg(long, default_value = "64MiB", value_parser = parse_size)]
     pub max_request_size: u64,
+    /// Listen beyond loopback with plain HTTP (mycel has no TLS yet).
+    #[arg(long, env = "MYCEL_INSECURE")]
+    pub insecure: bool,
 }
 
 /// How to reach a server.
@@ -467,6 +474,10 @@ pub struct AgentArgs {
     /// Data-plane address (inference, logs); port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:0")]
     pub listen: SocketAddr,
+    /// Listen beyond loopback with plain HTTP (mycel has no TLS yet: run the fleet on a
+    /// private network or VPN).
+    #[arg(long, env = "MYCEL_INSECURE")]
+    pub insecure: bool,
     /// The data-plane URL gateways dial, e.g. http://10.0.0.7:7801 [default: the
     /// --listen address; for 0.0.0.0, this machine's address on the route to the server].
     #[arg(long, env = "MYCEL_ADVERTISE", value_parser = parse_advertise)]
@@ -613,6 +624,9 @@ pub struct UpArgs {
     /// Gateway address (OIP v2).
     #[arg(long, default_value = "127.0.0.1:7800")]
     pub gateway: SocketAddr,
+    /// Listen beyond loopback with plain HTTP, tokens and all (mycel has no TLS yet).
+    #[arg(long, env = "MYCEL_INSECURE")]
+    pub insecure: bool,
     /// Largest inference request the gateway accepts, e.g. 64MiB.
     #[arg(long, default_value = "64MiB", value_parser = parse_size)]
     pub max_request_size: u64,

@@ -40,7 +40,7 @@ fn a_node_runs_from_the_binary_alone_and_advertises_a_dialable_address() {
         machine.path(),
         "edge",
         "tokyo",
-        &["--listen", "0.0.0.0:0"],
+        &["--listen", "0.0.0.0:0", "--insecure"],
     );
     let url = eventually("the node to register", Duration::from_secs(30), || {
         let status = status(&server);
@@ -133,5 +133,49 @@ fn an_advertised_address_nobody_can_dial_is_refused() {
         assert!(!out.status.success(), "{url} accepted");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(expected), "{url}: {stderr}");
+    }
+}
+
+#[test]
+fn plain_http_beyond_loopback_needs_insecure() {
+    let data = tempfile::tempdir().unwrap();
+    for args in [
+        vec!["server", "--listen", "0.0.0.0:0"],
+        vec![
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--gateway",
+            "0.0.0.0:0",
+        ],
+        vec![
+            "gateway",
+            "--server",
+            "http://127.0.0.1:9",
+            "--listen",
+            "0.0.0.0:0",
+        ],
+        vec![
+            "agent",
+            "--server",
+            "http://127.0.0.1:9",
+            "--name",
+            "n",
+            "--location",
+            "l",
+            "--listen",
+            "0.0.0.0:0",
+        ],
+    ] {
+        let out = std::process::Command::new(support::mycel_bin())
+            .args(&args)
+            .arg("--data")
+            .arg(data.path())
+            .env_remove("MYCEL_INSECURE")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} started");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("pass --insecure"), "{args:?}: {stderr}");
     }
 }

@@ -137,6 +137,7 @@ fn write_credential(path: &Path, credential: &NodeCredential) -> anyhow::Result<
 }
 
 pub async fn config(args: &AgentArgs) -> anyhow::Result<mycel_agent::Config> {
+    super::plain_http("--listen", args.listen, args.insecure)?;
     mycel_core::manifest::validate_name(&args.name)
         .map_err(|m| anyhow::anyhow!("--name: node {m}"))?;
     if let Some(location) = &args.location {

@@ -9,6 +9,7 @@ use crate::connect;
 const ROUTES_FILE: &str = "gateway/routes.json";
 
 pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
+    super::plain_http("--listen", args.listen, args.insecure)?;
     let (server, token) = connect::server_and_token(&args.connect)?;
     let config = mycel_gateway::Config {
         server,

@@ -49,6 +49,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Refuses to listen beyond loopback with plain HTTP unless `insecure` says the operator
+/// knows: bearer tokens and model data would cross the network in the clear.
+pub fn plain_http(flag: &str, addr: std::net::SocketAddr, insecure: bool) -> anyhow::Result<()> {
+    if insecure || addr.ip().is_loopback() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "{flag} {addr} reaches beyond this machine, and mycel speaks plain HTTP there: tokens and data cross the network in the clear (it has no TLS yet). Run the fleet on a private network or VPN and pass --insecure (or MYCEL_INSECURE=true) to say so"
+    )
+}
+
 /// Resolves when the process gets SIGINT (Ctrl-C) or SIGTERM.
 pub async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();

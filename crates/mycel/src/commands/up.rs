@@ -109,6 +109,8 @@ impl Roles {
 
 /// `mycel server`: control plane and gateway.
 pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
+    super::plain_http("--listen", args.listen, args.insecure)?;
+    super::plain_http("--gateway", args.gateway, args.insecure)?;
     let config = mycel_control::Config {
         data_dir: data_dir(&args.data)?,
         listen: args.listen,
@@ -122,6 +124,8 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
 
 /// `mycel up`: control plane, gateway and one agent per node.
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    super::plain_http("--listen", args.listen, args.insecure)?;
+    super::plain_http("--gateway", args.gateway, args.insecure)?;
     for node in &args.nodes {
         mycel_core::manifest::validate_name(node)
             .map_err(|m| anyhow::anyhow!("--nodes: node {m}"))?;
