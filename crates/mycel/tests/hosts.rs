@@ -310,6 +310,10 @@ fn a_fleet_on_separate_hosts_joins_survives_a_partition_and_a_lost_node() {
                 .then_some(())
         },
     );
+    // The control plane says where it cannot see, and keeps those replicas assigned.
+    let out = cli(&server, &token, &["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.matches("unreachable (node lost)").count(), 2, "{text}");
     std::thread::sleep(Duration::from_secs(3));
     assert_no_failures(
         &load.since(start),

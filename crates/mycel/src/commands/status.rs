@@ -108,8 +108,18 @@ pub async fn run(args: ListArgs) -> anyhow::Result<()> {
             "RESTARTS".into(),
         ]];
         let mut reasons = Vec::new();
+        let lost: Vec<&str> = status
+            .nodes
+            .iter()
+            .filter(|n| n.node.state == NodeState::Lost)
+            .map(|n| n.node.spec.name.as_str())
+            .collect();
         for replica in &troubled {
             let (state, restarts) = match &replica.status {
+                // Kept assigned until replaced; it may well still serve where it is.
+                _ if lost.contains(&replica.assignment.node.as_str()) => {
+                    ("unreachable (node lost)".into(), "-".into())
+                }
                 Some(s) => (s.state.to_string(), s.restarts.to_string()),
                 None => ("pending".into(), "0".into()),
             };
