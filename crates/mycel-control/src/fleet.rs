@@ -190,7 +190,7 @@ impl Fleet {
         let owned = node_name.to_owned();
         let (nodes, assignments) =
             blocking(&self.store, |s| Ok((s.nodes()?, s.assignments()?))).await?;
-        let Some(mut node) = nodes.into_iter().find(|n| n.spec.name == owned) else {
+        let Some(node) = nodes.into_iter().find(|n| n.spec.name == owned) else {
             return Ok(false);
         };
         // A node speaks for the replicas assigned to it, and for no other.
@@ -231,11 +231,19 @@ impl Fleet {
             self.reconcile().await?;
         }
         if node.state == NodeState::Lost {
-            node.state = NodeState::Ready;
-            node.last_heartbeat_ms = now;
-            tracing::info!(node = %node_name, "node is back");
-            blocking(&self.store, move |s| s.put_node(&node)).await?;
-            self.reconcile().await?;
+            // Read again: a registration may have changed the node since, or a revoke
+            // removed it; only its state is this heartbeat's to change.
+            let fresh = blocking(&self.store, move |s| {
+                Ok(s.nodes()?.into_iter().find(|n| n.spec.name == owned))
+            })
+            .await?;
+            if let Some(mut fresh) = fresh.filter(|n| n.state == NodeState::Lost) {
+                fresh.state = NodeState::Ready;
+                fresh.last_heartbeat_ms = now;
+                tracing::info!(node = %node_name, "node is back");
+                blocking(&self.store, move |s| s.put_node(&fresh)).await?;
+                self.reconcile().await?;
+            }
         }
         Ok(true)
     }
