@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use mycel_core::api::{
     DeployRequest, FleetStatus, Heartbeat, JoinRequest, JoinToken, JoinTokenRequest, Joined,
-    NodeAssignments, RollbackRequest, RolloutStatus, RoutingTable,
+    NodeAssignments, NodeGrant, RollbackRequest, RolloutStatus, RoutingTable,
 };
 use mycel_core::fleet::{Deployment, Node, NodeSpec, ReplicaStatus, Rollout};
 use reqwest::Method;
@@ -25,12 +25,25 @@ impl Client {
         self.call(Method::POST, "/v1/join-tokens", request).await
     }
 
-    /// Trades a join token for node `name`'s own credential; needs no other token.
-    pub async fn join(&self, name: &str, token: &str) -> Result<Joined, ClientError> {
+    /// Trades a join token for node `name`'s own credential; needs no other token. With
+    /// `credential_hash` the node's own secret becomes its credential.
+    pub async fn join(
+        &self,
+        name: &str,
+        token: &str,
+        credential_hash: Option<String>,
+    ) -> Result<Joined, ClientError> {
         let request = JoinRequest {
             token: token.to_owned(),
+            credential_hash,
         };
         self.call(Method::POST, &format!("/v1/nodes/{name}/join"), &request)
+            .await
+    }
+
+    /// What node `name` joined with (a node's credential may read its own).
+    pub async fn node_grant(&self, name: &str) -> Result<NodeGrant, ClientError> {
+        self.json(self.request(Method::GET, &format!("/v1/nodes/{name}/grant")))
             .await
     }
 

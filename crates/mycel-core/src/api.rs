@@ -398,6 +398,11 @@ pub struct JoinToken {
 pub struct JoinRequest {
     /// The one-time join token.
     pub token: String,
+    /// The BLAKE3 hash (hex) of a credential the node made itself, to be its credential:
+    /// the secret then never travels in an answer, and a node whose answer was lost
+    /// still holds it. Without it the server makes one and answers with it.
+    #[serde(default)]
+    pub credential_hash: Option<String>,
 }
 
 /// The answer to [`JoinRequest`]: the node's credential, shown once.
@@ -407,6 +412,8 @@ pub struct Joined {
     pub node: String,
     /// What it may be.
     pub grant: NodeGrant,
-    /// Its bearer credential: it may do what a node does, for this node only.
-    pub credential: String,
+    /// Its bearer credential, when the server made it: it may do what a node does, for
+    /// this node only.
+    #[serde(default)]
+    pub credential: Option<String>,
 }

@@ -3,6 +3,7 @@
 mod cli;
 mod commands;
 mod connect;
+mod credential;
 mod npy;
 mod output;
 mod runtime;

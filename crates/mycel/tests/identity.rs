@@ -306,4 +306,39 @@ fn a_joined_node_may_act_only_for_itself_and_a_revoked_one_is_cut_off() {
     let out = server.cli(&["node", "revoke", "edge-1"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no node named"));
+
+    // A join whose answer was lost: the node made its credential and wrote it down
+    // first, the server took the token, the answer never came. Started again with the
+    // same, now used, token, the agent finds that it joined and carries on.
+    let token = join_token(&server, &["--label", "tier=far"]);
+    let secret = "mycel_node_made-by-the-node-itself";
+    let pending = root.path().join("edge-5");
+    std::fs::create_dir_all(&pending).unwrap();
+    std::fs::write(
+        pending.join("node.credential"),
+        json!({"node": "edge-5", "credential": secret}).to_string(),
+    )
+    .unwrap();
+    let hash = blake3::hash(secret.as_bytes()).to_hex().to_string();
+    let (code, message) = call(
+        &server,
+        "",
+        "POST",
+        "/v1/nodes/edge-5/join",
+        json!({"token": token, "credential_hash": hash}),
+    );
+    assert_eq!(code, 200, "{message}");
+    let _edge5 = join(&server, root.path(), "edge-5", &token);
+    let node = eventually("edge-5 to register", Duration::from_secs(30), || {
+        status(&server)["nodes"]
+            .as_array()?
+            .iter()
+            .find(|n| n["node"]["spec"]["name"] == "edge-5")
+            .cloned()
+    });
+    assert_eq!(node["node"]["spec"]["labels"]["tier"], "far");
+    let saved: Value =
+        serde_json::from_slice(&std::fs::read(pending.join("node.credential")).unwrap()).unwrap();
+    assert_eq!(saved["credential"], secret);
+    assert_eq!(saved["grant"]["location"], "tokyo");
 }

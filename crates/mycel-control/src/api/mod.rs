@@ -58,6 +58,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
             put(nodes::register).delete(nodes::revoke),
         )
         .route("/v1/nodes/{name}/join", post(nodes::join))
+        .route("/v1/nodes/{name}/grant", get(nodes::grant))
         .route("/v1/join-tokens", post(nodes::create_join_token))
         .route("/v1/nodes/{name}/heartbeat", post(nodes::heartbeat))
         .route("/v1/nodes/{name}/assignments", get(nodes::assignments))

@@ -165,9 +165,23 @@ pub(super) async fn join(
 ) -> Result<Json<Joined>, ApiError> {
     validate_name(&name)
         .map_err(|m| ApiError::new(ErrorCode::InvalidRequest, format!("node {m}")))?;
-    let credential = crate::auth::new_secret("mycel_node_").map_err(ApiError::internal)?;
+    let (credential, credential_hash) = match &request.credential_hash {
+        Some(hex) => {
+            let hash = blake3::Hash::from_hex(hex.trim()).map_err(|e| {
+                ApiError::new(
+                    ErrorCode::InvalidRequest,
+                    format!("credential_hash {hex:?}: {e}; expected 64 hex digits, the BLAKE3 hash of the node's credential"),
+                )
+            })?;
+            (None, *hash.as_bytes())
+        }
+        None => {
+            let made = crate::auth::new_secret("mycel_node_").map_err(ApiError::internal)?;
+            let hash = *blake3::hash(made.as_bytes()).as_bytes();
+            (Some(made), hash)
+        }
+    };
     let token_hash = *blake3::hash(request.token.trim().as_bytes()).as_bytes();
-    let credential_hash = *blake3::hash(credential.as_bytes()).as_bytes();
     let owned = name.clone();
     let redeemed = blocking(&state.store, move |s| {
         s.redeem_join_token(&token_hash, &owned, &credential_hash, now_ms())
@@ -196,6 +210,25 @@ pub(super) async fn join(
             format!("a node named {name:?} is in the fleet already; pick another name, or `mycel node revoke {name}` first (the token is still good)"),
         ),
     }
+}
+
+/// `GET /v1/nodes/{name}/grant`: what the node joined with; a node may read its own.
+pub(super) async fn grant(
+    State(state): State<Arc<AppState>>,
+    principal: Principal,
+    Path(name): Path<String>,
+) -> Result<Json<NodeGrant>, ApiError> {
+    principal.may_act_for(&name)?;
+    let owned = name.clone();
+    blocking(&state.store, move |s| s.node_grant(&owned))
+        .await?
+        .map(Json)
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::NotFound,
+                format!("node {name:?} did not join with a join token"),
+            )
+        })
 }
 
 /// `DELETE /v1/nodes/{name}`: the node's credentials stop working at once and its
