@@ -238,7 +238,8 @@ impl TestAgent {
         Self::start_with(server, root, name, location, &[])
     }
 
-    /// [`TestAgent::start`] with more arguments, e.g. `--dataset`.
+    /// [`TestAgent::start`] with more arguments, e.g. `--dataset`. Returns once the
+    /// node is registered, so what a test deploys next can be placed on it.
     pub fn start_with(
         server: &TestServer,
         root: &Path,
@@ -247,7 +248,7 @@ impl TestAgent {
         extra: &[&str],
     ) -> Self {
         let bin = Path::new(mycel_bin());
-        Self::spawn(
+        let agent = Self::spawn(
             bin,
             &server.url,
             &server.token(),
@@ -255,7 +256,27 @@ impl TestAgent {
             name,
             location,
             extra,
-        )
+        );
+        let http = reqwest::blocking::Client::new();
+        eventually(
+            &format!("node {name} to register"),
+            Duration::from_secs(60),
+            || {
+                let status: Value = http
+                    .get(format!("{}/v1/status", server.url))
+                    .bearer_auth(server.token())
+                    .send()
+                    .ok()?
+                    .json()
+                    .ok()?;
+                status["nodes"]
+                    .as_array()?
+                    .iter()
+                    .any(|n| n["node"]["spec"]["name"] == name)
+                    .then_some(())
+            },
+        );
+        agent
     }
 
     /// [`TestAgent::start_with`] running the binary at `bin`, from `root`, following the
