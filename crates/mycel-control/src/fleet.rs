@@ -44,6 +44,8 @@ pub(crate) struct Fleet {
     heartbeats: Mutex<HashMap<String, u64>>,
     /// Nodes whose replica states arrived since this process started.
     reported: Mutex<HashSet<String>>,
+    /// Replica id → node, and the assignment generation it was read at.
+    replica_nodes: Mutex<(u64, Arc<HashMap<String, String>>)>,
     statuses: Mutex<HashMap<ReplicaId, ReplicaStatus>>,
     unplaced: Mutex<Vec<Unplaced>>,
     /// Serializes reconciles so two never interleave their read and write.
@@ -97,6 +99,8 @@ impl Fleet {
             routes: watch::Sender::new(1),
             heartbeats: Mutex::new(HashMap::new()),
             reported: Mutex::new(HashSet::new()),
+            // Generations start at 1: the first heartbeat reads the store.
+            replica_nodes: Mutex::new((0, Arc::default())),
             statuses: Mutex::new(HashMap::new()),
             unplaced: Mutex::new(Vec::new()),
             reconciling: tokio::sync::Mutex::new(()),
@@ -188,17 +192,13 @@ impl Fleet {
         replicas: Vec<ReplicaStatus>,
     ) -> Result<bool, StoreError> {
         let owned = node_name.to_owned();
-        let (nodes, assignments) =
-            blocking(&self.store, |s| Ok((s.nodes()?, s.assignments()?))).await?;
+        let nodes = blocking(&self.store, |s| s.nodes()).await?;
         let Some(node) = nodes.into_iter().find(|n| n.spec.name == owned) else {
             return Ok(false);
         };
         // A node speaks for the replicas assigned to it, and for no other.
-        let mine: HashSet<&str> = assignments
-            .iter()
-            .filter(|a| a.node == node_name)
-            .map(|a| a.replica.as_str())
-            .collect();
+        let placed = self.replica_nodes().await?;
+        let mine = |replica: &str| placed.get(replica).is_some_and(|n| n == node_name);
         let now = now_ms();
         lock(&self.heartbeats).insert(node_name.to_owned(), now);
         lock(&self.reported).insert(node_name.to_owned());
@@ -209,7 +209,7 @@ impl Fleet {
             for status in replicas
                 .into_iter()
                 .filter(|s| s.state != ReplicaState::Draining)
-                .filter(|s| mine.contains(s.replica.as_str()))
+                .filter(|s| mine(&s.replica))
             {
                 let ready = status.state == ReplicaState::Ready;
                 let newly_failed = matches!(status.state, ReplicaState::Failed { .. });
@@ -295,6 +295,29 @@ impl Fleet {
                 tracing::error!(error = %e, "heartbeat check failed");
             }
         }
+    }
+
+    /// Which node each replica is assigned to. Heartbeats ask every second from every
+    /// node, so the map is read from the store once per assignment generation.
+    async fn replica_nodes(&self) -> Result<Arc<HashMap<String, String>>, StoreError> {
+        // Read before the store: what is cached is at least this new, never older.
+        let generation = self.generation();
+        {
+            let cached = lock(&self.replica_nodes);
+            if cached.0 == generation {
+                return Ok(Arc::clone(&cached.1));
+            }
+        }
+        let placed: HashMap<String, String> = blocking(&self.store, |s| {
+            Ok(s.assignments()?
+                .into_iter()
+                .map(|a| (a.replica, a.node))
+                .collect())
+        })
+        .await?;
+        let placed = Arc::new(placed);
+        *lock(&self.replica_nodes) = (generation, Arc::clone(&placed));
+        Ok(placed)
     }
 
     /// The assignments' generation now: it moves whenever they change.
