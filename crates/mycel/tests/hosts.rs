@@ -132,21 +132,11 @@ fn agent(
     )
 }
 
-#[test]
-fn a_fleet_on_separate_hosts_joins_survives_a_partition_and_a_lost_node() {
-    let Some(mut net) = Network::create() else {
-        return;
-    };
-    let control = net.host("control", 0, 1);
-    let ny = net.host("ny-1", 1, 1);
-    let tokyo1 = net.host("tokyo-1", 2, 1);
-    let tokyo2 = net.host("tokyo-2", 2, 2);
-    let tokyo_gw = net.host("tokyo-gw", 2, 10);
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path();
-
+/// `mycel server` on `host` (every interface, `--lost-after` [`LOST_AFTER`]), once it
+/// answers across the network: the process, its URL and the admin token.
+fn control_plane(host: &Host, data: &Path) -> (Process, String, String) {
     let server_data = data.join("server");
-    let _server = control.spawn(
+    let process = host.spawn(
         Path::new(mycel_bin()),
         &[
             "server",
@@ -162,7 +152,7 @@ fn a_fleet_on_separate_hosts_joins_survives_a_partition_and_a_lost_node() {
         ],
         &[],
     );
-    let server = format!("http://{}:7700", control.ip);
+    let server = format!("http://{}:7700", host.ip);
     let token = eventually("the admin token", Duration::from_secs(30), || {
         std::fs::read_to_string(server_data.join("admin.token"))
             .ok()
@@ -174,6 +164,43 @@ fn a_fleet_on_separate_hosts_joins_survives_a_partition_and_a_lost_node() {
         Duration::from_secs(30),
         || status(&server, &token),
     );
+    (process, server, token)
+}
+
+/// tokyo's own gateway on `host`, following the control plane at `server`.
+fn tokyo_gateway(host: &Host, server: &str, token: &str, data: &Path) -> Process {
+    host.spawn(
+        Path::new(mycel_bin()),
+        &[
+            "gateway",
+            "--server",
+            server,
+            "--location",
+            "tokyo",
+            "--listen",
+            "0.0.0.0:7800",
+            "--insecure",
+            "--data",
+            data.join("tokyo-gw").to_str().unwrap(),
+        ],
+        &[("MYCEL_TOKEN", token)],
+    )
+}
+
+#[test]
+fn a_fleet_on_separate_hosts_joins_survives_a_partition_and_a_lost_node() {
+    let Some(mut net) = Network::create() else {
+        return;
+    };
+    let control = net.host("control", 0, 1);
+    let ny = net.host("ny-1", 1, 1);
+    let tokyo1 = net.host("tokyo-1", 2, 1);
+    let tokyo2 = net.host("tokyo-2", 2, 2);
+    let tokyo_gw = net.host("tokyo-gw", 2, 10);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+
+    let (_server, server, token) = control_plane(&control, data);
     // tokyo is far: its hosts reach the control plane through a link that adds 40 ms
     // each way (this kernel has no netem to delay packets).
     let far = DelayProxy::start(
@@ -226,23 +253,7 @@ fn a_fleet_on_separate_hosts_joins_survives_a_partition_and_a_lost_node() {
     }
 
     // tokyo's own gateway, following the control plane.
-    let gateway_data = data.join("tokyo-gw");
-    let _gateway = tokyo_gw.spawn(
-        Path::new(mycel_bin()),
-        &[
-            "gateway",
-            "--server",
-            &tokyo_server,
-            "--location",
-            "tokyo",
-            "--listen",
-            "0.0.0.0:7800",
-            "--insecure",
-            "--data",
-            gateway_data.to_str().unwrap(),
-        ],
-        &[("MYCEL_TOKEN", token.as_str())],
-    );
+    let _gateway = tokyo_gateway(&tokyo_gw, &tokyo_server, &token, data);
     let gateway = format!("http://{}:7800", tokyo_gw.ip);
 
     let component = data.join("ver");
@@ -393,33 +404,7 @@ fn bench_partition_heal() {
     let control = net.host("control", 0, 1);
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path();
-    let server_data = data.join("server");
-    let _server = control.spawn(
-        Path::new(mycel_bin()),
-        &[
-            "server",
-            "--insecure",
-            "--listen",
-            "0.0.0.0:7700",
-            "--gateway",
-            "0.0.0.0:7800",
-            "--lost-after",
-            LOST_AFTER,
-            "--data",
-            server_data.to_str().unwrap(),
-        ],
-        &[],
-    );
-    let server = format!("http://{}:7700", control.ip);
-    let token = eventually("the admin token", Duration::from_secs(30), || {
-        std::fs::read_to_string(server_data.join("admin.token"))
-            .ok()
-            .map(|t| t.trim().to_owned())
-            .filter(|t| !t.is_empty())
-    });
-    eventually("the control plane", Duration::from_secs(30), || {
-        status(&server, &token)
-    });
+    let (_server, server, token) = control_plane(&control, data);
 
     let mut agents = Vec::new();
     let mut tokyo = Vec::new();
@@ -441,22 +426,7 @@ fn bench_partition_heal() {
         }
     }
     let gateway_host = net.host("tokyo-gw", 3, 10);
-    let _gateway = gateway_host.spawn(
-        Path::new(mycel_bin()),
-        &[
-            "gateway",
-            "--server",
-            &server,
-            "--location",
-            "tokyo",
-            "--listen",
-            "0.0.0.0:7800",
-            "--insecure",
-            "--data",
-            data.join("tokyo-gw").to_str().unwrap(),
-        ],
-        &[("MYCEL_TOKEN", token.as_str())],
-    );
+    let _gateway = tokyo_gateway(&gateway_host, &server, &token, data);
     tokyo.push(gateway_host.clone());
     let component = data.join("ver");
     write_tree(&component, &[("mycel.toml", MANIFEST), ("model.py", MODEL)]);

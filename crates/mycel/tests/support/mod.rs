@@ -248,7 +248,7 @@ impl TestAgent {
         extra: &[&str],
     ) -> Self {
         let bin = Path::new(mycel_bin());
-        let agent = Self::spawn(
+        let agent = Self::start_from(
             bin,
             &server.url,
             &server.token(),
@@ -279,20 +279,6 @@ impl TestAgent {
         agent
     }
 
-    /// [`TestAgent::start_with`] running the binary at `bin`, from `root`, following the
-    /// servers at `urls` (comma-separated).
-    pub fn start_from(
-        bin: &Path,
-        urls: &str,
-        token: &str,
-        root: &Path,
-        name: &str,
-        location: &str,
-        extra: &[&str],
-    ) -> Self {
-        Self::spawn(bin, urls, token, root, name, location, extra)
-    }
-
     /// [`TestAgent::start_with`] for a server that may be down now.
     pub fn start_with_server(
         url: &str,
@@ -303,10 +289,12 @@ impl TestAgent {
         extra: &[&str],
     ) -> Self {
         let bin = Path::new(mycel_bin());
-        Self::spawn(bin, url, token, root, name, location, extra)
+        Self::start_from(bin, url, token, root, name, location, extra)
     }
 
-    fn spawn(
+    /// [`TestAgent::start_with`] running the binary at `bin`, from `root`, following the
+    /// servers at `url` (several comma-separated), without waiting for it to register.
+    pub fn start_from(
         bin: &Path,
         url: &str,
         token: &str,
