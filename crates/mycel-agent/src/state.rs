@@ -128,8 +128,9 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, S
         })
 }
 
-/// Writes `value` as JSON to `path` through a synced temporary file and a rename.
-fn write_json<T: serde::Serialize + ?Sized>(path: &Path, value: &T) -> Result<(), StateError> {
+/// Writes `value` as JSON to `path` through a synced temporary file (mode 0600) and a
+/// rename, so `path` holds the old content or the new, whole.
+pub fn write_json<T: serde::Serialize + ?Sized>(path: &Path, value: &T) -> Result<(), StateError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let io = |source| StateError::Io {
         path: path.to_owned(),

@@ -3,8 +3,7 @@
 //! server only its hash: an answer lost on the way changes nothing, since the node
 //! already holds the credential and can ask what it was granted.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Context;
 use mycel_core::api::NodeGrant;
@@ -156,18 +155,10 @@ fn read(path: &Path) -> anyhow::Result<Option<NodeCredential>> {
     }
 }
 
-/// Writes the credential file, readable by its owner only (a temporary file is created
-/// with mode 0600), replacing the last one whole.
+/// Writes the credential file, readable by its owner only, replacing the last one whole.
 fn write(path: &Path, credential: &NodeCredential) -> anyhow::Result<()> {
-    let dir: PathBuf = path
-        .parent()
-        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut file = tempfile::NamedTempFile::new_in(&dir)
-        .with_context(|| format!("writing in {}", dir.display()))?;
-    file.write_all(&serde_json::to_vec_pretty(credential)?)?;
-    file.as_file().sync_all()?;
-    file.persist(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    Ok(mycel_agent::state::write_json(path, credential)?)
 }
