@@ -3,7 +3,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -56,6 +55,10 @@ pub struct Config {
     /// Datasets for federated learning, by name: directories on this node that training
     /// workers see as `ctx.data_dir`.
     pub datasets: BTreeMap<String, PathBuf>,
+    /// The fleet's CA certificate (PEM) when the control plane speaks TLS: the agent
+    /// trusts only it, gets a certificate for its data plane, and answers only clients
+    /// with a fleet certificate (gateways, the control plane).
+    pub ca: Option<String>,
 }
 
 /// Default for [`Config::max_request_bytes`].
@@ -81,6 +84,9 @@ pub enum AgentError {
     /// No URL to give the control plane for the data plane.
     #[error(transparent)]
     Advertise(#[from] crate::advertise::AdvertiseError),
+    /// The data plane's certificate.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> AgentError {
@@ -100,7 +106,8 @@ pub async fn run(
     }
     let run_dir = socket_dir(data);
     std::fs::create_dir_all(&run_dir).map_err(io(format!("creating {}", run_dir.display())))?;
-    let client = mycel_client::Client::new(&config.server, config.token.clone())?;
+    let client =
+        mycel_client::Client::with_ca(&config.server, config.token.clone(), config.ca.as_deref())?;
     let node = Arc::new(NodeContext {
         client: client.clone(),
         cache: BlobCache::open(data.join("blobs")).map_err(io("opening the blob cache"))?,
@@ -127,8 +134,27 @@ pub async fn run(
     let addr = listener
         .local_addr()
         .map_err(io("reading the listen address"))?;
-    let agent_url =
-        crate::advertise::url(config.advertise.as_deref(), addr, client.server_authority()).await?;
+    let agent_url = crate::advertise::url(
+        config.advertise.as_deref(),
+        addr,
+        client.server_authority(),
+        config.ca.is_some(),
+    )
+    .await?;
+    let tls = match &config.ca {
+        Some(ca) => Some(
+            crate::tls::data_plane(
+                &client,
+                &data.join("tls"),
+                &config.name,
+                ca,
+                &agent_url,
+                addr,
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let sandbox = crate::isolation::probe().await;
     let spec = NodeSpec {
         name: config.name.clone(),
@@ -148,14 +174,12 @@ pub async fn run(
         shutdown.await;
         stopping.cancel();
     });
-    let data_plane = tokio::spawn(
-        axum::serve(
-            listener,
-            crate::data_plane::router(Arc::clone(&node), config.max_request_bytes),
-        )
-        .with_graceful_shutdown(stop.clone().cancelled_owned())
-        .into_future(),
-    );
+    let data_plane = tokio::spawn(mycel_tls::serve(
+        listener,
+        crate::data_plane::router(Arc::clone(&node), config.max_request_bytes),
+        tls,
+        stop.clone().cancelled_owned(),
+    ));
     tracing::info!(node = %config.name, location = %config.location, url = %spec.agent_url, isolation = %sandbox.isolation, "agent starting");
 
     let heartbeats = tokio::spawn(heartbeat_loop(

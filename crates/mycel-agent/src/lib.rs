@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod replica;
 pub mod state;
 pub mod sync;
+mod tls;
 mod training;
 pub mod worker;
 

@@ -675,6 +675,8 @@ mod tests {
             listen: "127.0.0.1:0".parse().unwrap(),
             max_blob_bytes: 1 << 20,
             lost_after: mycel_control::DEFAULT_LOST_AFTER,
+            tls: false,
+            tls_names: Vec::new(),
         };
         let server = tokio::spawn(async move {
             mycel_control::run(config, async {

@@ -3,8 +3,9 @@
 use std::time::Duration;
 
 use mycel_core::api::{
-    DeployRequest, FleetStatus, Heartbeat, JoinRequest, JoinToken, JoinTokenRequest, Joined,
-    NodeAssignments, NodeGrant, RollbackRequest, RolloutStatus, RoutingTable,
+    CertificateRequest, DeployRequest, FleetStatus, Heartbeat, IssuedCertificate, JoinRequest,
+    JoinToken, JoinTokenRequest, Joined, NodeAssignments, NodeGrant, RollbackRequest,
+    RolloutStatus, RoutingTable,
 };
 use mycel_core::fleet::{Deployment, Node, NodeSpec, ReplicaStatus, Rollout};
 use reqwest::Method;
@@ -182,28 +183,19 @@ impl Client {
 }
 
 impl Client {
-    /// A replica's log from byte `offset`, read from its agent at `agent_url`; returns
-    /// the text and the offset to continue from.
+    /// A replica's log from byte `offset`, read through the control plane from its
+    /// agent; returns the text and the offset to continue from.
     pub async fn replica_logs(
         &self,
-        agent_url: &str,
         replica: &str,
         offset: u64,
     ) -> Result<(String, u64), ClientError> {
-        let url = format!(
-            "{}/v1/replicas/{replica}/logs?offset={offset}",
-            agent_url.trim_end_matches('/')
-        );
-        let response =
-            self.http
-                .get(&url)
-                .send()
-                .await
-                .map_err(|source| ClientError::Transport {
-                    url: agent_url.to_owned(),
-                    source,
-                })?;
-        let status = response.status().as_u16();
+        let response = self
+            .send(self.request(
+                Method::GET,
+                &format!("/v1/replicas/{replica}/logs?offset={offset}"),
+            ))
+            .await?;
         let next = response
             .headers()
             .get("x-log-offset")
@@ -212,16 +204,35 @@ impl Client {
         let text = response
             .text()
             .await
-            .map_err(|source| ClientError::Transport {
-                url: agent_url.to_owned(),
-                source,
-            })?;
-        match next {
-            Some(next) if status == 200 => Ok((text, next)),
-            _ => Err(ClientError::Protocol {
-                status,
-                detail: text.chars().take(300).collect(),
-            }),
-        }
+            .map_err(|source| self.transport(source))?;
+        let next = next.ok_or_else(|| ClientError::Protocol {
+            status: 200,
+            detail: "a log without the x-log-offset header".into(),
+        })?;
+        Ok((text, next))
+    }
+
+    /// A certificate for node `name`'s data plane, from a signing request (PEM).
+    pub async fn node_certificate(
+        &self,
+        name: &str,
+        csr: String,
+    ) -> Result<IssuedCertificate, ClientError> {
+        self.call(
+            Method::POST,
+            &format!("/v1/nodes/{name}/certificate"),
+            &CertificateRequest { csr },
+        )
+        .await
+    }
+
+    /// A fleet certificate (what a gateway shows agents), from a signing request (PEM).
+    pub async fn fleet_certificate(&self, csr: String) -> Result<IssuedCertificate, ClientError> {
+        self.call(
+            Method::POST,
+            "/v1/tls/fleet-certificate",
+            &CertificateRequest { csr },
+        )
+        .await
     }
 }

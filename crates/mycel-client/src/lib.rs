@@ -104,15 +104,36 @@ impl Client {
     /// A client for the server at `base` (e.g. `http://127.0.0.1:7700`), or at any of
     /// several comma-separated URLs, sending `token` as a bearer token when given.
     pub fn new(base: &str, token: Option<String>) -> Result<Self, ClientError> {
-        let http = reqwest::Client::builder()
+        Self::with_ca(base, token, None)
+    }
+
+    /// A client that trusts `ca_pem` (the fleet's CA certificate) for `https` servers,
+    /// and nothing else.
+    pub fn with_ca(
+        base: &str,
+        token: Option<String>,
+        ca_pem: Option<&str>,
+    ) -> Result<Self, ClientError> {
+        let mut builder = reqwest::Client::builder()
             // Under the 5 s a heartbeat may take, so an unreachable server shows as a
             // connect error and the next one is tried.
-            .connect_timeout(Duration::from_secs(4))
-            .build()
-            .map_err(|source| ClientError::Transport {
-                url: base.to_owned(),
-                source,
-            })?;
+            .connect_timeout(Duration::from_secs(4));
+        if let Some(pem) = ca_pem {
+            let certs =
+                reqwest::Certificate::from_pem_bundle(pem.as_bytes()).map_err(|source| {
+                    ClientError::Transport {
+                        url: base.to_owned(),
+                        source,
+                    }
+                })?;
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder.build().map_err(|source| ClientError::Transport {
+            url: base.to_owned(),
+            source,
+        })?;
         let servers: Vec<String> = base
             .split(',')
             .map(|url| url.trim().trim_end_matches('/').to_owned())

@@ -39,7 +39,15 @@ pub struct Config {
     pub max_blob_bytes: u64,
     /// A node silent this long is lost and its replicas move.
     pub lost_after: std::time::Duration,
+    /// Serve the API over TLS, with a certificate from the fleet's CA.
+    pub tls: bool,
+    /// Names (DNS or IP) clients reach the server by, beyond the listen address and
+    /// this machine's own names, for its certificate.
+    pub tls_names: Vec<String>,
 }
+
+/// The directory, under the data directory, that holds the fleet's CA.
+pub const TLS_DIR: &str = "tls";
 
 /// Nodes are lost after this long without a heartbeat unless configured otherwise.
 pub const DEFAULT_LOST_AFTER: std::time::Duration = std::time::Duration::from_secs(15);
@@ -58,6 +66,12 @@ pub enum Error {
     /// The state store could not be opened.
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    /// The fleet's CA or the server's certificate could not be made or used.
+    #[error(transparent)]
+    Tls(#[from] mycel_tls::TlsError),
+    /// The HTTP client for agents could not be built.
+    #[error("building the HTTP client for agents: {0}")]
+    AgentClient(#[source] reqwest::Error),
     /// Binding or serving failed.
     #[error("listen on {addr}: {source}")]
     Listen {
@@ -79,6 +93,10 @@ pub(crate) struct AppState {
     node_reads: api::ReadsCache,
     /// Cancelled on shutdown, so long-polls answer at once instead of holding it up.
     stop: CancellationToken,
+    /// The fleet's certificate authority.
+    ca: Arc<mycel_tls::Ca>,
+    /// Dials agents' data planes (for replica logs), with the fleet's certificate.
+    agents: reqwest::Client,
 }
 
 /// Runs the control plane until `shutdown` resolves.
@@ -99,6 +117,20 @@ pub async fn run(
     let store = store::RedbStore::open(&data_dir.join("state.redb"))?;
     auth::ensure_admin_token(&store, &data_dir)?;
 
+    let ca = Arc::new(mycel_tls::Ca::load_or_create(&data_dir.join(TLS_DIR))?);
+    let mut hosts = vec![config.listen.ip().to_string()];
+    hosts.extend(config.tls_names.iter().cloned());
+    let identity = ca.own_identity(
+        mycel_tls::Kind::Fleet,
+        "mycel control plane",
+        &mycel_tls::names_for(&hosts),
+    )?;
+    let agents = agents_client(&ca, &identity)?;
+    let tls = match config.tls {
+        true => Some(mycel_tls::server_config(&identity, None)?),
+        false => None,
+    };
+
     let store: Arc<dyn store::Store> = Arc::new(store);
     let fleet = Arc::new(fleet::Fleet::new(Arc::clone(&store), config.lost_after));
     fleet.reconcile().await?;
@@ -117,6 +149,8 @@ pub async fn run(
         federations: Arc::clone(&federations),
         node_reads: Default::default(),
         stop: stop.clone(),
+        ca,
+        agents,
     });
     let listener = TcpListener::bind(config.listen)
         .await
@@ -128,7 +162,8 @@ pub async fn run(
         addr: config.listen,
         source,
     })?;
-    let url = format!("http://{}", client_addr(addr));
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{}", client_addr(addr));
     std::fs::write(data_dir.join(URL_FILE), format!("{url}\n")).map_err(io_err)?;
     tracing::info!(%url, data = %data_dir.display(), "control plane listening");
 
@@ -138,13 +173,31 @@ pub async fn run(
         shutdown.await;
         stopping.cancel();
     });
-    let served = axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(stop.clone().cancelled_owned())
-        .await;
+    let served = mycel_tls::serve(
+        listener,
+        api::router(state),
+        tls,
+        stop.clone().cancelled_owned(),
+    )
+    .await;
     stop.cancel();
     federations.cancel_all();
     let _ = heartbeats.await;
     served.map_err(|source| Error::Listen { addr, source })
+}
+
+/// A client for agents' data planes: it trusts the fleet's CA and shows the fleet's
+/// certificate, which agents serving TLS require. Plain-HTTP agents it dials as is.
+fn agents_client(
+    ca: &mycel_tls::Ca,
+    identity: &mycel_tls::Identity,
+) -> Result<reqwest::Client, Error> {
+    let tls = mycel_tls::client_config(ca.cert_pem(), Some(identity))?;
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .connect_timeout(std::time::Duration::from_secs(4))
+        .build()
+        .map_err(Error::AgentClient)
 }
 
 /// The address a local client should dial: a wildcard bind is reachable on loopback.

@@ -386,7 +386,9 @@ pub struct NodeGrant {
 /// The answer to [`JoinTokenRequest`].
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct JoinToken {
-    /// The secret to hand to `mycel agent --join`; shown once, stored only as a hash.
+    /// What to hand to `mycel agent --join`, shown once: the secret (stored only as a
+    /// hash), a dot, and the SHA-256 of the fleet's CA certificate, by which the node
+    /// knows the CA it is handed at join is the fleet's.
     pub token: String,
     /// What the node that uses it gets.
     pub grant: NodeGrant,
@@ -403,6 +405,26 @@ pub struct JoinRequest {
     /// still holds it. Without it the server makes one and answers with it.
     #[serde(default)]
     pub credential_hash: Option<String>,
+}
+
+/// `POST /v1/nodes/{name}/certificate` (a node's data plane) and
+/// `POST /v1/tls/fleet-certificate` (a gateway): a certificate for a key the caller
+/// holds.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateRequest {
+    /// A PKCS#10 certificate signing request, PEM. Its key and names (IP addresses and
+    /// DNS names) are used; the subject and usages are the control plane's to say.
+    pub csr: String,
+}
+
+/// The answer to [`CertificateRequest`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct IssuedCertificate {
+    /// The certificate, PEM.
+    pub certificate: String,
+    /// The fleet's CA certificate, PEM.
+    pub ca: String,
 }
 
 /// The answer to [`JoinRequest`]: the node's credential, shown once.

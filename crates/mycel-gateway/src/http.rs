@@ -30,15 +30,21 @@ struct Gateway {
     metrics: Metrics,
 }
 
+/// The gateway's routes; agents are dialled with `agents_tls` where the fleet speaks
+/// TLS.
 pub(crate) fn app(
     router: Arc<routes::Router>,
     max_request_bytes: usize,
+    agents_tls: Option<rustls::ClientConfig>,
 ) -> Result<Router, reqwest::Error> {
-    let agents = reqwest::Client::builder()
+    let mut agents = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(2))
         .pool_idle_timeout(Duration::from_secs(60))
-        .tcp_nodelay(true)
-        .build()?;
+        .tcp_nodelay(true);
+    if let Some(tls) = agents_tls {
+        agents = agents.use_preconfigured_tls(tls);
+    }
+    let agents = agents.build()?;
     let state = Arc::new(Gateway {
         router,
         agents,

@@ -10,7 +10,7 @@ mod http;
 mod metrics;
 pub mod routes;
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -36,6 +36,21 @@ pub struct Config {
     /// Where the last routing table is kept, so that a gateway restarted while the
     /// control plane is away serves at once; `None` keeps it in memory only.
     pub routes_file: Option<std::path::PathBuf>,
+    /// The fleet's TLS, when the control plane speaks it.
+    pub tls: Option<Tls>,
+}
+
+/// A gateway in a fleet that speaks TLS.
+#[derive(Clone, Debug)]
+pub struct Tls {
+    /// The fleet's CA certificate, PEM: the only one trusted, for the control plane and
+    /// agents alike.
+    pub ca: String,
+    /// The gateway's fleet certificate: shown to agents, which answer nobody else, and
+    /// served with when `serve` is set.
+    pub identity: mycel_tls::Identity,
+    /// Whether the gateway's own clients speak TLS to it.
+    pub serve: bool,
 }
 
 /// Why the gateway could not run.
@@ -52,6 +67,9 @@ pub enum GatewayError {
     /// The control plane client could not be built.
     #[error(transparent)]
     Client(#[from] mycel_client::ClientError),
+    /// The gateway's certificate could not be used.
+    #[error(transparent)]
+    Tls(#[from] mycel_tls::TlsError),
 }
 
 /// Runs the gateway until `shutdown` resolves. `on_listening` gets the bound address
@@ -61,7 +79,16 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_listening: impl FnOnce(SocketAddr),
 ) -> Result<(), GatewayError> {
-    let client = mycel_client::Client::new(&config.server, config.token.clone())?;
+    let ca = config.tls.as_ref().map(|tls| tls.ca.as_str());
+    let client = mycel_client::Client::with_ca(&config.server, config.token.clone(), ca)?;
+    let agents_tls = match &config.tls {
+        Some(tls) => Some(mycel_tls::client_config(&tls.ca, Some(&tls.identity))?),
+        None => None,
+    };
+    let serve_tls = match &config.tls {
+        Some(tls) if tls.serve => Some(mycel_tls::server_config(&tls.identity, None)?),
+        _ => None,
+    };
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| GatewayError::Io {
@@ -92,20 +119,20 @@ pub async fn run(
         config.routes_file.clone(),
         stop.clone(),
     ));
-    let app = http::app(router, config.max_request_bytes).map_err(|e| GatewayError::Io {
-        what: "building the HTTP client for agents".into(),
-        source: std::io::Error::other(e),
-    })?;
-    tracing::info!(url = %format!("http://{addr}"), "gateway listening");
+    let app =
+        http::app(router, config.max_request_bytes, agents_tls).map_err(|e| GatewayError::Io {
+            what: "building the HTTP client for agents".into(),
+            source: std::io::Error::other(e),
+        })?;
+    let scheme = if serve_tls.is_some() { "https" } else { "http" };
+    tracing::info!(url = %format!("{scheme}://{addr}"), "gateway listening");
     on_listening(addr);
     let stopping = stop.clone();
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            stopping.cancel();
-        })
-        .into_future()
-        .await;
+    let served = mycel_tls::serve(listener, app, serve_tls, async move {
+        shutdown.await;
+        stopping.cancel();
+    })
+    .await;
     stop.cancel();
     let _ = follower.await;
     served.map_err(|source| GatewayError::Io {

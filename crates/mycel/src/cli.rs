@@ -285,10 +285,8 @@ pub struct ServerArgs {
     /// A node silent this long is marked lost and its replicas placed elsewhere.
     #[arg(long, env = "MYCEL_LOST_AFTER", default_value = "15s", value_parser = humantime::parse_duration)]
     pub lost_after: std::time::Duration,
-    /// Listen beyond loopback with plain HTTP, tokens and all (mycel has no TLS yet: run
-    /// the fleet on a private network or VPN).
-    #[arg(long, env = "MYCEL_INSECURE")]
-    pub insecure: bool,
+    #[command(flatten)]
+    pub tls: ServeTlsArgs,
     /// Address of the gateway (OIP v2); its URL is written to DATA/gateway.url.
     #[arg(long, env = "MYCEL_GATEWAY_LISTEN", default_value = "127.0.0.1:7800")]
     pub gateway: SocketAddr,
@@ -311,6 +309,9 @@ pub struct PredictArgs {
     /// Gateway URL [default: read from DATA/gateway.url].
     #[arg(long, env = "MYCEL_GATEWAY")]
     pub gateway: Option<String>,
+    /// The fleet's CA certificate, for an https gateway [default: DATA/tls/ca.pem].
+    #[arg(long, env = "MYCEL_CA")]
+    pub ca: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub data: DataArgs,
     /// Print the gateway's JSON answer as it is.
@@ -341,9 +342,32 @@ pub struct GatewayArgs {
     /// Largest request body, e.g. 64MiB.
     #[arg(long, default_value = "64MiB", value_parser = parse_size)]
     pub max_request_size: u64,
-    /// Listen beyond loopback with plain HTTP (mycel has no TLS yet).
+    #[command(flatten)]
+    pub tls: ServeTlsArgs,
+}
+
+/// Whether a listener speaks TLS.
+#[derive(Args, Debug, Clone)]
+pub struct ServeTlsArgs {
+    /// Speak TLS even on loopback (beyond loopback it is the default), with a
+    /// certificate from the fleet's CA in DATA/tls (made on first start; put your own
+    /// ca.pem and ca.key there first to use yours).
+    #[arg(long, env = "MYCEL_TLS", conflicts_with = "insecure")]
+    pub tls: bool,
+    /// Listen beyond loopback with plain HTTP, tokens and all: only on a private network
+    /// or VPN.
     #[arg(long, env = "MYCEL_INSECURE")]
     pub insecure: bool,
+    /// A name clients dial this server by (DNS name or IP address), for its
+    /// certificate; repeatable. The listen address and this machine's names are always
+    /// in it.
+    #[arg(
+        long = "tls-name",
+        value_name = "NAME",
+        env = "MYCEL_TLS_NAMES",
+        value_delimiter = ','
+    )]
+    pub names: Vec<String>,
 }
 
 /// How to reach a server.
@@ -358,6 +382,9 @@ pub struct ConnectArgs {
     /// Bearer token [default: read from DATA/admin.token].
     #[arg(long, env = "MYCEL_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// The fleet's CA certificate, for https servers [default: DATA/tls/ca.pem].
+    #[arg(long, env = "MYCEL_CA")]
+    pub ca: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -474,10 +501,14 @@ pub struct AgentArgs {
     /// Data-plane address (inference, logs); port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:0")]
     pub listen: SocketAddr,
-    /// Listen beyond loopback with plain HTTP (mycel has no TLS yet: run the fleet on a
-    /// private network or VPN).
+    /// Listen beyond loopback with plain HTTP, where the control plane does not speak
+    /// TLS: tokens and data cross the network in the clear.
     #[arg(long, env = "MYCEL_INSECURE")]
     pub insecure: bool,
+    /// The fleet's CA certificate, for an https control plane [default: the one kept in
+    /// DATA/tls/ca.pem, or fetched at join and checked against the join token].
+    #[arg(long, env = "MYCEL_CA")]
+    pub ca: Option<PathBuf>,
     /// The data-plane URL gateways dial, e.g. http://10.0.0.7:7801 [default: the
     /// --listen address; for 0.0.0.0, this machine's address on the route to the server].
     #[arg(long, env = "MYCEL_ADVERTISE", value_parser = parse_advertise)]
@@ -624,9 +655,8 @@ pub struct UpArgs {
     /// Gateway address (OIP v2).
     #[arg(long, default_value = "127.0.0.1:7800")]
     pub gateway: SocketAddr,
-    /// Listen beyond loopback with plain HTTP, tokens and all (mycel has no TLS yet).
-    #[arg(long, env = "MYCEL_INSECURE")]
-    pub insecure: bool,
+    #[command(flatten)]
+    pub tls: ServeTlsArgs,
     /// Largest inference request the gateway accepts, e.g. 64MiB.
     #[arg(long, default_value = "64MiB", value_parser = parse_size)]
     pub max_request_size: u64,

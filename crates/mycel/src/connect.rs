@@ -33,7 +33,24 @@ fn read_trimmed(path: &Path) -> Option<String> {
 /// A client for the server named by flags, environment or the data directory.
 pub fn client(args: &ConnectArgs) -> anyhow::Result<Client> {
     let (server, token) = server_and_token(args)?;
-    Ok(Client::new(&server, token)?)
+    let ca = ca_pem(args.ca.as_deref(), &data_dir(&args.data)?)?;
+    Ok(Client::with_ca(&server, token, ca.as_deref())?)
+}
+
+/// The fleet's CA certificate: `--ca FILE`, or the one in `data`'s TLS directory when
+/// there is one (on the control plane's machine, or a node that joined).
+pub fn ca_pem(flag: Option<&Path>, data: &Path) -> anyhow::Result<Option<String>> {
+    if let Some(path) = flag {
+        let pem = std::fs::read_to_string(path)
+            .with_context(|| format!("reading --ca {}", path.display()))?;
+        return Ok(Some(pem));
+    }
+    let kept = data.join(mycel_control::TLS_DIR).join(mycel_tls::CA_FILE);
+    match std::fs::read_to_string(&kept) {
+        Ok(pem) => Ok(Some(pem)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", kept.display())),
+    }
 }
 
 /// The server URL and token named by flags, environment or the data directory.

@@ -35,6 +35,8 @@ pub struct Identity {
 /// Where the agent stands with the control plane, from its flags and data directory.
 pub struct JoinArgs<'a> {
     pub server: &'a str,
+    /// The fleet's CA certificate, for an https control plane.
+    pub ca: Option<&'a str>,
     pub name: &'a str,
     pub data: &'a Path,
     pub join: Option<&'a str>,
@@ -119,7 +121,7 @@ async fn complete_join(
 ) -> anyhow::Result<NodeGrant> {
     if let Some(token) = args.join {
         let hash = blake3::hash(credential.as_bytes()).to_hex().to_string();
-        let joined = mycel_client::Client::new(args.server, None)?
+        let joined = mycel_client::Client::with_ca(args.server, None, args.ca)?
             .join(args.name, token, Some(hash))
             .await;
         match joined {
@@ -129,7 +131,7 @@ async fn complete_join(
             Err(e) => return Err(e).context("joining the fleet with --join"),
         }
     }
-    let asked = mycel_client::Client::new(args.server, Some(credential.to_owned()))?
+    let asked = mycel_client::Client::with_ca(args.server, Some(credential.to_owned()), args.ca)?
         .node_grant(args.name)
         .await;
     match asked {
@@ -161,4 +163,59 @@ fn write(path: &Path, credential: &NodeCredential) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     Ok(mycel_agent::state::write_json(path, credential)?)
+}
+
+/// The fleet's CA certificate for an https control plane: `--ca FILE`, else the one
+/// kept in DATA/tls since this node joined, else the one the server offers, taken only
+/// if its SHA-256 is the one the join token carries (after the dot).
+pub async fn fleet_ca(
+    server: &str,
+    data: &Path,
+    flag: Option<&Path>,
+    join: Option<&str>,
+) -> anyhow::Result<String> {
+    if let Some(pem) = crate::connect::ca_pem(flag, data)? {
+        return Ok(pem);
+    }
+    let Some((_, expected)) = join.and_then(|token| token.trim().split_once('.')) else {
+        anyhow::bail!(
+            "the control plane speaks TLS and this node does not know its CA: give it with --ca FILE (DATA/tls/ca.pem on the control plane's machine), or join with a token from `mycel node token create`, which carries the CA's fingerprint"
+        );
+    };
+    // Unverified on purpose: what comes back is trusted only if it is the CA the join
+    // token names.
+    let http = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .connect_timeout(std::time::Duration::from_secs(4))
+        .build()?;
+    let mut last_error = None;
+    for url in server.split(',').map(|u| u.trim().trim_end_matches('/')) {
+        let fetched = async {
+            http.get(format!("{url}/v1/tls/ca"))
+                .send()
+                .await?
+                .error_for_status()?
+                .text()
+                .await
+        }
+        .await;
+        let pem = match fetched {
+            Ok(pem) => pem,
+            Err(e) => {
+                last_error =
+                    Some(anyhow::Error::from(e).context(format!("fetching the CA from {url}")));
+                continue;
+            }
+        };
+        let found = mycel_tls::fingerprint(&pem)?;
+        if !found.eq_ignore_ascii_case(expected) {
+            anyhow::bail!(
+                "the CA certificate {url} offers (SHA-256 {found}) is not the one the join token names ({expected}): this is not the fleet's control plane, or something between is not what it claims"
+            );
+        }
+        let kept = data.join(mycel_control::TLS_DIR).join(mycel_tls::CA_FILE);
+        mycel_tls::write_private(&kept, &pem)?;
+        return Ok(pem);
+    }
+    Err(last_error.unwrap_or_else(|| anyhow::anyhow!("--server names no URL")))
 }

@@ -33,7 +33,13 @@ fn main() -> ExitCode {
     match runtime.block_on(commands::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            let text = format!("{e:#}");
+            eprintln!("error: {text}");
+            if text.contains("invalid peer certificate") {
+                eprintln!(
+                    "hint: the server's certificate is not from a CA this client trusts; pass --ca FILE (or MYCEL_CA) with the fleet's CA, DATA/tls/ca.pem on the control plane's machine"
+                );
+            }
             ExitCode::FAILURE
         }
     }

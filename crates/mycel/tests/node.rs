@@ -137,17 +137,30 @@ fn an_advertised_address_nobody_can_dial_is_refused() {
 }
 
 #[test]
+fn beyond_loopback_a_server_speaks_tls_unless_told_otherwise() {
+    for (extra, scheme) in [
+        (vec![], "https://"),
+        (vec!["--insecure"], "http://"),
+        (vec!["--tls"], "https://"),
+    ] {
+        let data = tempfile::tempdir().unwrap();
+        let server = support::TestServer::start_listening(data.path(), "0.0.0.0:0", &extra);
+        assert!(server.url.starts_with(scheme), "{extra:?}: {}", server.url);
+        assert!(server.gateway().starts_with(scheme), "{extra:?}");
+        // The CLI finds the CA in the data directory, as it finds the token.
+        let status = server.cli(&["status"]);
+        assert!(
+            status.status.success(),
+            "{}",
+            String::from_utf8_lossy(&status.stderr)
+        );
+    }
+}
+
+#[test]
 fn plain_http_beyond_loopback_needs_insecure() {
     let data = tempfile::tempdir().unwrap();
     for args in [
-        vec!["server", "--listen", "0.0.0.0:0"],
-        vec![
-            "server",
-            "--listen",
-            "127.0.0.1:0",
-            "--gateway",
-            "0.0.0.0:0",
-        ],
         vec![
             "gateway",
             "--server",

@@ -7,6 +7,7 @@ mod deployments;
 mod error;
 mod federations;
 mod nodes;
+mod tls;
 
 use std::sync::Arc;
 
@@ -82,6 +83,10 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/nodes/{name}/tasks", get(federations::tasks))
         .route("/v1/tasks/{id}", post(federations::result))
         .route("/v1/status", get(deployments::status))
+        .route("/v1/replicas/{replica}/logs", get(tls::replica_logs))
+        .route("/v1/tls/ca", get(tls::ca))
+        .route("/v1/tls/fleet-certificate", post(tls::fleet_certificate))
+        .route("/v1/nodes/{name}/certificate", post(tls::node_certificate))
         .route("/v1/routes", get(deployments::routes))
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such API route") })
         .layer(DefaultBodyLimit::max(MAX_JSON_BYTES))

@@ -149,8 +149,9 @@ pub(super) async fn create_join_token(
         expires_ms: request.expires_s.map(|s| now_ms() + s * 1000),
         created_by: caller.clone(),
     };
-    let token = crate::auth::new_secret("mycel_join_").map_err(ApiError::internal)?;
-    let hash = *blake3::hash(token.as_bytes()).as_bytes();
+    let secret = crate::auth::new_secret("mycel_join_").map_err(ApiError::internal)?;
+    let hash = *blake3::hash(secret.as_bytes()).as_bytes();
+    let token = format!("{secret}.{}", state.ca.fingerprint());
     let stored = grant.clone();
     blocking(&state.store, move |s| s.put_join_token(&hash, &stored)).await?;
     tracing::info!(location = %grant.location, by = %caller, "join token created");
@@ -181,7 +182,9 @@ pub(super) async fn join(
             (Some(made), hash)
         }
     };
-    let token_hash = *blake3::hash(request.token.trim().as_bytes()).as_bytes();
+    // The token's secret, without the CA fingerprint after the dot.
+    let secret = request.token.trim().split('.').next().unwrap_or_default();
+    let token_hash = *blake3::hash(secret.as_bytes()).as_bytes();
     let owned = name.clone();
     let redeemed = blocking(&state.store, move |s| {
         s.redeem_join_token(&token_hash, &owned, &credential_hash, now_ms())

@@ -38,7 +38,29 @@ pub fn runtime_dir(args: &RuntimeArgs, data: &Path) -> anyhow::Result<PathBuf> {
 }
 
 pub async fn config(args: &AgentArgs) -> anyhow::Result<mycel_agent::Config> {
-    super::plain_http("--listen", args.listen, args.insecure)?;
+    let urls: Vec<&str> = args.server.split(',').map(str::trim).collect();
+    let https = urls.iter().filter(|u| u.starts_with("https://")).count();
+    if https > 0 && https < urls.len() {
+        anyhow::bail!(
+            "--server {}: some URLs are https and some are not; expected one kind for one fleet",
+            args.server
+        );
+    }
+    let ca = match https > 0 {
+        true => Some(
+            crate::credential::fleet_ca(
+                &args.server,
+                &args.data,
+                args.ca.as_deref(),
+                args.join.as_deref(),
+            )
+            .await?,
+        ),
+        false => {
+            super::plain_http("--listen", args.listen, args.insecure)?;
+            None
+        }
+    };
     mycel_core::manifest::validate_name(&args.name)
         .map_err(|m| anyhow::anyhow!("--name: node {m}"))?;
     if let Some(location) = &args.location {
@@ -47,6 +69,7 @@ pub async fn config(args: &AgentArgs) -> anyhow::Result<mycel_agent::Config> {
     }
     let identity = crate::credential::identity(&crate::credential::JoinArgs {
         server: &args.server,
+        ca: ca.as_deref(),
         name: &args.name,
         data: &args.data,
         join: args.join.as_deref(),
@@ -79,6 +102,7 @@ pub async fn config(args: &AgentArgs) -> anyhow::Result<mycel_agent::Config> {
         heartbeat: args.runtime.heartbeat,
         max_request_bytes: mycel_agent::DEFAULT_MAX_REQUEST_BYTES,
         datasets,
+        ca,
     })
 }
 

@@ -1,28 +1,88 @@
 //! `mycel gateway`: a gateway on its own, following a remote control plane.
 
+use std::path::Path;
+
 use anyhow::Context;
+use mycel_client::{Client, ClientError};
 
 use crate::cli::GatewayArgs;
 use crate::connect;
 
 /// Where a gateway keeps its last routing table, under its data directory.
 const ROUTES_FILE: &str = "gateway/routes.json";
+/// Where a gateway keeps its fleet certificate, under its data directory.
+const TLS_DIR: &str = "gateway/tls";
 
 pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
-    super::plain_http("--listen", args.listen, args.insecure)?;
     let (server, token) = connect::server_and_token(&args.connect)?;
+    let data = connect::data_dir(&args.connect.data)?;
+    let serve_tls = super::speaks_tls(&args.tls, &[args.listen]);
+    let tls = if server.split(',').all(|u| u.trim().starts_with("https://")) {
+        let ca = connect::ca_pem(args.connect.ca.as_deref(), &data)?.context(
+            "the control plane speaks TLS: give its CA with --ca FILE (DATA/tls/ca.pem on the control plane's machine)",
+        )?;
+        let client = Client::with_ca(&server, token.clone(), Some(&ca))?;
+        let mut hosts = vec![args.listen.ip().to_string()];
+        hosts.extend(args.tls.names.iter().cloned());
+        let identity = fleet_identity(&client, &data.join(TLS_DIR), &hosts).await?;
+        Some(mycel_gateway::Tls {
+            ca,
+            identity,
+            serve: serve_tls,
+        })
+    } else {
+        if args.tls.tls {
+            anyhow::bail!("--tls: the gateway's certificate comes from the fleet's CA, and the control plane at {server} does not speak TLS");
+        }
+        super::plain_http("--listen", args.listen, args.tls.insecure)?;
+        None
+    };
+    let scheme = if serve_tls && tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let config = mycel_gateway::Config {
         server,
         token,
         listen: args.listen,
         location: args.location,
-        routes_file: Some(connect::data_dir(&args.connect.data)?.join(ROUTES_FILE)),
+        routes_file: Some(data.join(ROUTES_FILE)),
         max_request_bytes: usize::try_from(args.max_request_size)
             .context("--max-request-size is too large for this machine")?,
+        tls,
     };
     mycel_gateway::run(config, super::shutdown_signal(), |addr| {
-        eprintln!("gateway listening on http://{addr}");
+        eprintln!("gateway listening on {scheme}://{addr}");
     })
     .await?;
     Ok(())
+}
+
+/// The gateway's fleet certificate for `hosts`: a fresh one when the control plane
+/// answers, else the one kept from the last start, so that a gateway restarted while
+/// the control plane is away still reaches its agents.
+async fn fleet_identity(
+    client: &Client,
+    dir: &Path,
+    hosts: &[String],
+) -> anyhow::Result<mycel_tls::Identity> {
+    let (key, csr) = mycel_tls::request("mycel gateway", &mycel_tls::names_for(hosts))?;
+    match client.fleet_certificate(csr).await {
+        Ok(issued) => {
+            let identity = mycel_tls::identity(&key, issued.certificate);
+            identity.save(dir, "gateway")?;
+            Ok(identity)
+        }
+        Err(e @ ClientError::Transport { .. }) => {
+            match mycel_tls::Identity::load(dir, "gateway")? {
+                Some(kept) => {
+                    tracing::warn!(error = %e, "control plane unreachable; using the certificate kept from the last start");
+                    Ok(kept)
+                }
+                None => Err(e).context("getting the gateway's certificate"),
+            }
+        }
+        Err(e) => Err(e).context("getting the gateway's certificate"),
+    }
 }

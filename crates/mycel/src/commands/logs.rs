@@ -33,11 +33,6 @@ pub async fn print(
     let mut offsets: HashMap<String, u64> = HashMap::new();
     loop {
         let status = client.status().await?;
-        let agents: HashMap<&str, &str> = status
-            .nodes
-            .iter()
-            .map(|n| (n.node.spec.name.as_str(), n.node.spec.agent_url.as_str()))
-            .collect();
         let replicas: Vec<_> = status
             .replicas
             .iter()
@@ -53,11 +48,8 @@ pub async fn print(
         let prefix = replicas.len() > 1 || patient;
         for replica in replicas {
             let id = &replica.assignment.replica;
-            let Some(agent) = agents.get(replica.assignment.node.as_str()) else {
-                continue;
-            };
             let offset = offsets.get(id).copied().unwrap_or(0);
-            match client.replica_logs(agent, id, offset).await {
+            match client.replica_logs(id, offset).await {
                 Ok((text, next)) => {
                     for line in text.lines() {
                         if prefix {
@@ -68,7 +60,10 @@ pub async fn print(
                     }
                     offsets.insert(id.clone(), next);
                 }
-                Err(e) => eprintln!("[{id}] cannot read logs from {agent}: {e}"),
+                Err(e) => eprintln!(
+                    "[{id}] cannot read logs from node {}: {e}",
+                    replica.assignment.node
+                ),
             }
         }
         if !follow {

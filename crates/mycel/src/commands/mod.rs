@@ -49,6 +49,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Whether listeners on `addrs` speak TLS: when asked, and by default beyond loopback,
+/// where tokens and model data would otherwise cross the network in the clear.
+/// `--insecure` says the operator knows (a private network or VPN).
+pub fn speaks_tls(args: &crate::cli::ServeTlsArgs, addrs: &[std::net::SocketAddr]) -> bool {
+    args.tls || (!args.insecure && addrs.iter().any(|a| !a.ip().is_loopback()))
+}
+
 /// Refuses to listen beyond loopback with plain HTTP unless `insecure` says the operator
 /// knows: bearer tokens and model data would cross the network in the clear.
 pub fn plain_http(flag: &str, addr: std::net::SocketAddr, insecure: bool) -> anyhow::Result<()> {
@@ -56,7 +63,7 @@ pub fn plain_http(flag: &str, addr: std::net::SocketAddr, insecure: bool) -> any
         return Ok(());
     }
     anyhow::bail!(
-        "{flag} {addr} reaches beyond this machine, and mycel speaks plain HTTP there: tokens and data cross the network in the clear (it has no TLS yet). Run the fleet on a private network or VPN and pass --insecure (or MYCEL_INSECURE=true) to say so"
+        "{flag} {addr} reaches beyond this machine, but the control plane speaks plain HTTP, so this would too: tokens and data would cross the network in the clear. Start the control plane with TLS (the default when it listens beyond loopback) and give it here as https://…, or pass --insecure (MYCEL_INSECURE=true) on a private network or VPN"
     )
 }
 

@@ -31,7 +31,13 @@ pub async fn run(args: PredictArgs) -> anyhow::Result<()> {
                 })?
         }
     };
-    let http = reqwest::Client::new();
+    let mut http = reqwest::Client::builder();
+    if let Some(pem) = crate::connect::ca_pem(args.ca.as_deref(), &data_dir(&args.data)?)? {
+        for cert in reqwest::Certificate::from_pem_bundle(pem.as_bytes())? {
+            http = http.add_root_certificate(cert);
+        }
+    }
+    let http = http.build()?;
     let model_path = match &args.model_version {
         Some(v) => format!("{gateway}/v2/models/{}/versions/{v}", args.model),
         None => format!("{gateway}/v2/models/{}", args.model),

@@ -20,12 +20,17 @@ struct Roles {
     tasks: JoinSet<anyhow::Result<()>>,
     server: String,
     token: String,
+    /// The fleet's CA certificate, when the fleet speaks TLS.
+    ca: Option<String>,
+    /// Extra names for certificates (`--tls-name`).
+    tls_names: Vec<String>,
 }
 
 impl Roles {
     /// Starts the control plane and waits until it listens.
     async fn start(config: mycel_control::Config) -> anyhow::Result<Self> {
         let data = config.data_dir.clone();
+        let (tls, tls_names) = (config.tls, config.tls_names.clone());
         std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
         let url_file = data.join(mycel_control::URL_FILE);
         let _ = std::fs::remove_file(&url_file);
@@ -49,17 +54,53 @@ impl Roles {
             .context("reading the admin token")?
             .trim()
             .to_owned();
+        let ca = match tls {
+            true => {
+                let path = data.join(mycel_control::TLS_DIR).join(mycel_tls::CA_FILE);
+                let pem = std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                eprintln!(
+                    "speaking TLS with the fleet's CA {} (SHA-256 {}); clients elsewhere need it: --ca FILE",
+                    path.display(),
+                    mycel_tls::fingerprint(&pem)?
+                );
+                Some(pem)
+            }
+            false => None,
+        };
         Ok(Self {
             data,
             stop,
             tasks,
             server,
             token,
+            ca,
+            tls_names,
         })
     }
 
     /// Starts a gateway following this control plane; its URL goes to DATA/gateway.url.
     fn gateway(&mut self, listen: SocketAddr, max_request_size: u64) -> anyhow::Result<()> {
+        let tls = match &self.ca {
+            Some(ca) => {
+                let authority =
+                    mycel_tls::Ca::load_or_create(&self.data.join(mycel_control::TLS_DIR))?;
+                let mut hosts = vec![listen.ip().to_string()];
+                hosts.extend(self.tls_names.iter().cloned());
+                let identity = authority.own_identity(
+                    mycel_tls::Kind::Fleet,
+                    "mycel gateway",
+                    &mycel_tls::names_for(&hosts),
+                )?;
+                Some(mycel_gateway::Tls {
+                    ca: ca.clone(),
+                    identity,
+                    serve: true,
+                })
+            }
+            None => None,
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let config = mycel_gateway::Config {
             server: self.server.clone(),
             token: Some(self.token.clone()),
@@ -68,13 +109,14 @@ impl Roles {
             routes_file: None,
             max_request_bytes: usize::try_from(max_request_size)
                 .context("--max-request-size is too large for this machine")?,
+            tls,
         };
         let url_file = self.data.join(mycel_gateway::URL_FILE);
         let stopped = self.stop.clone();
         self.tasks.spawn(async move {
             mycel_gateway::run(config, stopped.cancelled_owned(), move |addr| {
                 let addr = mycel_control::client_addr(addr);
-                if let Err(e) = std::fs::write(&url_file, format!("http://{addr}\n")) {
+                if let Err(e) = std::fs::write(&url_file, format!("{scheme}://{addr}\n")) {
                     tracing::warn!(error = %e, file = %url_file.display(), "cannot write the gateway URL");
                 }
             })
@@ -109,13 +151,13 @@ impl Roles {
 
 /// `mycel server`: control plane and gateway.
 pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
-    super::plain_http("--listen", args.listen, args.insecure)?;
-    super::plain_http("--gateway", args.gateway, args.insecure)?;
     let config = mycel_control::Config {
         data_dir: data_dir(&args.data)?,
         listen: args.listen,
         max_blob_bytes: args.max_blob_size,
         lost_after: args.lost_after,
+        tls: super::speaks_tls(&args.tls, &[args.listen, args.gateway]),
+        tls_names: args.tls.names.clone(),
     };
     let mut roles = Roles::start(config).await?;
     roles.gateway(args.gateway, args.max_request_size)?;
@@ -124,8 +166,6 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
 
 /// `mycel up`: control plane, gateway and one agent per node.
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
-    super::plain_http("--listen", args.listen, args.insecure)?;
-    super::plain_http("--gateway", args.gateway, args.insecure)?;
     for node in &args.nodes {
         mycel_core::manifest::validate_name(node)
             .map_err(|m| anyhow::anyhow!("--nodes: node {m}"))?;
@@ -158,6 +198,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         listen: args.listen,
         max_blob_bytes: mycel_control::DEFAULT_MAX_BLOB_BYTES,
         lost_after: mycel_control::DEFAULT_LOST_AFTER,
+        tls: super::speaks_tls(&args.tls, &[args.listen, args.gateway]),
+        tls_names: args.tls.names.clone(),
     };
     let mut roles = Roles::start(control).await?;
     roles.gateway(args.gateway, args.max_request_size)?;
@@ -180,6 +222,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             heartbeat: args.runtime.heartbeat,
             max_request_bytes: mycel_agent::DEFAULT_MAX_REQUEST_BYTES,
             datasets: datasets.remove(node.as_str()).unwrap_or_default(),
+            ca: roles.ca.clone(),
         };
         let stopped = roles.stop.clone();
         roles.tasks.spawn(async move {

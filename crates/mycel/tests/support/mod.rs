@@ -54,20 +54,28 @@ impl TestServer {
         Self::spawn_at("server", data, &format!("127.0.0.1:{port}"), &[])
     }
 
+    /// `mycel server` listening on `listen`, with more arguments.
+    pub fn start_listening(data: &Path, listen: &str, extra: &[&str]) -> Self {
+        Self::spawn_at("server", data, listen, extra)
+    }
+
     /// `mycel up`: control plane, gateway and one agent per node in one process.
     pub fn up(data: &Path, nodes: &str) -> Self {
-        Self::spawn(
-            "up",
-            data,
-            &[
-                "--nodes",
-                nodes,
-                "--node-cpus",
-                "4",
-                "--node-memory",
-                "8GiB",
-            ],
-        )
+        Self::up_with(data, nodes, &[])
+    }
+
+    /// [`TestServer::up`] with more arguments, e.g. `--tls`.
+    pub fn up_with(data: &Path, nodes: &str, extra: &[&str]) -> Self {
+        let mut args = vec![
+            "--nodes",
+            nodes,
+            "--node-cpus",
+            "4",
+            "--node-memory",
+            "8GiB",
+        ];
+        args.extend(extra);
+        Self::spawn("up", data, &args)
     }
 
     /// `mycel up` as a user runs it: every node offers this machine's cores and memory.
@@ -136,7 +144,12 @@ impl TestServer {
     }
 
     pub fn client(&self) -> mycel_client::Client {
-        mycel_client::Client::new(&self.url, Some(self.token())).unwrap()
+        mycel_client::Client::with_ca(&self.url, Some(self.token()), self.ca().as_deref()).unwrap()
+    }
+
+    /// The fleet's CA certificate, PEM, where the server made one.
+    pub fn ca(&self) -> Option<String> {
+        std::fs::read_to_string(self.data.join("tls/ca.pem")).ok()
     }
 
     /// Runs `mycel ARGS` against this server.
