@@ -39,6 +39,9 @@ pub enum Command {
     Logs(LogsArgs),
     /// Run the whole system on this machine: control plane, gateway, one agent per node.
     Up(UpArgs),
+    /// Check what this machine needs to run mycel (uv, Python, disk, ports, network
+    /// isolation, the server and token) and say how to fix each problem.
+    Doctor(DoctorArgs),
     /// Run a gateway alone: the Open Inference Protocol v2 in front of every deployment.
     Gateway(GatewayArgs),
     /// Send one inference request through the gateway and print the answer.
@@ -344,6 +347,23 @@ pub struct GatewayArgs {
     pub max_request_size: u64,
     #[command(flatten)]
     pub tls: ServeTlsArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct DoctorArgs {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+    /// The control-plane address `mycel up` would listen on.
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    pub listen: SocketAddr,
+    /// The gateway address `mycel up` would listen on.
+    #[arg(long, default_value = "127.0.0.1:7800")]
+    pub gateway: SocketAddr,
+    /// Print the findings as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Whether a listener speaks TLS.

@@ -38,6 +38,10 @@ pub fn runtime_dir(args: &RuntimeArgs, data: &Path) -> anyhow::Result<PathBuf> {
 }
 
 pub async fn config(args: &AgentArgs) -> anyhow::Result<mycel_agent::Config> {
+    let findings =
+        super::doctor::node_checks(&args.runtime.uv, &args.data, &[("--listen", args.listen)])
+            .await;
+    super::doctor::refuse(&findings, "mycel agent")?;
     let urls: Vec<&str> = args.server.split(',').map(str::trim).collect();
     let https = urls.iter().filter(|u| u.starts_with("https://")).count();
     if https > 0 && https < urls.len() {
@@ -79,6 +83,10 @@ pub async fn config(args: &AgentArgs) -> anyhow::Result<mycel_agent::Config> {
     })
     .await?;
     let (token, location, labels) = (identity.token, identity.location, identity.labels);
+    let findings =
+        super::doctor::node_checks(&args.runtime.uv, &args.data, &[("--listen", args.listen)])
+            .await;
+    super::doctor::refuse(&findings, "mycel agent")?;
     let mut datasets = std::collections::BTreeMap::new();
     for (name, path) in &args.datasets {
         if datasets.insert(name.clone(), path.clone()).is_some() {

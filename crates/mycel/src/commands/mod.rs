@@ -3,6 +3,7 @@
 mod agent;
 mod deploy;
 mod dev;
+mod doctor;
 mod federate;
 mod gateway;
 mod init;
@@ -31,6 +32,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(args) => status::run(args).await,
         Command::Logs(args) => logs::run(args).await,
         Command::Up(args) => up::run(args).await,
+        Command::Doctor(args) => doctor::run(args).await,
         Command::Gateway(args) => gateway::run(args).await,
         Command::Predict(args) => predict::run(args).await,
         Command::Rollout(RolloutCommand::Status(args)) => rollout::status(args).await,

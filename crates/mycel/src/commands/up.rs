@@ -193,6 +193,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         }
     }
     let data = data_dir(&args.data)?;
+    let findings = super::doctor::node_checks(
+        &args.runtime.uv,
+        &data,
+        &[("--listen", args.listen), ("--gateway", args.gateway)],
+    )
+    .await;
+    super::doctor::refuse(&findings, "mycel up")?;
     let control = mycel_control::Config {
         data_dir: data.clone(),
         listen: args.listen,
