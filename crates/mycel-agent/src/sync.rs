@@ -677,6 +677,7 @@ mod tests {
             lost_after: mycel_control::DEFAULT_LOST_AFTER,
             tls: false,
             tls_names: Vec::new(),
+            clock: mycel_control::Clock::system(),
         };
         let server = tokio::spawn(async move {
             mycel_control::run(config, async {

@@ -877,7 +877,11 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{e}")),
         );
         let blobs = BlobStore::open(dir.path().join("blobs")).unwrap_or_else(|e| panic!("{e}"));
-        let fleet = Arc::new(Fleet::new(Arc::clone(&store), Duration::from_secs(15)));
+        let fleet = Arc::new(Fleet::new(
+            Arc::clone(&store),
+            Duration::from_secs(15),
+            crate::Clock::system(),
+        ));
         let federations = Federations::new(store, blobs, fleet);
         let (tx, mut rx) = oneshot::channel();
         let weights = BlobHash::of(b"weights");

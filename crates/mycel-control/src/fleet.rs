@@ -53,6 +53,8 @@ pub(crate) struct Fleet {
     lost_after: Duration,
     /// When this process started: replica states are soft and arrive with heartbeats.
     started: std::time::Instant,
+    /// What heartbeats, silences and rollout deadlines are measured by.
+    clock: crate::Clock,
 }
 
 /// Waits until `generation` passes `after`, `wait` elapses or `stop`; returns the
@@ -92,7 +94,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Fleet {
-    pub(crate) fn new(store: Arc<dyn Store>, lost_after: Duration) -> Self {
+    pub(crate) fn new(store: Arc<dyn Store>, lost_after: Duration, clock: crate::Clock) -> Self {
         Self {
             store,
             generation: watch::Sender::new(1),
@@ -106,7 +108,13 @@ impl Fleet {
             reconciling: tokio::sync::Mutex::new(()),
             lost_after,
             started: std::time::Instant::now(),
+            clock,
         }
+    }
+
+    /// Now, by the control plane's clock.
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
     }
 
     /// Recomputes assignments; publishes a new generation if they changed.
@@ -170,7 +178,7 @@ impl Fleet {
 
     /// An agent registers (or re-registers) its node.
     pub(crate) async fn register(&self, spec: NodeSpec) -> Result<Node, StoreError> {
-        let now = now_ms();
+        let now = self.now_ms();
         let node = Node {
             spec,
             state: NodeState::Ready,
@@ -199,7 +207,7 @@ impl Fleet {
         // A node speaks for the replicas assigned to it, and for no other.
         let placed = self.replica_nodes().await?;
         let mine = |replica: &str| placed.get(replica).is_some_and(|n| n == node_name);
-        let now = now_ms();
+        let now = self.now_ms();
         lock(&self.heartbeats).insert(node_name.to_owned(), now);
         lock(&self.reported).insert(node_name.to_owned());
         let (readiness_changed, failed) = {
@@ -242,6 +250,10 @@ impl Fleet {
                 fresh.last_heartbeat_ms = now;
                 tracing::info!(node = %node_name, "node is back");
                 blocking(&self.store, move |s| s.put_node(&fresh)).await?;
+                // Its ready replicas are routable again: routes leave out those on
+                // nodes that are not ready, and the readiness noted above was read
+                // while this one still was not.
+                self.routes.send_modify(|g| *g += 1);
                 self.reconcile().await?;
             }
         }
@@ -251,7 +263,7 @@ impl Fleet {
     /// Marks nodes whose heartbeats stopped as lost, and re-places their replicas.
     async fn check_heartbeats(&self) -> Result<(), StoreError> {
         let nodes = blocking(&self.store, |s| s.nodes()).await?;
-        let now = now_ms();
+        let now = self.now_ms();
         let lost_after = self.lost_after.as_millis() as u64;
         let mut lost = Vec::new();
         for mut node in nodes.into_iter().filter(|n| n.state == NodeState::Ready) {
@@ -277,6 +289,7 @@ impl Fleet {
                 .map(|a| a.replica.as_str())
                 .collect();
             lock(&self.statuses).retain(|replica, _| !stale.contains(replica.as_str()));
+            self.routes.send_modify(|g| *g += 1);
             tracing::info!("re-placing the replicas of lost nodes");
         }
         // Also how rollout deadlines are noticed.
@@ -290,6 +303,7 @@ impl Fleet {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(period) => {}
+                _ = self.clock.moved() => {}
             }
             if let Err(e) = self.check_heartbeats().await {
                 tracing::error!(error = %e, "heartbeat check failed");

@@ -9,6 +9,7 @@
 mod api;
 pub mod auth;
 pub mod blobs;
+mod clock;
 mod federation;
 mod fleet;
 pub mod registry;
@@ -19,6 +20,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+pub use clock::Clock;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -44,6 +46,8 @@ pub struct Config {
     /// Names (DNS or IP) clients reach the server by, beyond the listen address and
     /// this machine's own names, for its certificate.
     pub tls_names: Vec<String>,
+    /// What time it is: the system's, unless a test moves it forward.
+    pub clock: Clock,
 }
 
 /// The directory, under the data directory, that holds the fleet's CA.
@@ -132,7 +136,11 @@ pub async fn run(
     };
 
     let store: Arc<dyn store::Store> = Arc::new(store);
-    let fleet = Arc::new(fleet::Fleet::new(Arc::clone(&store), config.lost_after));
+    let fleet = Arc::new(fleet::Fleet::new(
+        Arc::clone(&store),
+        config.lost_after,
+        config.clock.clone(),
+    ));
     fleet.reconcile().await?;
     let federations = Arc::new(federation::Federations::new(
         Arc::clone(&store),

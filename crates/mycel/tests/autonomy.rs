@@ -78,6 +78,10 @@ fn nodes_and_a_local_gateway_serve_through_a_control_plane_outage() {
         format!("http://127.0.0.1:{port_a}"),
         format!("http://127.0.0.1:{port_b}"),
     );
+    // Both registered before the deploy, so that it puts one replica on each.
+    eventually("both nodes to register", Duration::from_secs(30), || {
+        (status(&server)["nodes"].as_array()?.len() == 2).then_some(())
+    });
     let gateway_port = free_port();
     let gateway_data = nodes.path().join("gateway");
     let gateway = TestGateway::start(&url, &token, gateway_port, "here", &gateway_data);

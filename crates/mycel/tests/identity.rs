@@ -212,18 +212,8 @@ fn a_joined_node_may_act_only_for_itself_and_a_revoked_one_is_cut_off() {
     );
     assert_eq!(code, 401);
 
-    // An expired join token, and a name that is taken, are refused.
-    let short = join_token(&server, &["--expires", "1s"]);
-    std::thread::sleep(Duration::from_millis(2100));
-    let (code, message) = call(
-        &server,
-        "",
-        "POST",
-        "/v1/nodes/edge-3/join",
-        json!({"token": short}),
-    );
-    assert_eq!(code, 401, "{message}");
-    assert!(message.contains("expired"), "{message}");
+    // A name that is taken is refused (an expired token is, too: tests/cluster.rs moves
+    // the clock past one).
     let fresh = join_token(&server, &[]);
     let (code, message) = call(
         &server,

@@ -147,7 +147,7 @@ fn rollouts_under_load_drop_nothing_and_a_broken_version_rolls_back() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    std::thread::sleep(Duration::from_millis(300));
+    load.wait_for_more(20);
     let answers = load.since(start);
     assert_no_failures(&answers, "the rollout from v1 to v2");
     let versions: Vec<i64> = answers.iter().map(|a| a.1).collect();
@@ -217,7 +217,7 @@ fn rollouts_under_load_drop_nothing_and_a_broken_version_rolls_back() {
     assert_eq!(rolled_back[3]["kind"], "auto-rollback");
     assert_eq!(rolled_back[3]["to"]["seq"], 2);
     assert_eq!(rolled_back[3]["by"], "mycel");
-    std::thread::sleep(Duration::from_millis(300));
+    load.wait_for_more(20);
     let answers = load.since(start);
     assert_no_failures(&answers, "the failed rollout of v3 and its rollback");
     assert!(
@@ -233,7 +233,7 @@ fn rollouts_under_load_drop_nothing_and_a_broken_version_rolls_back() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    std::thread::sleep(Duration::from_millis(300));
+    load.wait_for_more(20);
     let answers = load.since(start);
     assert_no_failures(&answers, "the rollback to v1");
     assert_eq!(answers.last().unwrap().1, 1);
@@ -251,7 +251,7 @@ fn rollouts_under_load_drop_nothing_and_a_broken_version_rolls_back() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    std::thread::sleep(Duration::from_millis(300));
+    load.wait_for_more(20);
     let answers = load.since(start);
     assert_no_failures(&answers, "the rollback to v2");
     assert_eq!(answers.last().unwrap().1, 2);
@@ -442,7 +442,7 @@ fn a_rollout_on_nodes_without_spare_capacity_replaces_in_place_and_drops_nothing
             && stderr.contains("replacing them in place, one at a time, while the others serve"),
         "{stderr}"
     );
-    std::thread::sleep(Duration::from_millis(300));
+    load.wait_for_more(20);
     let answers = load.since(start);
     load.stop();
     assert_no_failures(&answers, "an in-place rollout on full nodes");

@@ -15,7 +15,6 @@ use mycel_core::ErrorCode;
 use serde::Deserialize;
 
 use super::{ApiError, ApiJson, Caller, Principal};
-use crate::fleet::now_ms;
 use crate::registry::blocking;
 use crate::store::Redeemed;
 use crate::AppState;
@@ -146,7 +145,7 @@ pub(super) async fn create_join_token(
     let grant = NodeGrant {
         location: request.location,
         labels: request.labels,
-        expires_ms: request.expires_s.map(|s| now_ms() + s * 1000),
+        expires_ms: request.expires_s.map(|s| state.fleet.now_ms() + s * 1000),
         created_by: caller.clone(),
     };
     let secret = crate::auth::new_secret("mycel_join_").map_err(ApiError::internal)?;
@@ -186,8 +185,9 @@ pub(super) async fn join(
     let secret = request.token.trim().split('.').next().unwrap_or_default();
     let token_hash = *blake3::hash(secret.as_bytes()).as_bytes();
     let owned = name.clone();
+    let now = state.fleet.now_ms();
     let redeemed = blocking(&state.store, move |s| {
-        s.redeem_join_token(&token_hash, &owned, &credential_hash, now_ms())
+        s.redeem_join_token(&token_hash, &owned, &credential_hash, now)
     })
     .await?;
     let refused = |code, message: String| Err(ApiError::new(code, message));

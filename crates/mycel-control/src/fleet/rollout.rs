@@ -15,7 +15,7 @@ use mycel_core::fleet::{
 use mycel_core::reconcile::{progress, rolled_out, up_to_date};
 use tokio_util::sync::CancellationToken;
 
-use super::{lock, now_ms, ready_set, wait_past, Fleet};
+use super::{lock, ready_set, wait_past, Fleet};
 use crate::registry::blocking;
 use crate::store::StoreError;
 
@@ -48,7 +48,7 @@ impl Fleet {
             blocking(&self.store, move |s| s.put_deployment(&stored)).await?;
             None
         } else {
-            let now = now_ms();
+            let now = self.now_ms();
             let mut writes = Vec::new();
             if let Some(latest) = history.last().filter(|r| !r.outcome.is_final()) {
                 let mut superseded = latest.clone();
@@ -102,7 +102,7 @@ impl Fleet {
         })
         .await?;
         let ready = ready_set(statuses);
-        let now = now_ms();
+        let now = self.now_ms();
         let mut redeployed = false;
         for (deployment, history) in deployments.iter().zip::<Vec<Vec<Rollout>>>(histories) {
             let Some(latest) = history.last() else {

@@ -158,6 +158,7 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
         lost_after: args.lost_after,
         tls: super::speaks_tls(&args.tls, &[args.listen, args.gateway]),
         tls_names: args.tls.names.clone(),
+        clock: mycel_control::Clock::system(),
     };
     let mut roles = Roles::start(config).await?;
     roles.gateway(args.gateway, args.max_request_size)?;
@@ -207,6 +208,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         lost_after: mycel_control::DEFAULT_LOST_AFTER,
         tls: super::speaks_tls(&args.tls, &[args.listen, args.gateway]),
         tls_names: args.tls.names.clone(),
+        clock: mycel_control::Clock::system(),
     };
     let mut roles = Roles::start(control).await?;
     roles.gateway(args.gateway, args.max_request_size)?;

@@ -2,6 +2,7 @@
 //! directory, and helpers to drive it.
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
+pub mod cluster;
 pub mod netns;
 pub mod proxy;
 
@@ -480,6 +481,17 @@ impl Load {
 
     pub fn count(&self) -> usize {
         self.answers.lock().unwrap().len()
+    }
+
+    /// Waits until `n` more answers have come back than had now: what a test needs
+    /// to see the traffic after an event, instead of sleeping for it.
+    pub fn wait_for_more(&self, n: usize) {
+        let from = self.count();
+        eventually(
+            &format!("{n} more answers"),
+            Duration::from_secs(60),
+            || (self.count() >= from + n).then_some(()),
+        );
     }
 
     pub fn stop(self) {
