@@ -347,6 +347,11 @@ pub struct GatewayArgs {
     pub max_request_size: u64,
     #[command(flatten)]
     pub tls: ServeTlsArgs,
+    /// The URL clients reach this gateway at, e.g. https://gw.tokyo.example:7800: what
+    /// it prints, and a name in its certificate [default: the --listen address; for
+    /// 0.0.0.0, this machine's address on the route to the server].
+    #[arg(long, env = "MYCEL_ADVERTISE", value_parser = parse_advertise)]
+    pub advertise: Option<String>,
 }
 
 #[derive(Args, Debug)]

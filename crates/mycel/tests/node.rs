@@ -192,3 +192,64 @@ fn plain_http_beyond_loopback_needs_insecure() {
         assert!(stderr.contains("pass --insecure"), "{args:?}: {stderr}");
     }
 }
+
+/// The first line of `mycel ARGS`'s stderr that contains `wanted`, within 20 s; the
+/// process is killed after.
+fn stderr_line(args: &[&str], wanted: &str) -> String {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(support::mycel_bin())
+        .args(args)
+        .env("MYCEL_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let wanted = wanted.to_owned();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains(&wanted) {
+                let _ = tx.send(line);
+                return;
+            }
+        }
+    });
+    let line = rx.recv_timeout(std::time::Duration::from_secs(20));
+    let _ = child.kill();
+    let _ = child.wait();
+    line.expect("the line never came")
+}
+
+#[test]
+fn a_gateway_says_where_its_clients_reach_it() {
+    let data = tempfile::tempdir().unwrap();
+    let data = data.path().to_str().unwrap();
+    let base = [
+        "gateway",
+        "--server",
+        "http://127.0.0.1:9",
+        "--listen",
+        "0.0.0.0:0",
+        "--insecure",
+        "--data",
+        data,
+    ];
+    // Listening everywhere, it names its address on the route to the server, with the
+    // port it got.
+    let line = stderr_line(&base, "clients reach it at");
+    let url = line.rsplit(' ').next().unwrap();
+    assert!(url.starts_with("http://127.0.0.1:"), "{line}");
+    assert!(!url.ends_with(":0"), "{line}");
+    let line = stderr_line(
+        &[&base[..], &["--advertise", "http://gw.tokyo.example:7800"]].concat(),
+        "clients reach it at",
+    );
+    assert!(
+        line.ends_with("clients reach it at http://gw.tokyo.example:7800"),
+        "{line}"
+    );
+}

@@ -17,12 +17,27 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     let (server, token) = connect::server_and_token(&args.connect)?;
     let data = connect::data_dir(&args.connect.data)?;
     let serve_tls = super::speaks_tls(&args.tls, &[args.listen]);
-    let tls = if server.split(',').all(|u| u.trim().starts_with("https://")) {
+    let https = server.split(',').all(|u| u.trim().starts_with("https://"));
+    let scheme = if serve_tls && https { "https" } else { "http" };
+    // Where clients reach it: what it prints, and a name in its certificate.
+    let advertised = mycel_agent::advertise::url(
+        args.advertise.as_deref(),
+        args.listen,
+        Client::new(&server, None)?.server_authority(),
+        scheme == "https",
+    )
+    .await?;
+    let tls = if https {
         let ca = connect::ca_pem(args.connect.ca.as_deref(), &data)?.context(
             "the control plane speaks TLS: give its CA with --ca FILE (DATA/tls/ca.pem on the control plane's machine)",
         )?;
         let client = Client::with_ca(&server, token.clone(), Some(&ca))?;
         let mut hosts = vec![args.listen.ip().to_string()];
+        hosts.extend(
+            reqwest::Url::parse(&advertised)
+                .ok()
+                .and_then(|u| u.host_str().map(str::to_owned)),
+        );
         hosts.extend(args.tls.names.iter().cloned());
         let identity = fleet_identity(&client, &data.join(TLS_DIR), &hosts).await?;
         Some(mycel_gateway::Tls {
@@ -37,11 +52,6 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         super::plain_http("--listen", args.listen, args.tls.insecure)?;
         None
     };
-    let scheme = if serve_tls && tls.is_some() {
-        "https"
-    } else {
-        "http"
-    };
     let config = mycel_gateway::Config {
         server,
         token,
@@ -52,8 +62,15 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
             .context("--max-request-size is too large for this machine")?,
         tls,
     };
-    mycel_gateway::run(config, super::shutdown_signal(), |addr| {
-        eprintln!("gateway listening on {scheme}://{addr}");
+    let given = args.advertise.is_some();
+    mycel_gateway::run(config, super::shutdown_signal(), move |addr| {
+        // Port 0 was resolved only now.
+        let mut url = reqwest::Url::parse(&advertised).ok();
+        if let Some(url) = url.as_mut().filter(|_| !given) {
+            let _ = url.set_port(Some(addr.port()));
+        }
+        let url = url.map_or(advertised, |u| u.as_str().trim_end_matches('/').to_owned());
+        eprintln!("gateway listening on {addr}; clients reach it at {url}");
     })
     .await?;
     Ok(())
