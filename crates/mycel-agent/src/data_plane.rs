@@ -106,11 +106,17 @@ fn error(code: ErrorCode, message: impl Into<String>) -> Response {
 async fn infer(
     State(node): State<Arc<NodeContext>>,
     Path(replica): Path<String>,
+    headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Response {
     let started = std::time::Instant::now();
     let caller = node.caller(&replica);
-    let (response, outcome) = call(&node, &replica, caller.as_ref(), body).await;
+    let deadline = headers
+        .get(frame::DEADLINE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|ms| tokio::time::Instant::now() + std::time::Duration::from_millis(ms));
+    let (response, outcome) = call(&node, &replica, caller.as_ref(), body, deadline).await;
     if let Some(caller) = caller {
         node.metrics
             .observe(&caller.labels, outcome, started.elapsed().as_secs_f64());
@@ -123,6 +129,7 @@ async fn call(
     replica: &str,
     caller: Option<&Caller>,
     body: Bytes,
+    deadline: Option<tokio::time::Instant>,
 ) -> (Response, &'static str) {
     let request = match frame::decode_from(body) {
         Ok(request) => request,
@@ -141,6 +148,9 @@ async fn call(
         tensors: request.tensors,
         extra: Default::default(),
         reply,
+        alone: false,
+        deadline,
+        requeued: false,
     };
     if caller.calls.send(call).await.is_err() {
         // Draining or stopped before the call got in: nothing ran.
@@ -159,12 +169,29 @@ async fn call(
             }
         }
         Ok(Err(WorkerError::Model { message, traceback })) => {
-            let message = if traceback.is_empty() {
-                message
-            } else {
-                format!("{message}\n{traceback}")
-            };
+            // The traceback names files and paths on this node: it goes to the
+            // replica's log (`mycel logs`), the client gets the exception.
+            if !traceback.is_empty() {
+                node.append_log(
+                    replica,
+                    &format!("a request failed: {message}\n{traceback}"),
+                )
+                .await;
+            }
             (error(ErrorCode::ModelError, message), "model_error")
+        }
+        Ok(Err(e @ WorkerError::Expired)) => (
+            error(
+                ErrorCode::DeadlineExceeded,
+                format!("replica {replica}: {e}"),
+            ),
+            "deadline",
+        ),
+        Ok(Err(e @ WorkerError::Crashed(_))) => {
+            let message = format!(
+                "replica {replica}: {e}; it restarts, and the request is not retried elsewhere (see `mycel logs`)"
+            );
+            (error(ErrorCode::ModelCrashed, message), "model_error")
         }
         Ok(Err(e)) => {
             let message = format!("replica {replica} failed during the call: {e}");

@@ -25,6 +25,13 @@ pub enum WorkerError {
         /// The Python traceback.
         traceback: String,
     },
+    /// The worker died while handling this call: the call killed it, or was being
+    /// handled alone when it died.
+    #[error("the model's worker died while handling this request ({0})")]
+    Crashed(String),
+    /// The request's deadline passed before it ran: it never started.
+    #[error("the request's deadline passed while it waited for the worker; it did not run")]
+    Expired,
     /// A frame bigger than this agent accepts.
     #[error("frame of {0} bytes is over the limit of {1} bytes")]
     TooLarge(u64, u64),

@@ -33,6 +33,11 @@ pub enum ErrorCode {
     NotServing,
     /// The model's own code raised; the message carries its exception.
     ModelError,
+    /// The model's worker process died while handling this request (the request may be
+    /// what killed it). It is not retried on another replica, which it could kill too.
+    ModelCrashed,
+    /// The request's deadline passed before it was answered (or before it ran).
+    DeadlineExceeded,
     /// A bug or an I/O failure on the server.
     Internal,
 }
@@ -48,7 +53,8 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::HashMismatch | ErrorCode::MissingBlobs | ErrorCode::InvalidManifest => 422,
             ErrorCode::Unavailable | ErrorCode::NotServing => 503,
-            ErrorCode::Internal | ErrorCode::ModelError => 500,
+            ErrorCode::Internal | ErrorCode::ModelError | ErrorCode::ModelCrashed => 500,
+            ErrorCode::DeadlineExceeded => 504,
         }
     }
 }

@@ -5,6 +5,10 @@
 //! `u32 header_len | u64 body_len | header JSON | body`, little-endian; the header
 //! places each tensor in the body by offset and length.
 
+/// The HTTP header a gateway sends with a frame to an agent: milliseconds left until
+/// the request's deadline. The agent never starts a call past it, and kills a worker
+/// that holds one long after it.
+pub const DEADLINE_HEADER: &str = "x-mycel-deadline-ms";
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 

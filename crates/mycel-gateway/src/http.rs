@@ -27,6 +27,7 @@ struct Gateway {
     router: Arc<routes::Router>,
     agents: reqwest::Client,
     max_request_bytes: usize,
+    request_timeout: Duration,
     metrics: Metrics,
 }
 
@@ -35,6 +36,7 @@ struct Gateway {
 pub(crate) fn app(
     router: Arc<routes::Router>,
     max_request_bytes: usize,
+    request_timeout: Duration,
     agents_tls: Option<rustls::ClientConfig>,
 ) -> Result<Router, reqwest::Error> {
     let mut agents = reqwest::Client::builder()
@@ -49,6 +51,7 @@ pub(crate) fn app(
         router,
         agents,
         max_request_bytes,
+        request_timeout,
         metrics: Metrics::new(),
     });
     Ok(Router::new()
@@ -331,14 +334,30 @@ async fn answer(
         Ok(request) => request,
         Err(e) => return oip_error(StatusCode::BAD_REQUEST, e.to_string()),
     };
+    let limit = match crate::deadline::of_request(&request.parameters, gw.request_timeout) {
+        Ok(limit) => limit,
+        Err(message) => return oip_error(StatusCode::BAD_REQUEST, message),
+    };
     let frame = match frame::encode_to_vec(&Frame::new(0, "predict", request.inputs.clone())) {
         Ok(bytes) => Bytes::from(bytes),
         Err(e) => return oip_error(StatusCode::BAD_REQUEST, e.to_string()),
     };
 
-    let (outputs, answered_by) = match call(gw, &model, seq, frame, labels).await {
-        Ok(answer) => answer,
-        Err(failure) => return failure.into_response(),
+    let deadline = tokio::time::Instant::now() + limit;
+    let called = tokio::time::timeout_at(deadline, call(gw, &model, seq, frame, labels, deadline));
+    let (outputs, answered_by) = match called.await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(failure)) => return failure.into_response(),
+        Err(_) => {
+            return oip_error(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "model {:?} gave no answer within {} ms (the request's deadline)",
+                    model.info.name,
+                    limit.as_millis()
+                ),
+            )
+        }
     };
     // The version that computed the answer: during a rollout, not always the newest.
     let version = answered_by.to_string();
@@ -394,6 +413,7 @@ async fn call(
     seq: Option<u64>,
     frame: Bytes,
     labels: &mut RequestLabels,
+    deadline: tokio::time::Instant,
 ) -> Result<(Vec<mycel_core::tensor::Tensor>, u64), Failure> {
     let mut tried: Vec<String> = Vec::new();
     let mut broken_once = false;
@@ -401,7 +421,7 @@ async fn call(
     while let Some(in_flight) = gw.router.pick(model, seq, &tried) {
         let replica = &in_flight.replica().route;
         labels.location.clone_from(&replica.location);
-        let reason = match attempt(gw, replica, frame.clone()).await {
+        let reason = match attempt(gw, replica, frame.clone(), deadline).await {
             Attempt::Done(outputs) => return Ok((outputs, replica.seq)),
             Attempt::Fail(response) => return Err(response),
             // Expected while replicas drain in a rollout: not worth a warning.
@@ -436,7 +456,12 @@ async fn call(
     Err(Failure(StatusCode::SERVICE_UNAVAILABLE, message))
 }
 
-async fn attempt(gw: &Gateway, replica: &mycel_core::api::RouteReplica, frame: Bytes) -> Attempt {
+async fn attempt(
+    gw: &Gateway,
+    replica: &mycel_core::api::RouteReplica,
+    frame: Bytes,
+    deadline: tokio::time::Instant,
+) -> Attempt {
     let url = format!(
         "{}/v1/replicas/{}/infer",
         replica.agent_url, replica.replica
@@ -445,6 +470,13 @@ async fn attempt(gw: &Gateway, replica: &mycel_core::api::RouteReplica, frame: B
         .agents
         .post(&url)
         .header(axum::http::header::CONTENT_TYPE, FRAME_CONTENT_TYPE)
+        .header(
+            frame::DEADLINE_HEADER,
+            deadline
+                .saturating_duration_since(tokio::time::Instant::now())
+                .as_millis()
+                .to_string(),
+        )
         .body(frame)
         .send()
         .await;

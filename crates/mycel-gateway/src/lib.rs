@@ -6,6 +6,7 @@
 //! table) and to agents only over HTTP.
 #![warn(missing_docs)]
 
+mod deadline;
 mod http;
 mod metrics;
 pub mod routes;
@@ -16,6 +17,9 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+/// The default for [`Config::request_timeout`].
+pub const DEFAULT_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// File in a data directory holding the URL of the gateway started there.
 pub const URL_FILE: &str = "gateway.url";
@@ -33,6 +37,9 @@ pub struct Config {
     pub location: Option<String>,
     /// Largest request body accepted.
     pub max_request_bytes: usize,
+    /// The longest a request may take; past it the client gets 504 (a client may ask
+    /// for less with Triton's `parameters.timeout`).
+    pub request_timeout: std::time::Duration,
     /// Where the last routing table is kept, so that a gateway restarted while the
     /// control plane is away serves at once; `None` keeps it in memory only.
     pub routes_file: Option<std::path::PathBuf>,
@@ -119,11 +126,16 @@ pub async fn run(
         config.routes_file.clone(),
         stop.clone(),
     ));
-    let app =
-        http::app(router, config.max_request_bytes, agents_tls).map_err(|e| GatewayError::Io {
-            what: "building the HTTP client for agents".into(),
-            source: std::io::Error::other(e),
-        })?;
+    let app = http::app(
+        router,
+        config.max_request_bytes,
+        config.request_timeout,
+        agents_tls,
+    )
+    .map_err(|e| GatewayError::Io {
+        what: "building the HTTP client for agents".into(),
+        source: std::io::Error::other(e),
+    })?;
     let scheme = if serve_tls.is_some() { "https" } else { "http" };
     tracing::info!(url = %format!("{scheme}://{addr}"), "gateway listening");
     on_listening(addr);

@@ -296,6 +296,11 @@ pub struct ServerArgs {
     /// Largest inference request the gateway accepts, e.g. 64MiB.
     #[arg(long, default_value = "64MiB", value_parser = parse_size)]
     pub max_request_size: u64,
+    /// The longest an inference request may take at the gateway: past it the client
+    /// gets 504, and the request is not started, or its worker is restarted (a client
+    /// may ask for less with `parameters.timeout`, in microseconds).
+    #[arg(long, env = "MYCEL_REQUEST_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub request_timeout: std::time::Duration,
 }
 
 #[derive(Args, Debug)]
@@ -345,6 +350,11 @@ pub struct GatewayArgs {
     /// Largest request body, e.g. 64MiB.
     #[arg(long, default_value = "64MiB", value_parser = parse_size)]
     pub max_request_size: u64,
+    /// The longest an inference request may take at the gateway: past it the client
+    /// gets 504, and the request is not started, or its worker is restarted (a client
+    /// may ask for less with `parameters.timeout`, in microseconds).
+    #[arg(long, env = "MYCEL_REQUEST_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub request_timeout: std::time::Duration,
     #[command(flatten)]
     pub tls: ServeTlsArgs,
     /// The URL clients reach this gateway at, e.g. https://gw.tokyo.example:7800: what
@@ -685,6 +695,11 @@ pub struct UpArgs {
     /// Largest inference request the gateway accepts, e.g. 64MiB.
     #[arg(long, default_value = "64MiB", value_parser = parse_size)]
     pub max_request_size: u64,
+    /// The longest an inference request may take at the gateway: past it the client
+    /// gets 504, and the request is not started, or its worker is restarted (a client
+    /// may ask for less with `parameters.timeout`, in microseconds).
+    #[arg(long, env = "MYCEL_REQUEST_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub request_timeout: std::time::Duration,
     /// CPUs each local node offers [default: the machine's cores].
     #[arg(long)]
     pub node_cpus: Option<f64>,

@@ -26,6 +26,15 @@ class Probe:
     def predict(self, inputs):
         if "fail" in inputs:
             raise ValueError("asked to fail")
+        if "x" in inputs and (inputs["x"][:, 0] == -1).any():
+            tag = int(inputs["x"][inputs["x"][:, 0] == -1][0, 1])
+            print(f"dying for request {tag}", flush=True)
+            os._exit(3)
+        if "x" in inputs and (inputs["x"] == -2).any():
+            raise ValueError("a bad row")
+        if "sleep" in inputs:
+            time.sleep(float(inputs["sleep"].reshape(-1)[0]))
+            return {"slept": inputs["sleep"]}
         if "marker" in inputs:
             # Tell the test which process took the call, then take a while.
             path = inputs["marker"].reshape(-1)[0].decode()
@@ -68,6 +77,11 @@ struct Fleet {
 
 /// Server, gateway and one agent serving two replicas of the probe model.
 fn fleet() -> Fleet {
+    fleet_of(2)
+}
+
+/// Server, gateway and one agent serving `copies` replicas of the probe model.
+fn fleet_of(copies: u32) -> Fleet {
     let data = tempfile::tempdir().unwrap();
     let nodes = tempfile::tempdir().unwrap();
     let server = TestServer::start(data.path());
@@ -81,14 +95,14 @@ fn fleet() -> Fleet {
         ],
     );
     server.cli_json(&["push", component.to_str().unwrap()]);
-    let out = server.cli(&["deploy", "probe", "--copies", "here=2"]);
+    let out = server.cli(&["deploy", "probe", "--copies", &format!("here={copies}")]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    eventually("2 probe replicas ready", READY_PATIENCE, || {
-        all_ready(&status(&server), "probe", 2).then_some(())
+    eventually("the probe replicas ready", READY_PATIENCE, || {
+        all_ready(&status(&server), "probe", copies as usize).then_some(())
     });
     let gateway = server.gateway();
     let http = reqwest::blocking::Client::builder()
@@ -248,12 +262,16 @@ fn oip_json_and_binary_round_trip_every_datatype_and_errors_are_clear() {
         &json!({"inputs": [{"name": "fail", "datatype": "INT8", "shape": [1], "data": [1]}]}),
     );
     assert_eq!(code, 500);
+    let error = body["error"].as_str().unwrap();
+    assert!(error.contains("ValueError: asked to fail"), "{body}");
+    // The traceback, with the node's paths in it, is in the replica's log, not here.
+    assert!(!error.contains("Traceback"), "{body}");
+    let logs = f.server.cli(&["logs", "probe"]);
+    let logs = String::from_utf8_lossy(&logs.stdout);
     assert!(
-        body["error"]
-            .as_str()
-            .unwrap()
-            .contains("ValueError: asked to fail"),
-        "{body}"
+        logs.contains("[mycel] a request failed: ValueError: asked to fail")
+            && logs.contains("Traceback"),
+        "{logs}"
     );
     let (code, _) = f.infer(
         &json!({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1, 2]}]}),
@@ -274,7 +292,7 @@ fn oip_json_and_binary_round_trip_every_datatype_and_errors_are_clear() {
 }
 
 #[test]
-fn concurrent_requests_are_batched_and_a_request_whose_replica_dies_is_retried() {
+fn concurrent_requests_are_batched_and_a_request_whose_worker_is_killed_runs_again_there() {
     let f = fleet();
     // Eight concurrent one-row requests within the batch window: some share a call, and
     // each still gets exactly its own row back.
@@ -347,7 +365,10 @@ fn concurrent_requests_are_batched_and_a_request_whose_replica_dies_is_retried()
         "{agent}"
     );
 
-    // Kill the worker that holds a request: the gateway retries it on the other replica.
+    // Kill the worker that holds a request from outside (SIGKILL, as an operator or the
+    // OOM killer would): the request is not sent to the other replica (had it killed
+    // the worker itself, it would kill that one too) but run again by this replica's
+    // restarted worker.
     let marker = f._dirs.1.path().join("marker");
     let request = json!({"inputs": [
         {"name": "marker", "datatype": "BYTES", "shape": [1], "data": [marker.to_str().unwrap()]}
@@ -370,13 +391,23 @@ fn concurrent_requests_are_batched_and_a_request_whose_replica_dies_is_retried()
             .args(["-KILL", &victim.to_string()])
             .status()
             .unwrap();
-        let (code, answer) = call.join().unwrap();
-        assert_eq!(code, 200, "{answer}");
-        let served_by = answer["outputs"][0]["data"][0].as_u64().unwrap();
-        assert_ne!(served_by, victim, "the answer came from the killed worker");
-        answer
+        call.join().unwrap()
     });
-    assert_eq!(answer["outputs"][0]["name"], "pid");
+    assert_eq!(answer.0, 200, "{}", answer.1);
+    let served_by = answer.1["outputs"][0]["data"][0].as_u64().unwrap();
+    let marked: Vec<u64> = std::fs::read_to_string(&marker)
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert_eq!(marked.len(), 2, "{marked:?}");
+    assert_eq!(marked[1], served_by);
+    let restarted: Vec<_> = replicas(&status(&f.server), "probe")
+        .into_iter()
+        .filter(|r| r.4 >= 1)
+        .collect();
+    assert_eq!(restarted.len(), 1, "{restarted:?}");
+    assert_eq!(restarted[0].3, Some(served_by), "another replica answered");
     // Both replicas are running again afterwards.
     eventually("the killed replica to be back", READY_PATIENCE, || {
         let s = status(&f.server);
@@ -449,5 +480,177 @@ fn oversized_requests_are_refused_with_the_limit_named() {
             .unwrap()
             .contains("limit of 1024 bytes"),
         "{body}"
+    );
+}
+
+/// Good requests from several clients, batched with bad ones: a request that makes the
+/// model raise, or kills its worker, fails alone; nothing else fails, and the bad
+/// request is not tried on the other replica.
+#[test]
+fn a_bad_request_fails_alone_and_a_killing_one_is_not_retried_elsewhere() {
+    let f = fleet();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let good = |i: u64| {
+        json!({"inputs": [
+            {"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [i, i + 1]}
+        ]})
+    };
+    // [-2, tag] makes the model raise; [-1, tag] kills its worker.
+    let bad = |value: i64, tag: i64| {
+        json!({"inputs": [
+            {"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [value, tag]}
+        ]})
+    };
+    let (answers, bad_answers) = std::thread::scope(|s| {
+        let clients: Vec<_> = (0..6u64)
+            .map(|c| {
+                let (f, stop) = (&f, &stop);
+                s.spawn(move || {
+                    let mut answers = Vec::new();
+                    let mut i = c * 100_000;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let (code, answer) = f.infer(&good(i));
+                        answers.push((i, code, answer));
+                        i += 1;
+                    }
+                    answers
+                })
+            })
+            .collect();
+        let mut bad_answers = Vec::new();
+        for (value, tag) in [(-2, 1), (-1, 2), (-2, 3), (-1, 4)] {
+            std::thread::sleep(Duration::from_millis(300));
+            bad_answers.push((value, f.infer(&bad(value, tag))));
+            // Both replicas back before the next one, so that one always serves.
+            eventually("both replicas ready", READY_PATIENCE, || {
+                all_ready(&status(&f.server), "probe", 2).then_some(())
+            });
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let answers: Vec<_> = clients
+            .into_iter()
+            .flat_map(|c| c.join().unwrap())
+            .collect();
+        (answers, bad_answers)
+    });
+    assert!(answers.len() > 50, "only {} good requests", answers.len());
+    for (i, code, answer) in &answers {
+        assert_eq!(*code, 200, "good request {i} failed: {answer}");
+        let x = answer["outputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["name"] == "x")
+            .unwrap();
+        assert_eq!(x["data"], json!([*i as f64, (*i + 1) as f64]), "{answer}");
+    }
+    let shared = answers
+        .iter()
+        .filter_map(|(_, _, a)| {
+            a["outputs"]
+                .as_array()?
+                .iter()
+                .find(|o| o["name"] == "batch")?["data"][0]
+                .as_u64()
+        })
+        .any(|rows| rows > 1);
+    assert!(shared, "no request shared a worker call");
+    for (value, (code, answer)) in &bad_answers {
+        assert_eq!(*code, 500, "{answer}");
+        let error = answer["error"].as_str().unwrap();
+        let expected = if *value == -2 {
+            "ValueError: a bad row"
+        } else {
+            "died while handling this request"
+        };
+        assert!(error.contains(expected), "{value}: {error}");
+    }
+    // A killing request took down workers of one replica only (twice where it came in
+    // a batch: once with it, once alone): it was never tried on the other.
+    let logs = f.server.cli(&["logs", "probe"]);
+    let logs = String::from_utf8_lossy(&logs.stdout);
+    for tag in [2, 4] {
+        let killed: std::collections::BTreeSet<&str> = logs
+            .lines()
+            .filter(|l| l.ends_with(&format!("dying for request {tag}")))
+            .filter_map(|l| l.split(']').next())
+            .collect();
+        assert_eq!(
+            killed.len(),
+            1,
+            "request {tag} killed workers of {killed:?}:\n{logs}"
+        );
+    }
+}
+
+/// A request past its deadline gets 504 at once; one that waited past it for a busy
+/// worker never runs; a worker stuck in a call long past its deadline is restarted.
+#[test]
+fn deadlines_answer_504_skip_what_expired_and_restart_a_stuck_worker() {
+    let f = fleet_of(1);
+    let with_timeout =
+        |inputs: Value, us: u64| json!({"inputs": inputs, "parameters": {"timeout": us}});
+
+    // A model stuck for a minute, a client that gives it a second.
+    let sent = std::time::Instant::now();
+    let (code, answer) = f.infer(&with_timeout(
+        json!([{"name": "sleep", "datatype": "FP32", "shape": [1], "data": [60.0]}]),
+        1_000_000,
+    ));
+    assert_eq!(code, 504, "{answer}");
+    assert!(
+        sent.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        sent.elapsed()
+    );
+    let error = answer["error"].as_str().unwrap();
+    assert!(
+        error.contains("model \"probe\" gave no answer within 1000 ms"),
+        "{error}"
+    );
+    // Its worker is restarted, and the replica serves again.
+    eventually("the stuck worker restarted", READY_PATIENCE, || {
+        let replicas = replicas(&status(&f.server), "probe");
+        (replicas[0].2 == "ready" && replicas[0].4 >= 1).then_some(())
+    });
+    eventually("an answer again", Duration::from_secs(30), || {
+        let (code, _) = f.infer(&json!({"inputs": [
+            {"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1, 2]}
+        ]}));
+        (code == 200).then_some(())
+    });
+
+    // One request holds the only worker for 3 s; one behind it with half a second to
+    // live gets 504 and never runs.
+    let first = f._dirs.1.path().join("first");
+    let second = f._dirs.1.path().join("second");
+    let marker = |path: &std::path::Path| json!([{"name": "marker", "datatype": "BYTES", "shape": [1], "data": [path.to_str().unwrap()]}]);
+    std::thread::scope(|s| {
+        let busy = s.spawn(|| f.infer(&json!({"inputs": marker(&first)})));
+        eventually("the first call running", Duration::from_secs(20), || {
+            first.exists().then_some(())
+        });
+        let (code, answer) = f.infer(&with_timeout(marker(&second), 500_000));
+        assert_eq!(code, 504, "{answer}");
+        let (code, answer) = busy.join().unwrap();
+        assert_eq!(code, 200, "{answer}");
+    });
+    // The worker is free and idle again: the expired call would have run by now.
+    let (code, _) = f.infer(&json!({"inputs": [
+        {"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1, 2]}
+    ]}));
+    assert_eq!(code, 200);
+    assert!(!second.exists(), "the expired call ran");
+
+    // A timeout that is not a count of microseconds is refused.
+    let (code, answer) = f.infer(&json!({
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1, 2]}],
+        "parameters": {"timeout": "1s"}
+    }));
+    assert_eq!(code, 400, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("microseconds"),
+        "{answer}"
     );
 }

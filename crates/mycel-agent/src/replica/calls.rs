@@ -13,6 +13,9 @@ pub(super) async fn gather(
     serve: ServeOptions,
 ) -> Vec<Call> {
     let max_rows = u64::from(serve.max_batch_size);
+    if first.alone {
+        return vec![first];
+    }
     let key = match batch_key_of(&first) {
         Some((key, rows)) if max_rows > 1 && rows < max_rows => (key, rows),
         _ => return vec![first],
@@ -20,7 +23,7 @@ pub(super) async fn gather(
     let (key, mut rows) = key;
     let mut batch = vec![first];
     let fits = |call: &Call, rows: &mut u64| match batch_key_of(call) {
-        Some((k, n)) if k == key && *rows + n <= max_rows => {
+        Some((k, n)) if !call.alone && k == key && *rows + n <= max_rows => {
             *rows += n;
             true
         }
@@ -28,7 +31,9 @@ pub(super) async fn gather(
     };
     let mut skipped = VecDeque::new();
     while let Some(call) = pending.pop_front() {
-        if fits(&call, &mut rows) {
+        if call.abandoned() {
+            super::supervise::give_up(call);
+        } else if fits(&call, &mut rows) {
             batch.push(call);
         } else {
             skipped.push_back(call);
@@ -47,7 +52,9 @@ pub(super) async fn gather(
             }
         };
         let Some(call) = next else { break };
-        if fits(&call, &mut rows) {
+        if call.abandoned() {
+            super::supervise::give_up(call);
+        } else if fits(&call, &mut rows) {
             batch.push(call);
         } else {
             skipped.push_back(call);
@@ -64,25 +71,44 @@ pub(super) fn batch_key_of(call: &Call) -> Option<(batch::BatchKey, u64)> {
     batch::batch_key(&call.tensors)
 }
 
-/// Answers a batch of calls with one worker call. Errs only when the connection to the
-/// worker broke, after telling every caller.
-pub(super) async fn run_batch(
-    conn: &mut WorkerConn,
-    mut batch: Vec<Call>,
-) -> Result<(), WorkerError> {
+/// The worker died during a call: the calls to run again, each alone, once it is back,
+/// and the one it was handling alone, whose fate depends on how it died.
+pub(super) struct Broke {
+    pub(super) error: WorkerError,
+    pub(super) again: Vec<Call>,
+    pub(super) culprit: Option<Call>,
+}
+
+/// What becomes of the call a worker was handling alone when it died.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Verdict {
+    /// Killed from outside (SIGKILL, SIGTERM: an operator, the OOM killer, a
+    /// supervisor): the call is likely innocent, and runs once more, on this replica
+    /// after its restart, never on another.
+    RunAgain,
+    /// The worker ended itself (an exit, a crash in native code): the call killed it and
+    /// fails, and is not run again anywhere.
+    Fails,
+}
+
+/// The verdict for the call a worker was handling alone when it died by `signal` (None:
+/// it exited), `requeued` if it was already run again once.
+pub(super) fn verdict(signal: Option<i32>, requeued: bool) -> Verdict {
+    const SIGKILL: i32 = 9;
+    const SIGTERM: i32 = 15;
+    match signal {
+        Some(SIGKILL | SIGTERM) if !requeued => Verdict::RunAgain,
+        _ => Verdict::Fails,
+    }
+}
+
+/// Answers a batch of calls with one worker call. One request must not fail the others:
+/// when the model raises for a batch, each call is run again alone; when the worker
+/// dies during a batch, its calls come back to be run alone once it restarts. A call
+/// that was alone when the worker died is answered `Crashed`, and not run again.
+pub(super) async fn run_batch(conn: &mut WorkerConn, mut batch: Vec<Call>) -> Result<(), Broke> {
     if batch.len() == 1 {
-        let call = batch.swap_remove(0);
-        let answer = conn.call(&call.method, call.tensors, call.extra).await;
-        return match answer {
-            Err(e @ (WorkerError::Io(_) | WorkerError::Protocol(_))) => {
-                let _ = call.reply.send(Err(copy_error(&e)));
-                Err(e)
-            }
-            answer => {
-                let _ = call.reply.send(answer);
-                Ok(())
-            }
-        };
+        return run_alone(conn, batch.swap_remove(0)).await;
     }
     let rows: Vec<u64> = batch
         .iter()
@@ -119,27 +145,128 @@ pub(super) async fn run_batch(
             }
             Ok(())
         }
-        Err(e) => {
-            for call in batch {
-                let _ = call.reply.send(Err(copy_error(&e)));
+        Err(error @ (WorkerError::Io(_) | WorkerError::Protocol(_))) => Err(Broke {
+            error,
+            again: batch
+                .into_iter()
+                .map(|c| Call { alone: true, ..c })
+                .collect(),
+            culprit: None,
+        }),
+        Err(_) => {
+            // The model raised for the batch: find out for whom.
+            let mut rest = batch.into_iter();
+            while let Some(call) = rest.next() {
+                run_alone(conn, call).await.map_err(|broke| Broke {
+                    again: rest.by_ref().map(|c| Call { alone: true, ..c }).collect(),
+                    ..broke
+                })?;
             }
-            match e {
-                WorkerError::Io(_) | WorkerError::Protocol(_) => Err(e),
-                _ => Ok(()),
-            }
+            Ok(())
         }
     }
 }
 
-/// The same error for another caller of a batch (io errors are not `Clone`).
-pub(super) fn copy_error(e: &WorkerError) -> WorkerError {
-    match e {
-        WorkerError::Io(io) => WorkerError::Io(std::io::Error::new(io.kind(), io.to_string())),
-        WorkerError::Protocol(m) => WorkerError::Protocol(m.clone()),
-        WorkerError::Model { message, traceback } => WorkerError::Model {
-            message: message.clone(),
-            traceback: traceback.clone(),
-        },
-        WorkerError::TooLarge(a, b) => WorkerError::TooLarge(*a, *b),
+/// Answers one call with a worker call of its own; if the worker dies meanwhile, the
+/// call comes back unanswered, as the culprit.
+async fn run_alone(conn: &mut WorkerConn, call: Call) -> Result<(), Broke> {
+    // The inputs go to the worker; the call keeps them in case it must run again.
+    let answer = conn
+        .call(&call.method, call.tensors.clone(), call.extra.clone())
+        .await;
+    match answer {
+        Err(error @ (WorkerError::Io(_) | WorkerError::Protocol(_))) => Err(Broke {
+            error,
+            again: Vec::new(),
+            culprit: Some(call),
+        }),
+        answer => {
+            let _ = call.reply.send(answer);
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use mycel_core::tensor::Datatype;
+
+    fn call(alone: bool) -> Call {
+        let (reply, waiting) = oneshot::channel();
+        // Someone waits for the answer, or the call counts as abandoned.
+        std::mem::forget(waiting);
+        Call {
+            method: "predict".into(),
+            tensors: vec![Tensor {
+                name: "x".into(),
+                datatype: Datatype::Fp32,
+                shape: vec![1, 2],
+                data: bytes::Bytes::from(vec![0u8; 8]),
+            }],
+            extra: Default::default(),
+            reply,
+            alone,
+            deadline: None,
+            requeued: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_call_from_a_failed_batch_is_never_batched_again() {
+        let serve = ServeOptions {
+            max_batch_size: 8,
+            batch_wait_ms: 0,
+        };
+        let (_tx, mut rx) = mpsc::channel(8);
+        // Alone first: a batch of one, the others wait.
+        let mut pending: VecDeque<Call> = [call(false), call(false)].into();
+        let batch = gather(call(true), &mut pending, &mut rx, serve).await;
+        assert_eq!(batch.len(), 1);
+        assert_eq!(pending.len(), 2);
+        // Batchable first: the alone call in the queue is left out of its batch.
+        let mut pending: VecDeque<Call> = [call(true), call(false)].into();
+        let batch = gather(call(false), &mut pending, &mut rx, serve).await;
+        assert_eq!(batch.len(), 2);
+        assert!(batch.iter().all(|c| !c.alone));
+        assert_eq!(pending.len(), 1);
+        assert!(pending[0].alone);
+    }
+
+    #[tokio::test]
+    async fn calls_nobody_waits_for_are_not_run() {
+        let serve = ServeOptions {
+            max_batch_size: 8,
+            batch_wait_ms: 0,
+        };
+        let (_tx, mut rx) = mpsc::channel(8);
+        let (reply, gone) = oneshot::channel();
+        drop(gone);
+        let left = Call {
+            reply,
+            ..call(false)
+        };
+        let late = Call {
+            deadline: Some(tokio::time::Instant::now()),
+            ..call(false)
+        };
+        assert!(left.abandoned() && late.abandoned());
+        let mut pending: VecDeque<Call> = [left, late, call(false)].into();
+        let batch = gather(call(false), &mut pending, &mut rx, serve).await;
+        assert_eq!(batch.len(), 2);
+        assert!(pending.is_empty());
+    }
+
+    #[test]
+    fn a_call_runs_again_only_when_something_outside_killed_its_worker_and_only_once() {
+        assert_eq!(verdict(Some(9), false), Verdict::RunAgain);
+        assert_eq!(verdict(Some(15), false), Verdict::RunAgain);
+        assert_eq!(verdict(Some(9), true), Verdict::Fails);
+        // os._exit, a segfault, an abort: the call did it.
+        assert_eq!(verdict(None, false), Verdict::Fails);
+        assert_eq!(verdict(Some(11), false), Verdict::Fails);
+        assert_eq!(verdict(Some(6), false), Verdict::Fails);
     }
 }

@@ -39,6 +39,9 @@ const MAX_BODY: u64 = 4 << 30;
 /// [`HEALTH_TIMEOUT`] is killed and restarted (and fails a rollout it is part of).
 const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long past the latest deadline of its calls a worker may stay in a call before
+/// it is killed and restarted: the callers have had their answer (504) by then.
+const OVERDUE_GRACE: Duration = Duration::from_millis(500);
 /// How long a replica no longer assigned may take to finish the requests it holds.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -123,6 +126,25 @@ impl NodeContext {
         statuses.remove(replica);
     }
 
+    /// Appends a line of the agent's own to `replica`'s log, beside its worker's output.
+    pub async fn append_log(&self, replica: &str, text: &str) {
+        use tokio::io::AsyncWriteExt;
+        let path = self.log_path(replica);
+        let written = async {
+            let mut file = tokio::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(&path)
+                .await?;
+            file.write_all(format!("[mycel] {}\n", text.trim_end()).as_bytes())
+                .await
+        }
+        .await;
+        if let Err(e) = written {
+            tracing::warn!(%replica, error = %e, "cannot write to the replica's log");
+        }
+    }
+
     /// Where to send calls for `replica`, if it runs here.
     pub fn caller(&self, replica: &str) -> Option<Caller> {
         let callers = self.callers.lock().unwrap_or_else(|p| p.into_inner());
@@ -161,6 +183,24 @@ pub struct Call {
     pub extra: serde_json::Map<String, serde_json::Value>,
     /// Where the answer goes.
     pub reply: oneshot::Sender<Result<Frame, WorkerError>>,
+    /// Run in a worker call of its own, never in a batch: it was in a batch that failed,
+    /// and must not fail (or crash the worker) for another request again.
+    pub alone: bool,
+    /// When its caller stops waiting: past it, it is not started.
+    pub deadline: Option<tokio::time::Instant>,
+    /// It was in its worker when something outside killed it, and was queued again.
+    pub requeued: bool,
+}
+
+impl Call {
+    /// Whether nobody waits for the answer any more: the caller went away, or the
+    /// deadline passed (then it is told so). Such a call is not run.
+    pub fn abandoned(&self) -> bool {
+        self.reply.is_closed()
+            || self
+                .deadline
+                .is_some_and(|d| d <= tokio::time::Instant::now())
+    }
 }
 
 /// A running replica as the agent holds it.
@@ -242,7 +282,7 @@ mod prepare;
 mod process;
 mod supervise;
 
-use calls::{gather, run_batch};
+use calls::{gather, run_batch, verdict, Broke, Verdict};
 use prepare::prepare;
 pub(crate) use prepare::{prepare_code, Prepared};
 use process::{exit_reason, stop_worker};

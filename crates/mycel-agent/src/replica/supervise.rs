@@ -49,10 +49,20 @@ pub(super) async fn run(
 
     let mut restarts = 0u32;
     let mut backoff = BACKOFF_START;
+    // Calls of a batch the worker died in, to run alone once it is back.
+    let mut again: VecDeque<Call> = VecDeque::new();
     loop {
         node.set(&replica, ReplicaState::Starting, None, restarts);
         let started = tokio::time::Instant::now();
-        let outcome = serve_once(&node, &replica, &prepared, &mut calls, &signals, restarts).await;
+        let outcome = serve_once(
+            &node,
+            &replica,
+            &prepared,
+            (&mut calls, &mut again),
+            &signals,
+            restarts,
+        )
+        .await;
         if signals.is_ended() {
             return;
         }
@@ -93,7 +103,7 @@ pub(super) async fn serve_once(
     node: &NodeContext,
     replica: &str,
     prepared: &Prepared,
-    calls: &mut mpsc::Receiver<Call>,
+    (calls, again): (&mut mpsc::Receiver<Call>, &mut VecDeque<Call>),
     signals: &Signals,
     restarts: u32,
 ) -> Result<(), String> {
@@ -153,7 +163,8 @@ pub(super) async fn serve_once(
     node.set(replica, ReplicaState::Ready, pid, restarts);
     tracing::info!(%replica, pid, "replica ready");
 
-    let mut pending: VecDeque<Call> = VecDeque::new();
+    // What the last worker left unanswered goes first.
+    let mut pending: VecDeque<Call> = std::mem::take(again);
     let mut draining = false;
     loop {
         let first = match pending.pop_front() {
@@ -204,7 +215,18 @@ pub(super) async fn serve_once(
                 },
             },
         };
+        if first.abandoned() {
+            give_up(first);
+            continue;
+        }
         let batch = gather(first, &mut pending, calls, prepared.serve).await;
+        // A worker still in the call this long after every caller's deadline is stuck.
+        let overdue = batch
+            .iter()
+            .map(|c| c.deadline)
+            .collect::<Option<Vec<_>>>()
+            .and_then(|deadlines| deadlines.into_iter().max())
+            .map(|latest| latest + OVERDUE_GRACE);
         if batch[0].method == "predict" {
             let rows = batch
                 .iter()
@@ -227,8 +249,21 @@ pub(super) async fn serve_once(
                 let _ = child.wait().await;
                 return Ok(());
             }
+            _ = sleep_until(overdue) => {
+                let _ = child.kill().await;
+                let _ = child.wait().await;
+                return Err(format!(
+                    "a call ran {}s past its deadline; the worker was killed",
+                    OVERDUE_GRACE.as_secs_f64()
+                ));
+            }
         };
-        if let Err(e) = outcome {
+        if let Err(Broke {
+            error: e,
+            again: left,
+            culprit,
+        }) = outcome
+        {
             // The worker broke mid-call; its exit status says why.
             let status = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
             let status = match status {
@@ -238,9 +273,42 @@ pub(super) async fn serve_once(
                     child.wait().await
                 }
             };
-            return Err(format!("{e}; {}", exit_reason(node, replica, status)));
+            let signal = status
+                .as_ref()
+                .ok()
+                .and_then(std::os::unix::process::ExitStatusExt::signal);
+            let reason = exit_reason(node, replica, status);
+            if let Some(call) = culprit {
+                match verdict(signal, call.requeued) {
+                    Verdict::RunAgain => again.push_back(Call {
+                        alone: true,
+                        requeued: true,
+                        ..call
+                    }),
+                    Verdict::Fails => {
+                        let why = reason.lines().next().unwrap_or_default().to_owned();
+                        let _ = call.reply.send(Err(WorkerError::Crashed(why)));
+                    }
+                }
+            }
+            again.extend(left);
+            again.extend(pending.drain(..));
+            return Err(format!("{e}; {reason}"));
         }
     }
+}
+
+/// Sleeps until `at`, or forever.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Tells the caller of an abandoned call, if it still listens, that it did not run.
+pub(super) fn give_up(call: Call) {
+    let _ = call.reply.send(Err(WorkerError::Expired));
 }
 
 /// How long to wait before restarting a worker that ran for `served`, with `backoff`

@@ -60,6 +60,7 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         routes_file: Some(data.join(ROUTES_FILE)),
         max_request_bytes: usize::try_from(args.max_request_size)
             .context("--max-request-size is too large for this machine")?,
+        request_timeout: args.request_timeout,
         tls,
     };
     let given = args.advertise.is_some();

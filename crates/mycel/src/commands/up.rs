@@ -80,7 +80,12 @@ impl Roles {
     }
 
     /// Starts a gateway following this control plane; its URL goes to DATA/gateway.url.
-    fn gateway(&mut self, listen: SocketAddr, max_request_size: u64) -> anyhow::Result<()> {
+    fn gateway(
+        &mut self,
+        listen: SocketAddr,
+        max_request_size: u64,
+        request_timeout: Duration,
+    ) -> anyhow::Result<()> {
         let tls = match &self.ca {
             Some(ca) => {
                 let authority =
@@ -109,6 +114,7 @@ impl Roles {
             routes_file: None,
             max_request_bytes: usize::try_from(max_request_size)
                 .context("--max-request-size is too large for this machine")?,
+            request_timeout,
             tls,
         };
         let url_file = self.data.join(mycel_gateway::URL_FILE);
@@ -161,7 +167,7 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
         clock: mycel_control::Clock::system(),
     };
     let mut roles = Roles::start(config).await?;
-    roles.gateway(args.gateway, args.max_request_size)?;
+    roles.gateway(args.gateway, args.max_request_size, args.request_timeout)?;
     roles.run().await
 }
 
@@ -211,7 +217,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         clock: mycel_control::Clock::system(),
     };
     let mut roles = Roles::start(control).await?;
-    roles.gateway(args.gateway, args.max_request_size)?;
+    roles.gateway(args.gateway, args.max_request_size, args.request_timeout)?;
     let runtime = runtime_dir(&args.runtime, &data)?;
     for node in &args.nodes {
         let config = mycel_agent::Config {

@@ -85,6 +85,7 @@ impl ClusterBuilder {
             location: None,
             max_request_bytes: 64 << 20,
             routes_file: None,
+            request_timeout: mycel_gateway::DEFAULT_REQUEST_TIMEOUT,
             tls: None,
         };
         let gateway_task = tokio::spawn(mycel_gateway::run(
