@@ -42,6 +42,11 @@ pub enum Command {
     /// Check what this machine needs to run mycel (uv, Python, disk, ports, network
     /// isolation, the server and token) and say how to fix each problem.
     Doctor(DoctorArgs),
+    /// Print a shell completion script, e.g. `mycel completions bash >
+    /// ~/.local/share/bash-completion/completions/mycel`.
+    Completions(CompletionsArgs),
+    /// Print the man page (roff), e.g. `mycel man > ~/.local/share/man/man1/mycel.1`.
+    Man,
     /// Run a gateway alone: the Open Inference Protocol v2 in front of every deployment.
     Gateway(GatewayArgs),
     /// Send one inference request through the gateway and print the answer.
@@ -362,6 +367,12 @@ pub struct GatewayArgs {
     /// 0.0.0.0, this machine's address on the route to the server].
     #[arg(long, env = "MYCEL_ADVERTISE", value_parser = parse_advertise)]
     pub advertise: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct CompletionsArgs {
+    /// The shell.
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Args, Debug)]

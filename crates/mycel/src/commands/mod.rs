@@ -33,6 +33,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Logs(args) => logs::run(args).await,
         Command::Up(args) => up::run(args).await,
         Command::Doctor(args) => doctor::run(args).await,
+        Command::Completions(args) => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(args.shell, &mut command, "mycel", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => {
+            let command = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(command).render(&mut std::io::stdout())?;
+            Ok(())
+        }
         Command::Gateway(args) => gateway::run(args).await,
         Command::Predict(args) => predict::run(args).await,
         Command::Rollout(RolloutCommand::Status(args)) => rollout::status(args).await,
