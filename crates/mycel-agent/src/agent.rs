@@ -178,6 +178,7 @@ pub async fn run(
         listener,
         crate::data_plane::router(Arc::clone(&node), config.max_request_bytes),
         tls,
+        mycel_tls::Limits::for_this_process(),
         stop.clone().cancelled_owned(),
     ));
     tracing::info!(node = %config.name, location = %config.location, url = %spec.agent_url, isolation = %sandbox.isolation, "agent starting");

@@ -15,6 +15,7 @@ use serde::Deserialize;
 use mycel_core::api::{ErrorBody, ErrorDetail};
 use mycel_core::frame;
 use mycel_core::ErrorCode;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::oneshot;
 
 use crate::replica::{Call, Caller, NodeContext};
@@ -152,10 +153,20 @@ async fn call(
         deadline,
         requeued: false,
     };
-    if caller.calls.send(call).await.is_err() {
-        // Draining or stopped before the call got in: nothing ran.
-        let message = format!("replica {replica} is stopping");
-        return (error(ErrorCode::NotServing, message), "unavailable");
+    match caller.calls.try_send(call) {
+        Ok(()) => {}
+        Err(TrySendError::Full(_)) => {
+            let message = format!(
+                "replica {replica} has {} requests waiting, its most",
+                caller.calls.max_capacity()
+            );
+            return (error(ErrorCode::Overloaded, message), "overloaded");
+        }
+        Err(TrySendError::Closed(_)) => {
+            // Draining or stopped before the call got in: nothing ran.
+            let message = format!("replica {replica} is stopping");
+            return (error(ErrorCode::NotServing, message), "unavailable");
+        }
     }
     match answer.await {
         Ok(Ok(result)) => {

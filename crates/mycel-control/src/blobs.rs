@@ -40,22 +40,52 @@ pub enum BlobError {
         /// What the transport said.
         message: String,
     },
+    /// The client sent nothing for too long mid-upload.
+    #[error("upload of blob {hash} stalled: no bytes for {}s; nothing was kept, send it again", idle.as_secs())]
+    Stalled {
+        /// The blob.
+        hash: BlobHash,
+        /// How long it was silent.
+        idle: std::time::Duration,
+    },
     /// The disk failed.
     #[error("blob store: {0}")]
     Io(#[from] io::Error),
 }
 
+/// How long an upload may send nothing before it is given up: a client that stalls
+/// must not hold a connection and a temp file forever.
+pub const UPLOAD_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Blobs on the local filesystem under one directory.
 #[derive(Clone, Debug)]
 pub struct BlobStore {
     root: PathBuf,
+    idle: std::time::Duration,
 }
 
 impl BlobStore {
-    /// Opens (creating if needed) a store rooted at `root`.
+    /// Opens (creating if needed) a store rooted at `root`. Temp files a crashed
+    /// process left behind (an upload or an aggregate cut short) are removed: nothing
+    /// else writes there while no store is open.
     pub fn open(root: PathBuf) -> io::Result<Self> {
-        std::fs::create_dir_all(root.join("tmp"))?;
-        Ok(Self { root })
+        let tmp = root.join("tmp");
+        std::fs::create_dir_all(&tmp)?;
+        for entry in std::fs::read_dir(&tmp)? {
+            let path = entry?.path();
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove a leftover temp file");
+            }
+        }
+        Ok(Self {
+            root,
+            idle: UPLOAD_IDLE,
+        })
+    }
+
+    /// The same store, giving up on an upload silent for `idle`.
+    pub fn with_upload_idle(self, idle: std::time::Duration) -> Self {
+        Self { idle, ..self }
     }
 
     /// Where the blob lives: `ROOT/ab/abcdef…`, fanned out so no directory grows huge.
@@ -175,7 +205,15 @@ impl BlobStore {
         let mut hasher = blake3::Hasher::new();
         let mut size = 0u64;
         let mut body = std::pin::pin!(body);
-        while let Some(chunk) = body.next().await {
+        loop {
+            let next = tokio::time::timeout(self.idle, body.next()).await;
+            let Some(chunk) = next.map_err(|_| BlobError::Stalled {
+                hash: expected,
+                idle: self.idle,
+            })?
+            else {
+                break;
+            };
             let chunk = chunk.map_err(|e| BlobError::Body {
                 hash: expected,
                 message: e.to_string(),
@@ -293,6 +331,30 @@ mod tests {
         let err = store.write(hash, broken, 100).await.unwrap_err();
         assert!(err.to_string().contains("reset"), "{err}");
         assert_eq!(store.size(&hash).await.unwrap(), None);
+        assert_eq!(leftovers(&store), 0);
+    }
+
+    #[tokio::test]
+    async fn a_stalled_upload_is_given_up_and_keeps_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path().to_path_buf())
+            .unwrap()
+            .with_upload_idle(std::time::Duration::from_millis(100));
+        let hash = BlobHash::of(b"0123456789");
+        let stalled = futures::stream::iter(vec![Ok::<_, String>(Bytes::from_static(b"01"))])
+            .chain(futures::stream::pending());
+        let err = store.write(hash, stalled, 100).await.unwrap_err();
+        assert!(matches!(err, BlobError::Stalled { .. }), "{err}");
+        assert!(err.to_string().contains("stalled"), "{err}");
+        assert_eq!(leftovers(&store), 0);
+    }
+
+    #[test]
+    fn temp_files_a_crash_left_are_removed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path().to_path_buf()).unwrap();
+        std::fs::write(store.root.join("tmp").join("abc.123"), b"half a blob").unwrap();
+        let store = BlobStore::open(dir.path().to_path_buf()).unwrap();
         assert_eq!(leftovers(&store), 0);
     }
 }

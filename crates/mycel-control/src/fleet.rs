@@ -433,6 +433,7 @@ impl Fleet {
                     version: d.version,
                     seq: d.seq,
                     signature: d.signature,
+                    timeout_ms: d.serve.timeout_ms,
                     replicas,
                 }
             })

@@ -185,6 +185,7 @@ pub async fn run(
         listener,
         api::router(state),
         tls,
+        mycel_tls::Limits::for_this_process(),
         stop.clone().cancelled_owned(),
     )
     .await;

@@ -197,6 +197,9 @@ pub struct DeployRequest {
     /// Overrides the manifest's `[serve].batch_wait_ms`.
     #[serde(default)]
     pub batch_wait_ms: Option<u32>,
+    /// Overrides the manifest's `[serve].timeout_ms`: the longest a request may take.
+    #[serde(default)]
+    pub timeout_ms: Option<u32>,
     /// New replicas a rolling update may start beyond `copies`, per location: `2` or
     /// `25%` (the default).
     #[serde(default)]
@@ -334,6 +337,9 @@ pub struct RouteModel {
     pub seq: u64,
     /// Declared inputs and outputs, for model metadata.
     pub signature: Option<crate::manifest::Signature>,
+    /// The longest a request may take, in milliseconds, if the deployment says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u32>,
     /// Its ready replicas.
     pub replicas: Vec<RouteReplica>,
 }

@@ -31,6 +31,9 @@ pub enum ErrorCode {
     /// A replica did not take the request (not ready, draining, or not on this node):
     /// nothing ran, so any other replica may take it.
     NotServing,
+    /// Every replica that could take the request has a full queue; nothing ran. The
+    /// answer carries `Retry-After`.
+    Overloaded,
     /// The model's own code raised; the message carries its exception.
     ModelError,
     /// The model's worker process died while handling this request (the request may be
@@ -38,6 +41,8 @@ pub enum ErrorCode {
     ModelCrashed,
     /// The request's deadline passed before it was answered (or before it ran).
     DeadlineExceeded,
+    /// The client stopped sending mid-request for too long (a stalled upload).
+    RequestTimeout,
     /// A bug or an I/O failure on the server.
     Internal,
 }
@@ -52,9 +57,10 @@ impl ErrorCode {
             ErrorCode::NotFound => 404,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::HashMismatch | ErrorCode::MissingBlobs | ErrorCode::InvalidManifest => 422,
-            ErrorCode::Unavailable | ErrorCode::NotServing => 503,
+            ErrorCode::Unavailable | ErrorCode::NotServing | ErrorCode::Overloaded => 503,
             ErrorCode::Internal | ErrorCode::ModelError | ErrorCode::ModelCrashed => 500,
             ErrorCode::DeadlineExceeded => 504,
+            ErrorCode::RequestTimeout => 408,
         }
     }
 }

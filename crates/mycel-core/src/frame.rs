@@ -189,10 +189,13 @@ pub fn decode_from(bytes: Bytes) -> Result<Frame, FrameError> {
         .and_then(|p| p.try_into().ok())
         .ok_or_else(|| FrameError(format!("{} bytes is shorter than a frame", bytes.len())))?;
     let (header_len, body_len) = parse_prefix(prefix)?;
-    let expected = PREFIX_LEN as u64 + u64::from(header_len) + body_len;
-    if bytes.len() as u64 != expected {
+    // Both lengths come off the wire: a body length near u64::MAX must not wrap into a
+    // sum that matches the buffer.
+    let expected = (PREFIX_LEN as u64 + u64::from(header_len)).checked_add(body_len);
+    if expected != Some(bytes.len() as u64) {
         return Err(FrameError(format!(
-            "frame says {expected} bytes, got {}",
+            "frame says {} + {header_len} + {body_len} bytes, got {}",
+            PREFIX_LEN,
             bytes.len()
         )));
     }
@@ -258,5 +261,13 @@ mod tests {
         let mut huge = [0u8; PREFIX_LEN];
         huge[..4].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(parse_prefix(&huge).is_err());
+    }
+
+    #[test]
+    fn a_body_length_that_would_overflow_is_refused() {
+        let mut bytes = encode_to_vec(&Frame::new(1, "ping", vec![])).unwrap();
+        bytes[4..12].copy_from_slice(&u64::MAX.to_le_bytes());
+        let err = decode_from(Bytes::from(bytes)).unwrap_err();
+        assert!(err.0.contains(&u64::MAX.to_string()), "{err}");
     }
 }

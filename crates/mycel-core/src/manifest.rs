@@ -89,6 +89,15 @@ pub struct ServeOptions {
     pub max_batch_size: u32,
     /// How long the first request of a batch waits for others, in milliseconds.
     pub batch_wait_ms: u32,
+    /// The longest a request to this model may take, in milliseconds; the gateway's
+    /// own limit applies when it is shorter, or when this is not set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u32>,
+    /// Most requests that may wait for one replica's worker; past it a request is
+    /// refused at once (503 with `Retry-After`). Unset: [`DEFAULT_MAX_QUEUE`], or four
+    /// batches when that is more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_queue: Option<u32>,
 }
 
 impl Default for ServeOptions {
@@ -96,9 +105,29 @@ impl Default for ServeOptions {
         Self {
             max_batch_size: 1,
             batch_wait_ms: 0,
+            timeout_ms: None,
+            max_queue: None,
         }
     }
 }
+
+impl ServeOptions {
+    /// How many requests may wait for one replica's worker.
+    pub fn queue_capacity(&self) -> usize {
+        match self.max_queue {
+            Some(n) => n as usize,
+            None => DEFAULT_MAX_QUEUE.max(4 * self.max_batch_size) as usize,
+        }
+    }
+}
+
+/// The queue a replica has when `[serve].max_queue` is not set.
+pub const DEFAULT_MAX_QUEUE: u32 = 256;
+/// The longest queue `[serve].max_queue` may ask for.
+pub const MAX_QUEUE: u32 = 65_536;
+
+/// The longest `[serve].timeout_ms` may be: an hour.
+pub const MAX_TIMEOUT_MS: u32 = 3_600_000;
 
 /// `[resources]`: what one replica needs from its node.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -234,6 +263,8 @@ struct RawWeights {
 struct RawServe {
     max_batch_size: Option<i64>,
     batch_wait_ms: Option<i64>,
+    timeout_ms: Option<i64>,
+    max_queue: Option<i64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -481,9 +512,31 @@ fn parse_serve(raw: RawServe) -> Result<ServeOptions, ManifestError> {
             ))
         }
     };
+    let timeout_ms = match raw.timeout_ms {
+        None => None,
+        Some(n) if (1..=i64::from(MAX_TIMEOUT_MS)).contains(&n) => Some(n as u32),
+        Some(n) => {
+            return Err(ManifestError::at(
+                "[serve].timeout_ms",
+                format!("{n} is out of range; expected 1 to {MAX_TIMEOUT_MS} milliseconds"),
+            ))
+        }
+    };
+    let max_queue = match raw.max_queue {
+        None => None,
+        Some(n) if (1..=i64::from(MAX_QUEUE)).contains(&n) => Some(n as u32),
+        Some(n) => {
+            return Err(ManifestError::at(
+                "[serve].max_queue",
+                format!("{n} is out of range; expected 1 to {MAX_QUEUE} requests"),
+            ))
+        }
+    };
     Ok(ServeOptions {
         max_batch_size,
         batch_wait_ms,
+        timeout_ms,
+        max_queue,
     })
 }
 
@@ -631,6 +684,8 @@ files = ["weights/resnet50.safetensors"]
 [serve]
 max_batch_size = 16
 batch_wait_ms = 5
+timeout_ms = 2000
+max_queue = 64
 
 [resources]
 cpus = 1.0
@@ -666,7 +721,9 @@ shape = [-1, 3, 224, 224]
             m.serve,
             ServeOptions {
                 max_batch_size: 16,
-                batch_wait_ms: 5
+                batch_wait_ms: 5,
+                timeout_ms: Some(2000),
+                max_queue: Some(64),
             }
         );
         assert_eq!(m.resources.memory_bytes, 2 << 30);
@@ -756,6 +813,11 @@ shape = [-1, 3, 224, 224]
                 base("[serve]\nmax_batch_size = 0\n"),
                 "[serve].max_batch_size",
                 "1 to 4096",
+            ),
+            (
+                base("[serve]\nmax_queue = 0\n"),
+                "[serve].max_queue",
+                "1 to 65536",
             ),
             (
                 base("[resources]\ncpus = -1.0\n"),

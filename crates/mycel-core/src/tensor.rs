@@ -126,13 +126,26 @@ pub struct Tensor {
 }
 
 impl Tensor {
-    /// How many elements the shape holds; an error if that overflows 64 bits.
+    /// How many elements the shape holds. A shape whose dimensions could not be indexed
+    /// by numpy or torch (signed 64-bit sizes) is an error even when a zero dimension
+    /// makes it empty: `[0, 2^32, 2^32]` would get past a byte count and fail inside the
+    /// model.
     pub fn element_count(&self) -> Result<u64, TensorError> {
-        product(&self.shape).ok_or_else(|| {
-            TensorError(format!(
-                "tensor {:?}: shape {:?} holds more elements than fit in 64 bits",
+        let addressable = (self.shape.iter().copied())
+            .filter(|&d| d != 0)
+            .try_fold(1u64, u64::checked_mul)
+            .filter(|&n| n <= i64::MAX as u64);
+        let Some(addressable) = addressable else {
+            return Err(TensorError(format!(
+                "tensor {:?}: shape {:?} has dimensions whose product is over 2^63 - 1, \
+                 more than numpy or torch can index",
                 self.name, self.shape
-            ))
+            )));
+        };
+        Ok(if self.shape.contains(&0) {
+            0
+        } else {
+            addressable
         })
     }
 
@@ -385,6 +398,10 @@ mod tests {
         tensor(Datatype::Fp32, &[2, 3], &[0; 24]).check().unwrap();
         tensor(Datatype::Fp32, &[], &[0; 4]).check().unwrap();
         tensor(Datatype::Fp32, &[0, 5], &[]).check().unwrap();
+        let err = tensor(Datatype::Fp32, &[0, 1 << 32, 1 << 32], &[])
+            .check()
+            .unwrap_err();
+        assert!(err.0.contains("[0, 4294967296, 4294967296]"), "{err}");
         let err = tensor(Datatype::Fp32, &[2, 3], &[0; 20])
             .check()
             .unwrap_err();
@@ -397,7 +414,7 @@ mod tests {
         let err = tensor(Datatype::Uint8, &[u64::MAX, 3], &[])
             .check()
             .unwrap_err();
-        assert!(err.0.contains("more elements than fit in 64 bits"), "{err}");
+        assert!(err.0.contains("over 2^63 - 1"), "{err}");
         let err = tensor(Datatype::Fp64, &[u64::MAX / 4], &[])
             .check()
             .unwrap_err();

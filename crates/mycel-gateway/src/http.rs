@@ -41,7 +41,8 @@ pub(crate) fn app(
 ) -> Result<Router, reqwest::Error> {
     let mut agents = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(2))
-        .pool_idle_timeout(Duration::from_secs(60))
+        // Agents close connections idle for 30 s: let go of them first.
+        .pool_idle_timeout(Duration::from_secs(20))
         .tcp_nodelay(true);
     if let Some(tls) = agents_tls {
         agents = agents.use_preconfigured_tls(tls);
@@ -87,9 +88,20 @@ pub(crate) fn app(
         .with_state(state))
 }
 
-/// The protocol's error shape: `{"error": "..."}`.
+/// What a 503 asks the client to wait before it tries again, in seconds: long enough
+/// for a queue to drain a little or a replica to become ready, short enough to matter.
+const RETRY_AFTER_S: u64 = 1;
+
+/// The protocol's error shape: `{"error": "..."}`. A 503 says when to come back.
 fn oip_error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(json!({ "error": message.into() }))).into_response()
+    let mut response = (status, Json(json!({ "error": message.into() }))).into_response();
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            HeaderValue::from(RETRY_AFTER_S),
+        );
+    }
+    response
 }
 
 /// An error answer not yet rendered.
@@ -334,7 +346,10 @@ async fn answer(
         Ok(request) => request,
         Err(e) => return oip_error(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    let limit = match crate::deadline::of_request(&request.parameters, gw.request_timeout) {
+    let model_limit = model.info.timeout_ms.map_or(gw.request_timeout, |ms| {
+        gw.request_timeout.min(Duration::from_millis(ms.into()))
+    });
+    let limit = match crate::deadline::of_request(&request.parameters, model_limit) {
         Ok(limit) => limit,
         Err(message) => return oip_error(StatusCode::BAD_REQUEST, message),
     };
@@ -398,6 +413,8 @@ enum Attempt {
     /// The replica took no part (unreachable, not ready, draining): nothing ran, so any
     /// other replica may take the request.
     Refused(String),
+    /// The replica's queue is full: nothing ran; another replica may have room.
+    Busy(String),
     /// The replica broke off mid-call (its worker died): the request may have run, so it
     /// is retried once.
     Broken(String),
@@ -418,6 +435,7 @@ async fn call(
     let mut tried: Vec<String> = Vec::new();
     let mut broken_once = false;
     let mut last: Option<String> = None;
+    let mut all_busy = true;
     while let Some(in_flight) = gw.router.pick(model, seq, &tried) {
         let replica = &in_flight.replica().route;
         labels.location.clone_from(&replica.location);
@@ -427,10 +445,13 @@ async fn call(
             // Expected while replicas drain in a rollout: not worth a warning.
             Attempt::Refused(reason) => {
                 tracing::debug!(replica = %replica.replica, %reason, "replica refused; trying another");
+                all_busy = false;
                 reason
             }
+            Attempt::Busy(reason) => reason,
             Attempt::Broken(reason) if !broken_once => {
                 broken_once = true;
+                all_busy = false;
                 tracing::warn!(replica = %replica.replica, %reason, "replica broke off; retrying once elsewhere");
                 reason
             }
@@ -444,6 +465,13 @@ async fn call(
         tried.push(replica.replica.clone());
     }
     let message = match last {
+        Some(_) if all_busy => format!(
+            "model {:?} is overloaded: all {} of its ready replicas have full queues; \
+             retry after {} s",
+            model.info.name,
+            tried.len(),
+            RETRY_AFTER_S
+        ),
         Some(last) => format!(
             "no ready replica of model {:?} could serve the request (last: {last})",
             model.info.name
@@ -506,6 +534,7 @@ async fn attempt(
     match status.as_u16() {
         // 404: an agent that no longer knows the replica.
         _ if code == Some(ErrorCode::NotServing) => Attempt::Refused(message),
+        _ if code == Some(ErrorCode::Overloaded) => Attempt::Busy(message),
         404 => Attempt::Refused(message),
         503 => Attempt::Broken(message),
         _ => {

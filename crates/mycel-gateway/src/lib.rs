@@ -40,6 +40,9 @@ pub struct Config {
     /// The longest a request may take; past it the client gets 504 (a client may ask
     /// for less with Triton's `parameters.timeout`).
     pub request_timeout: std::time::Duration,
+    /// How long a client connection may send nothing (no request head, or a stalled
+    /// body) before it is closed, and how many connections it may hold at once.
+    pub limits: mycel_tls::Limits,
     /// Where the last routing table is kept, so that a gateway restarted while the
     /// control plane is away serves at once; `None` keeps it in memory only.
     pub routes_file: Option<std::path::PathBuf>,
@@ -140,7 +143,7 @@ pub async fn run(
     tracing::info!(url = %format!("{scheme}://{addr}"), "gateway listening");
     on_listening(addr);
     let stopping = stop.clone();
-    let served = mycel_tls::serve(listener, app, serve_tls, async move {
+    let served = mycel_tls::serve(listener, app, serve_tls, config.limits, async move {
         shutdown.await;
         stopping.cancel();
     })

@@ -227,6 +227,7 @@ mod tests {
                 version,
                 seq: 1,
                 signature: None,
+                timeout_ms: None,
                 replicas: replicas
                     .iter()
                     .map(|(id, location)| RouteReplica {

@@ -1,36 +1,160 @@
-//! Serving a router on a bound listener, in plain HTTP or TLS, until told to stop.
+//! Serving a router on a bound listener, in plain HTTP or TLS, until told to stop,
+//! with the timeouts that keep slow or silent clients from holding connections.
 
-use std::future::{Future, IntoFuture};
+use std::future::{Future, Ready};
+
+use futures::future::Either;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How long in-flight requests get to finish once a TLS listener is told to stop.
+/// How long in-flight requests get to finish once a listener is told to stop.
 const DRAIN: Duration = Duration::from_secs(10);
+
+/// The default for [`Limits::idle`].
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The most connections a listener holds by default (see [`Limits::for_this_process`]).
+pub const MAX_CONNECTIONS: usize = 10_000;
+
+/// What one listener lets its clients hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// A connection that sends no complete request head for this long (a slow or
+    /// partial head, or nothing at all between requests) is closed, and a request body
+    /// that sends nothing for this long is cut off.
+    pub idle: Duration,
+    /// Connections open at once; one past it is closed as soon as it is accepted, so
+    /// that file descriptors (and memory) stay for the clients already served.
+    pub connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            idle: IDLE_TIMEOUT,
+            connections: MAX_CONNECTIONS,
+        }
+    }
+}
+
+impl Limits {
+    /// The defaults, with the connection limit lowered to half of what this process
+    /// may open (after raising its soft open-file limit to the hard one, as a server
+    /// should): the other half stays for blobs, workers and outgoing links.
+    pub fn for_this_process() -> Self {
+        let files = raise_open_file_limit();
+        let connections = files.map_or(MAX_CONNECTIONS, |n| {
+            MAX_CONNECTIONS.min(usize::try_from(n / 2).unwrap_or(usize::MAX))
+        });
+        Self {
+            connections: connections.max(64),
+            ..Self::default()
+        }
+    }
+}
+
+/// Raises this process's soft limit on open files to its hard limit; the soft limit
+/// now, or `None` if it cannot be read.
+fn raise_open_file_limit() -> Option<u64> {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            ..limit
+        };
+        if setrlimit(Resource::Nofile, raised).is_ok() {
+            limit = raised;
+        }
+    }
+    // `None` means unlimited.
+    Some(limit.current.unwrap_or(u64::MAX))
+}
 
 /// Serves `app` on `listener` until `shutdown` resolves, then lets requests in flight
 /// finish. With `tls`, every connection is TLS (a plain HTTP request gets no answer);
-/// the handshake happens on the connection's own task, so a slow client holds up nobody.
+/// the handshake happens on the connection's own task, so a slow client holds up
+/// nobody. `limits` bounds what clients can hold: idle and stalled connections are
+/// closed, and connections past the limit are refused.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: axum::Router,
     tls: Option<Arc<rustls::ServerConfig>>,
+    limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let Some(tls) = tls else {
-        return axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .into_future()
-            .await;
-    };
+    let app = app
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            limits.idle,
+        ))
+        .into_make_service();
     let handle = axum_server::Handle::new();
     let stopping = handle.clone();
     tokio::spawn(async move {
         shutdown.await;
         stopping.graceful_shutdown(Some(DRAIN));
     });
-    let config = axum_server::tls_rustls::RustlsConfig::from_config(tls);
-    axum_server::from_tcp_rustls(listener.into_std()?, config)?
-        .handle(handle)
-        .serve(app.into_make_service())
-        .await
+    let listener = listener.into_std()?;
+    match tls {
+        None => {
+            let mut server = axum_server::from_tcp(listener)?
+                .handle(handle.clone())
+                .map(|inner| Limited {
+                    inner,
+                    handle: handle.clone(),
+                    most: limits.connections,
+                })
+                .first_request_timeout(limits.idle);
+            server
+                .http_builder()
+                .http1()
+                .header_read_timeout(limits.idle);
+            server.serve(app).await
+        }
+        Some(tls) => {
+            let config = axum_server::tls_rustls::RustlsConfig::from_config(tls);
+            let mut server = axum_server::from_tcp_rustls(listener, config)?
+                .handle(handle.clone())
+                .map(|inner| Limited {
+                    inner,
+                    handle: handle.clone(),
+                    most: limits.connections,
+                })
+                .first_request_timeout(limits.idle);
+            server
+                .http_builder()
+                .http1()
+                .header_read_timeout(limits.idle);
+            server.serve(app).await
+        }
+    }
+}
+
+/// An acceptor that turns connections away past a limit, before any TLS handshake or
+/// byte of HTTP is spent on them.
+#[derive(Clone)]
+struct Limited<A> {
+    inner: A,
+    handle: axum_server::Handle<std::net::SocketAddr>,
+    most: usize,
+}
+
+impl<A, I, S> axum_server::accept::Accept<I, S> for Limited<A>
+where
+    A: axum_server::accept::Accept<I, S>,
+{
+    type Stream = A::Stream;
+    type Service = A::Service;
+    type Future = Either<Ready<std::io::Result<(A::Stream, A::Service)>>, A::Future>;
+
+    fn accept(&self, stream: I, service: S) -> Self::Future {
+        // The count includes the connection being accepted.
+        if self.handle.connection_count() > self.most {
+            drop(stream);
+            let refused =
+                std::io::Error::other(format!("over the limit of {} connections", self.most));
+            return Either::Left(std::future::ready(Err(refused)));
+        }
+        Either::Right(self.inner.accept(stream, service))
+    }
 }

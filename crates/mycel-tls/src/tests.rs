@@ -1,4 +1,5 @@
 use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
 
 use super::*;
 
@@ -22,7 +23,13 @@ async fn server(identity: &Identity, client_ca: Option<&str>) -> String {
     );
     let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
     let tls = server_config(identity, client_ca).unwrap();
-    tokio::spawn(serve(listener, app, Some(tls), std::future::pending()));
+    tokio::spawn(serve(
+        listener,
+        app,
+        Some(tls),
+        Limits::default(),
+        std::future::pending(),
+    ));
     url
 }
 
@@ -155,4 +162,133 @@ fn names_for_a_wildcard_bind_are_this_machines() {
     assert!(!names.iter().any(|n| n == "0.0.0.0" || n == "::"));
     let names = names_for(&["10.0.0.7".into(), "[fd00::7]".into()]);
     assert_eq!(&names[..2], ["10.0.0.7", "fd00::7"]);
+}
+
+/// A plain-HTTP server with a short idle limit, echoing request bodies; its address.
+async fn plain(idle: Duration) -> std::net::SocketAddr {
+    plain_with(Limits {
+        idle,
+        ..Limits::default()
+    })
+    .await
+}
+
+/// A plain-HTTP server echoing request bodies under `limits`; its address.
+async fn plain_with(limits: Limits) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new().route(
+        "/",
+        axum::routing::post(|body: axum::body::Bytes| async move { body }),
+    );
+    tokio::spawn(serve(listener, app, None, limits, std::future::pending()));
+    addr
+}
+
+/// Reads until the server closes the connection; what it sent, or `None` if it kept
+/// the connection open past `patience`.
+async fn until_closed(stream: &mut tokio::net::TcpStream, patience: Duration) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    tokio::time::timeout(patience, stream.read_to_end(&mut got))
+        .await
+        .ok()?
+        .ok()?;
+    Some(String::from_utf8_lossy(&got).into_owned())
+}
+
+#[tokio::test]
+async fn silent_slow_and_stalled_clients_are_let_go() {
+    use tokio::io::AsyncWriteExt;
+    let idle = Duration::from_millis(300);
+    let addr = plain(idle).await;
+    let patience = Duration::from_secs(5);
+
+    // Connects and says nothing.
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    assert!(until_closed(&mut silent, patience).await.is_some());
+
+    // Half a request head, then nothing.
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"POST / HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    assert!(until_closed(&mut slow, patience).await.is_some());
+
+    // A body that promises 100 bytes and stops after 5: answered with an error, closed.
+    let mut stalled = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stalled
+        .write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nhello")
+        .await
+        .unwrap();
+    let answer = until_closed(&mut stalled, patience).await.unwrap();
+    assert!(!answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    // A keep-alive connection that answered once and then idles is closed too...
+    let mut idler = tokio::net::TcpStream::connect(addr).await.unwrap();
+    idler
+        .write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi")
+        .await
+        .unwrap();
+    let answer = until_closed(&mut idler, patience).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    // ...while a client that keeps talking is served.
+    let mut busy = tokio::net::TcpStream::connect(addr).await.unwrap();
+    for _ in 0..3 {
+        busy.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi")
+            .await
+            .unwrap();
+        tokio::time::sleep(idle / 3).await;
+    }
+    busy.write_all(
+        b"POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 2\r\n\r\nhi",
+    )
+    .await
+    .unwrap();
+    let answers = until_closed(&mut busy, patience).await.unwrap();
+    assert_eq!(answers.matches("HTTP/1.1 200").count(), 4, "{answers}");
+}
+
+#[tokio::test]
+async fn connections_past_the_limit_are_closed_at_once() {
+    use tokio::io::AsyncWriteExt;
+    let addr = plain_with(Limits {
+        idle: Duration::from_secs(30),
+        connections: 2,
+    })
+    .await;
+    let patience = Duration::from_secs(5);
+    let hello = b"POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 2\r\n\r\nhi";
+
+    // Two clients hold their connections, saying nothing.
+    let first = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _second = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // Give the server time to take both before the third arrives.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // A third is closed unanswered, long before the idle limit would close anything.
+    let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+    assert_eq!(
+        until_closed(&mut third, patience).await.as_deref(),
+        Some("")
+    );
+
+    // Once one of the two leaves, a new client is served.
+    drop(first);
+    let mut served = None;
+    for _ in 0..50 {
+        let mut next = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let _ = next.write_all(hello).await;
+        let answer = until_closed(&mut next, patience).await.unwrap_or_default();
+        if answer.starts_with("HTTP/1.1 200") {
+            served = Some(answer);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        served.is_some(),
+        "no client served after a connection closed"
+    );
 }

@@ -360,6 +360,10 @@ pub struct GatewayArgs {
     /// may ask for less with `parameters.timeout`, in microseconds).
     #[arg(long, env = "MYCEL_REQUEST_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub request_timeout: std::time::Duration,
+    /// Most client connections held at once; one past it is closed at once [default:
+    /// 10000, or half of what the process may open when that is less].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: Option<u32>,
     #[command(flatten)]
     pub tls: ServeTlsArgs,
     /// The URL clients reach this gateway at, e.g. https://gw.tokyo.example:7800: what
@@ -640,6 +644,10 @@ pub struct DeployArgs {
     /// Override the manifest's batch_wait_ms.
     #[arg(long)]
     pub batch_wait_ms: Option<u32>,
+    /// The longest a request to this model may take, e.g. 5s (overrides the manifest's
+    /// `[serve].timeout_ms`; the gateway's --request-timeout still caps it).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub request_timeout: Option<std::time::Duration>,
     /// New replicas a rolling update starts beyond the copies, per location: a count (2)
     /// or a share of the copies (25%, the default).
     #[arg(long)]

@@ -82,6 +82,12 @@ fn fleet() -> Fleet {
 
 /// Server, gateway and one agent serving `copies` replicas of the probe model.
 fn fleet_of(copies: u32) -> Fleet {
+    fleet_with(copies, "")
+}
+
+/// [`fleet_of`], with more `[serve]` settings in the probe's manifest.
+fn fleet_with(copies: u32, serve: &str) -> Fleet {
+    let manifest = MANIFEST.replace("[serve]\n", &format!("[serve]\n{serve}"));
     let data = tempfile::tempdir().unwrap();
     let nodes = tempfile::tempdir().unwrap();
     let server = TestServer::start(data.path());
@@ -90,7 +96,7 @@ fn fleet_of(copies: u32) -> Fleet {
     write_tree(
         &component,
         &[
-            ("mycel.toml", MANIFEST.as_bytes()),
+            ("mycel.toml", manifest.as_bytes()),
             ("model.py", PROBE.as_bytes()),
         ],
     );
@@ -587,6 +593,57 @@ fn a_bad_request_fails_alone_and_a_killing_one_is_not_retried_elsewhere() {
 /// A request past its deadline gets 504 at once; one that waited past it for a busy
 /// worker never runs; a worker stuck in a call long past its deadline is restarted.
 #[test]
+fn a_full_queue_is_refused_at_once_and_workers_are_first_for_the_oom_killer() {
+    let f = fleet_with(1, "max_queue = 2\n");
+    let marker = f._dirs.1.path().join("busy");
+    let x = json!({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1, 2]}]});
+    std::thread::scope(|s| {
+        // The only worker is busy for 3 s; two requests may wait for it, no more.
+        let busy = s.spawn(|| {
+            let answer = f.infer(&json!({"inputs": [{"name": "marker", "datatype": "BYTES", "shape": [1], "data": [marker.to_str().unwrap()]}]}));
+            (answer, std::time::Instant::now())
+        });
+        eventually("the worker busy", Duration::from_secs(20), || {
+            marker.exists().then_some(())
+        });
+        let waiting: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    let r = f
+                        .http
+                        .post(format!("{}/v2/models/probe/infer", f.gateway))
+                        .json(&x)
+                        .send()
+                        .unwrap();
+                    let retry = r.headers().get("retry-after").cloned();
+                    let done = std::time::Instant::now();
+                    (r.status().as_u16(), retry, r.text().unwrap(), done)
+                })
+            })
+            .collect();
+        let answers: Vec<_> = waiting.into_iter().map(|t| t.join().unwrap()).collect();
+        let refused: Vec<_> = answers.iter().filter(|a| a.0 == 503).collect();
+        let served = answers.iter().filter(|a| a.0 == 200).count();
+        assert_eq!((refused.len(), served), (2, 2), "{answers:?}");
+        let ((code, _), busy_done) = busy.join().unwrap();
+        assert_eq!(code, 200);
+        for (_, retry, body, done) in refused {
+            assert_eq!(retry.as_ref().map(|v| v.to_str().unwrap()), Some("1"));
+            assert!(
+                body.contains("overloaded") && body.contains("full queues"),
+                "{body}"
+            );
+            // Refused at once, not after waiting for the busy worker.
+            assert!(*done < busy_done, "refused only after the busy call ended");
+        }
+    });
+    // A leaking model is what the OOM killer takes, not mycel.
+    let pid = replicas(&status(&f.server), "probe")[0].3.unwrap();
+    let score = std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj")).unwrap();
+    assert_eq!(score.trim(), "1000");
+}
+
+#[test]
 fn deadlines_answer_504_skip_what_expired_and_restart_a_stuck_worker() {
     let f = fleet_of(1);
     let with_timeout =
@@ -642,6 +699,32 @@ fn deadlines_answer_504_skip_what_expired_and_restart_a_stuck_worker() {
     ]}));
     assert_eq!(code, 200);
     assert!(!second.exists(), "the expired call ran");
+
+    // A deployment's own limit applies without the client saying anything.
+    let out = f.server.cli(&[
+        "deploy",
+        "probe",
+        "--copies",
+        "here=1",
+        "--request-timeout",
+        "1s",
+        "--wait",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually(
+        "the deployment's limit at the gateway",
+        Duration::from_secs(60),
+        || {
+            let (code, answer) = f.infer(&json!({"inputs": [
+                {"name": "sleep", "datatype": "FP32", "shape": [1], "data": [3.0]}
+            ]}));
+            (code == 504 && answer["error"].as_str()?.contains("within 1000 ms")).then_some(())
+        },
+    );
 
     // A timeout that is not a count of microseconds is refused.
     let (code, answer) = f.infer(&json!({

@@ -219,6 +219,8 @@ mod tests {
         let serve = ServeOptions {
             max_batch_size: 8,
             batch_wait_ms: 0,
+            timeout_ms: None,
+            max_queue: None,
         };
         let (_tx, mut rx) = mpsc::channel(8);
         // Alone first: a batch of one, the others wait.
@@ -240,6 +242,8 @@ mod tests {
         let serve = ServeOptions {
             max_batch_size: 8,
             batch_wait_ms: 0,
+            timeout_ms: None,
+            max_queue: None,
         };
         let (_tx, mut rx) = mpsc::channel(8);
         let (reply, gone) = oneshot::channel();

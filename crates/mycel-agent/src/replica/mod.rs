@@ -223,7 +223,7 @@ pub fn start(
     assignment: Assignment,
     shutdown: &CancellationToken,
 ) -> ReplicaHandle {
-    let (calls, calls_rx) = mpsc::channel(1024);
+    let (calls, calls_rx) = mpsc::channel(assignment.serve.queue_capacity());
     {
         let mut callers = node.callers.lock().unwrap_or_else(|p| p.into_inner());
         let caller = Caller {

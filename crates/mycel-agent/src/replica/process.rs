@@ -67,9 +67,26 @@ pub(crate) fn spawn_worker(
         .stderr(log_err)
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .kill_on_drop(true);
-    command
+    let child = command
         .spawn()
-        .map_err(|e| format!("starting {}: {e}", prepared.python.display()))
+        .map_err(|e| format!("starting {}: {e}", prepared.python.display()))?;
+    if let Some(pid) = child.id() {
+        first_for_the_oom_killer(pid);
+    }
+    Ok(child)
+}
+
+/// Makes a worker the first process the kernel's OOM killer picks, before the agent,
+/// the control plane or anything else on the machine: a model that leaks should take
+/// down its own replica (which restarts), not mycel. Raising a score needs no
+/// privilege; where there is no `/proc` (not Linux) there is nothing to do.
+fn first_for_the_oom_killer(pid: u32) {
+    let path = format!("/proc/{pid}/oom_score_adj");
+    if let Err(e) = std::fs::write(&path, "1000") {
+        if std::path::Path::new("/proc/self").exists() {
+            tracing::warn!(pid, error = %e, "cannot raise a worker's OOM score");
+        }
+    }
 }
 
 /// Asks the worker to exit, then kills it if it does not within a few seconds.

@@ -1,5 +1,6 @@
 //! `/v1/blobs`: which blobs are missing, upload one, download one.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -37,15 +38,16 @@ pub(super) async fn missing(
             ),
         ));
     }
+    let mut asked = HashSet::with_capacity(request.hashes.len());
     let mut missing = Vec::new();
     for hash in request.hashes {
-        if state
-            .blobs
-            .size(&hash)
-            .await
-            .map_err(ApiError::internal)?
-            .is_none()
-            && !missing.contains(&hash)
+        if asked.insert(hash)
+            && state
+                .blobs
+                .size(&hash)
+                .await
+                .map_err(ApiError::internal)?
+                .is_none()
         {
             missing.push(hash);
         }

@@ -55,6 +55,15 @@ pub(super) async fn put(
     if let Some(ms) = request.batch_wait_ms {
         serve.batch_wait_ms = ms.min(60_000);
     }
+    if let Some(ms) = request.timeout_ms {
+        if !(1..=mycel_core::manifest::MAX_TIMEOUT_MS).contains(&ms) {
+            return Err(invalid(format!(
+                "timeout_ms {ms} is out of range; expected 1 to {} milliseconds",
+                mycel_core::manifest::MAX_TIMEOUT_MS
+            )));
+        }
+        serve.timeout_ms = Some(ms);
+    }
     if let Some(deadline) = request.deadline_s {
         if !(1..=MAX_DEADLINE_S).contains(&deadline) {
             return Err(invalid(format!(

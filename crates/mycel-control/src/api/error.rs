@@ -70,6 +70,7 @@ impl From<BlobError> for ApiError {
             BlobError::HashMismatch { .. } => ErrorCode::HashMismatch,
             BlobError::TooLarge { .. } => ErrorCode::PayloadTooLarge,
             BlobError::Body { .. } => ErrorCode::InvalidRequest,
+            BlobError::Stalled { .. } => ErrorCode::RequestTimeout,
             BlobError::Io(_) => return ApiError::internal(e),
         };
         ApiError::new(code, e.to_string())

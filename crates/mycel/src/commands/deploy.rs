@@ -30,6 +30,8 @@ struct FileDeployment {
     copies: BTreeMap<String, u32>,
     max_batch_size: Option<u32>,
     batch_wait_ms: Option<u32>,
+    /// Milliseconds.
+    timeout_ms: Option<u32>,
     surge: Option<mycel_core::fleet::Surge>,
     max_unavailable: Option<mycel_core::fleet::MaxUnavailable>,
     /// Seconds.
@@ -57,6 +59,7 @@ fn read_file(path: &Path) -> anyhow::Result<Vec<(String, DeployRequest)>> {
                 copies: d.copies,
                 max_batch_size: d.max_batch_size,
                 batch_wait_ms: d.batch_wait_ms,
+                timeout_ms: d.timeout_ms,
                 surge: d.surge,
                 max_unavailable: d.max_unavailable,
                 deadline_s: d.deadline_s,
@@ -81,6 +84,9 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<()> {
                 copies: args.copies.iter().cloned().collect(),
                 max_batch_size: args.max_batch_size,
                 batch_wait_ms: args.batch_wait_ms,
+                timeout_ms: args
+                    .request_timeout
+                    .map(|d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX).max(1)),
                 surge: args.surge,
                 max_unavailable: args.max_unavailable,
                 deadline_s: args.deadline.map(|d| d.as_secs().max(1)),

@@ -53,6 +53,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             copies: args.copies.iter().cloned().collect(),
             max_batch_size: None,
             batch_wait_ms: None,
+            timeout_ms: None,
             surge: None,
             max_unavailable: None,
             deadline_s: None,

@@ -61,6 +61,7 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         max_request_bytes: usize::try_from(args.max_request_size)
             .context("--max-request-size is too large for this machine")?,
         request_timeout: args.request_timeout,
+        limits: limits(args.max_connections),
         tls,
     };
     let given = args.advertise.is_some();
@@ -102,5 +103,17 @@ async fn fleet_identity(
             }
         }
         Err(e) => Err(e).context("getting the gateway's certificate"),
+    }
+}
+
+/// The process's limits, with the connection limit the operator gave.
+fn limits(max_connections: Option<u32>) -> mycel_tls::Limits {
+    let limits = mycel_tls::Limits::for_this_process();
+    match max_connections {
+        Some(n) => mycel_tls::Limits {
+            connections: n as usize,
+            ..limits
+        },
+        None => limits,
     }
 }

@@ -323,6 +323,7 @@ pub async fn roll_out(
         copies: existing.copies.clone(),
         max_batch_size: Some(existing.serve.max_batch_size),
         batch_wait_ms: Some(existing.serve.batch_wait_ms),
+        timeout_ms: existing.serve.timeout_ms,
         surge: None,
         max_unavailable: None,
         deadline_s: None,

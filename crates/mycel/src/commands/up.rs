@@ -115,6 +115,7 @@ impl Roles {
             max_request_bytes: usize::try_from(max_request_size)
                 .context("--max-request-size is too large for this machine")?,
             request_timeout,
+            limits: mycel_tls::Limits::for_this_process(),
             tls,
         };
         let url_file = self.data.join(mycel_gateway::URL_FILE);

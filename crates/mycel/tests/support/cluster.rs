@@ -86,6 +86,7 @@ impl ClusterBuilder {
             max_request_bytes: 64 << 20,
             routes_file: None,
             request_timeout: mycel_gateway::DEFAULT_REQUEST_TIMEOUT,
+            limits: mycel_tls::Limits::default(),
             tls: None,
         };
         let gateway_task = tokio::spawn(mycel_gateway::run(
