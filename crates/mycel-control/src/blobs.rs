@@ -103,6 +103,37 @@ impl BlobStore {
         }
     }
 
+    /// The size of each of `hashes` (`None`: not stored), in one blocking task: a push
+    /// asks about every file of a component at once, and a task per file costs more
+    /// than the check.
+    pub async fn sizes(&self, hashes: Vec<BlobHash>) -> io::Result<Vec<Option<u64>>> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || {
+            hashes
+                .iter()
+                .map(|hash| match std::fs::metadata(store.path(hash)) {
+                    Ok(meta) => Ok(Some(meta.len())),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(e),
+                })
+                .collect()
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
+
+    /// Which of `hashes` are not stored, each once, in the order first asked.
+    pub async fn missing(&self, mut hashes: Vec<BlobHash>) -> io::Result<Vec<BlobHash>> {
+        let mut asked = std::collections::HashSet::with_capacity(hashes.len());
+        hashes.retain(|hash| asked.insert(*hash));
+        let sizes = self.sizes(hashes.clone()).await?;
+        Ok(hashes
+            .into_iter()
+            .zip(sizes)
+            .filter_map(|(hash, size)| size.is_none().then_some(hash))
+            .collect())
+    }
+
     /// Opens a stored blob for reading.
     pub async fn open_blob(&self, hash: &BlobHash) -> io::Result<Option<tokio::fs::File>> {
         match tokio::fs::File::open(self.path(hash)).await {
@@ -297,6 +328,19 @@ mod tests {
         assert_eq!(store.size(&hash).await.unwrap(), Some(11));
         assert_eq!(store.read(&hash).await.unwrap().unwrap(), b"hello world");
         assert_eq!(leftovers(&store), 0);
+    }
+
+    #[tokio::test]
+    async fn missing_names_each_absent_blob_once_in_the_order_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path().to_path_buf()).unwrap();
+        let stored = BlobHash::of(b"hello");
+        store.write(stored, chunks(b"hello"), 100).await.unwrap();
+        let (a, b) = (BlobHash::of(b"a"), BlobHash::of(b"b"));
+        let missing = store.missing(vec![b, stored, a, b, a]).await.unwrap();
+        assert_eq!(missing, vec![b, a]);
+        let sizes = store.sizes(vec![a, stored]).await.unwrap();
+        assert_eq!(sizes, vec![None, Some(5)]);
     }
 
     #[tokio::test]

@@ -136,9 +136,10 @@ pub async fn create_version(
     validate_name(name).map_err(RegistryError::InvalidName)?;
     let files = normalize_file_list(files)?;
 
+    let sizes = blobs.sizes(files.iter().map(|f| f.hash).collect()).await?;
     let mut missing = Vec::new();
-    for file in &files {
-        match blobs.size(&file.hash).await? {
+    for (file, size) in files.iter().zip(sizes) {
+        match size {
             None => missing.push(file.hash),
             Some(actual) if actual != file.size => {
                 return Err(RegistryError::SizeMismatch {
@@ -152,7 +153,8 @@ pub async fn create_version(
         }
     }
     if !missing.is_empty() {
-        missing.dedup();
+        let mut named = std::collections::HashSet::new();
+        missing.retain(|hash| named.insert(*hash));
         return Err(RegistryError::MissingBlobs(missing));
     }
 

@@ -1,6 +1,5 @@
 //! `/v1/blobs`: which blobs are missing, upload one, download one.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -38,20 +37,11 @@ pub(super) async fn missing(
             ),
         ));
     }
-    let mut asked = HashSet::with_capacity(request.hashes.len());
-    let mut missing = Vec::new();
-    for hash in request.hashes {
-        if asked.insert(hash)
-            && state
-                .blobs
-                .size(&hash)
-                .await
-                .map_err(ApiError::internal)?
-                .is_none()
-        {
-            missing.push(hash);
-        }
-    }
+    let missing = state
+        .blobs
+        .missing(request.hashes)
+        .await
+        .map_err(ApiError::internal)?;
     Ok(Json(MissingBlobsResponse { missing }))
 }
 
