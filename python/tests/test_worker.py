@@ -28,6 +28,8 @@ class Flaky:
             return {"bad": np.array([1j])}
         if "not_a_dict" in inputs:
             return [1, 2]
+        if "wrong_name" in inputs:
+            return {"ok": inputs["image"]}
         print("predict called", flush=True)
         return {"ok": np.ones(2, np.float32)}
 
@@ -127,6 +129,11 @@ def test_exception_in_predict_is_an_error_reply_and_the_worker_stays_up(componen
     assert "in helper" in reply.header["traceback"]
     assert 'raise ValueError("bad input")' in reply.header["traceback"]
     assert "mycel_worker" not in reply.header["traceback"]
+    # An input the model reads but the request does not have: the message says what it has.
+    reply = process.client.request("predict", {"wrong_name": np.zeros(1)})
+    assert reply.header["message"] == (
+        "KeyError: 'image' (the model reads input 'image'; the request's inputs are 'wrong_name')"
+    )
     out = process.client.predict({"x": np.zeros(1)})
     np.testing.assert_array_equal(out["ok"], [1, 1])
     assert process.stop() == 0
@@ -166,7 +173,7 @@ def test_failing_import_sends_error(component, worker):
 @pytest.mark.parametrize(
     "entrypoint, message",
     [
-        ("model:Foo", "module 'model' has no class 'Foo'"),
+        ("model:Foo", "module 'model' has no class 'Foo'; it defines Echo: set [component] entrypoint in mycel.toml to 'model:Echo' and push again"),
         ("nomodule:Echo", "no module 'nomodule' in "),
         ("pkg.missing:Echo", "no module 'pkg.missing' in "),
         ("model", "entrypoint 'model' is malformed: expected 'module:Class'"),

@@ -430,7 +430,8 @@ impl EnvBuilder {
         })?
     }
 
-    /// Runs one uv command, keeping the tail of its interleaved output for the error.
+    /// Runs one uv command, keeping the tail of its interleaved output for the error (and
+    /// the fix, where [`build_fix`] knows it).
     async fn run_uv(&self, key: &str, step: &str, mut command: Command) -> Result<(), EnvError> {
         command
             .current_dir(&self.root)
@@ -470,6 +471,10 @@ impl EnvBuilder {
         for line in lines.iter() {
             text.push('\n');
             text.push_str(line);
+        }
+        if let Some(fix) = build_fix(step, &text) {
+            text.push_str("\nfix: ");
+            text.push_str(fix);
         }
         Err(EnvError::Build {
             key: key.to_owned(),
@@ -571,6 +576,28 @@ pub fn find_uv() -> Option<PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH")?)
         .map(|dir| dir.join("uv"))
         .find(|candidate| candidate.is_file())
+}
+
+/// What the component's author does about a failed build step, where uv's output says
+/// which mistake it was: the environment comes from the manifest, so the fix is there.
+fn build_fix(step: &str, output: &str) -> Option<&'static str> {
+    let unresolvable = [
+        "No solution found",
+        "not found in the package registry",
+        "no version of",
+        "Failed to parse",
+    ];
+    if step == "uv pip install" && unresolvable.iter().any(|s| output.contains(s)) {
+        return Some(
+            "a requirement in mycel.toml's [python] requirements (or its requirements file) cannot be installed as written: correct its name or version and push again",
+        );
+    }
+    if step == "uv venv" && output.contains("No interpreter found") {
+        return Some(
+            "no Python here satisfies mycel.toml's [python] version: loosen it and push again, or install one on the node (`uv python install 3.12`)",
+        );
+    }
+    None
 }
 
 #[cfg(test)]
@@ -809,6 +836,10 @@ mod tests {
         };
         assert!(tail.contains("mycel-no-such-package-xyz"), "{tail}");
         assert!(tail.starts_with("uv pip install failed"), "{tail}");
+        assert!(
+            tail.contains("\nfix: a requirement in mycel.toml"),
+            "{tail}"
+        );
         let env_dir = builder.root().join(key);
         assert!(!env_dir.join(COMPLETE_MARKER).exists());
         // Still not complete: a retry builds (and fails) again instead of reusing.

@@ -73,6 +73,26 @@ pub enum RegistryError {
     /// No such component or version.
     #[error("{0} not found")]
     NotFound(String),
+    /// No component of that name has been pushed.
+    #[error("no component {name:?} has been pushed{}; pushed components: {}. Push a component directory with `mycel push DIR` (`mycel init NAME` makes one)", closest.as_ref().map(|c| format!(" (did you mean {c:?}?)")).unwrap_or_default(), if known.is_empty() { "none yet".to_owned() } else { known.join(", ") })]
+    NoComponent {
+        /// The name asked for.
+        name: String,
+        /// The pushed component whose name is nearest, if one is near.
+        closest: Option<String>,
+        /// Pushed components, the first few.
+        known: Vec<String>,
+    },
+    /// The component has no such version.
+    #[error("{name} has no version {reference}; its versions are 1 to {newest} (`mycel versions {name}` lists them)")]
+    NoVersion {
+        /// The component.
+        name: String,
+        /// The version asked for.
+        reference: String,
+        /// Its newest sequence number.
+        newest: u64,
+    },
     /// A version reference that is neither a number, `latest` nor an id.
     #[error("version {0:?} is not a version; expected a number, \"latest\" or a 64-hex-digit id")]
     BadRef(String),
@@ -107,7 +127,9 @@ impl RegistryError {
             | RegistryError::Manifest(_)
             | RegistryError::Dependency(_)
             | RegistryError::NameMismatch { .. } => ErrorCode::InvalidManifest,
-            RegistryError::NotFound(_) => ErrorCode::NotFound,
+            RegistryError::NotFound(_)
+            | RegistryError::NoComponent { .. }
+            | RegistryError::NoVersion { .. } => ErrorCode::NotFound,
             RegistryError::Store(_) | RegistryError::Io(_) => ErrorCode::Internal,
         }
     }
@@ -413,7 +435,6 @@ pub async fn find_version(
     name: &str,
     reference: &str,
 ) -> Result<Version, RegistryError> {
-    let not_found = || RegistryError::NotFound(format!("version {name}@{reference}"));
     let owned = name.to_owned();
     let version = if reference == "latest" {
         blocking(store, move |s| s.versions(&owned)).await?.pop()
@@ -431,7 +452,40 @@ pub async fn find_version(
             .await?
             .filter(|v| v.component == name)
     };
-    version.ok_or_else(not_found)
+    match version {
+        Some(version) => Ok(version),
+        None => Err(no_version(store, name, reference).await?),
+    }
+}
+
+/// Most pushed components a "no such component" error lists.
+const LISTED_COMPONENTS: usize = 10;
+
+/// Why `name@reference` is not in the registry: the component has no such version, or
+/// there is no such component (and which pushed one the user may have meant).
+async fn no_version(
+    store: &Arc<dyn Store>,
+    name: &str,
+    reference: &str,
+) -> Result<RegistryError, RegistryError> {
+    let owned = name.to_owned();
+    if let Some(newest) = blocking(store, move |s| s.newest_version(&owned)).await? {
+        return Ok(RegistryError::NoVersion {
+            name: name.to_owned(),
+            reference: reference.to_owned(),
+            newest: newest.seq,
+        });
+    }
+    let pushed: Vec<String> = blocking(store, |s| s.components())
+        .await?
+        .into_iter()
+        .map(|(component, _, _)| component)
+        .collect();
+    Ok(RegistryError::NoComponent {
+        name: name.to_owned(),
+        closest: mycel_core::manifest::closest_name(name, &pushed).map(str::to_owned),
+        known: pushed.into_iter().take(LISTED_COMPONENTS).collect(),
+    })
 }
 
 /// The parsed manifest of a stored version.

@@ -406,6 +406,19 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     }
 }
 
+/// The name in `known` nearest to `name` when it is near enough to be a typo of it
+/// (at most two edits, or a quarter of its length for long names): what "did you
+/// mean" offers.
+pub fn closest_name<'a, S: AsRef<str>>(name: &str, known: &'a [S]) -> Option<&'a str> {
+    known
+        .iter()
+        .map(AsRef::as_ref)
+        .map(|k| (strsim::damerau_levenshtein(name, k), k))
+        .filter(|&(distance, k)| distance <= 2.max(k.len() / 4))
+        .min_by_key(|&(distance, _)| distance)
+        .map(|(_, k)| k)
+}
+
 fn is_identifier(s: &str) -> bool {
     let mut chars = s.chars();
     matches!(chars.next(), Some(c) if c == '_' || c.is_ascii_alphabetic())
@@ -704,6 +717,16 @@ shape = [-1, 3, 224, 224]
 
     fn err(text: &str) -> String {
         Manifest::parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn closest_name_offers_only_near_names() {
+        let known = ["hello", "resnet50", "mobilenet-v2"];
+        assert_eq!(closest_name("helo", &known), Some("hello"));
+        assert_eq!(closest_name("mobilenetv2", &known), Some("mobilenet-v2"));
+        assert_eq!(closest_name("resnet-50", &known), Some("resnet50"));
+        assert_eq!(closest_name("inception", &known), None);
+        assert_eq!(closest_name("x", &[] as &[&str]), None);
     }
 
     #[test]

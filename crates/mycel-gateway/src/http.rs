@@ -154,13 +154,7 @@ fn find(
     let model = table.models.get(name).cloned().ok_or_else(|| {
         let mut known: Vec<&str> = table.models.keys().map(String::as_str).collect();
         known.sort_unstable();
-        Failure(
-            StatusCode::NOT_FOUND,
-            format!(
-                "unknown model {name:?}; deployed models: {}",
-                known.join(", ")
-            ),
-        )
+        Failure(StatusCode::NOT_FOUND, not_deployed(name, &known))
     })?;
     let Some(version) = version else {
         return Ok((model, None));
@@ -186,6 +180,24 @@ fn find(
             ))
         }
     }
+}
+
+/// Why `name` is not served, and the fix: which deployed model the caller may have
+/// meant, and how to deploy it.
+fn not_deployed(name: &str, known: &[&str]) -> String {
+    let deploy = format!(
+        "`mycel deploy {name} --copies LOCATION=1` serves a pushed component (`mycel status` lists deployments)"
+    );
+    if known.is_empty() {
+        return format!("no model {name:?} is deployed, nor any other yet; {deploy}");
+    }
+    let meant = mycel_core::manifest::closest_name(name, known)
+        .map(|k| format!(" (did you mean {k:?}?)"))
+        .unwrap_or_default();
+    format!(
+        "no model {name:?} is deployed{meant}; deployed models: {}; {deploy}",
+        known.join(", ")
+    )
 }
 
 fn metadata(model: &Model) -> serde_json::Value {

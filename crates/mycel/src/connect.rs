@@ -56,12 +56,13 @@ pub fn ca_pem(flag: Option<&Path>, data: &Path) -> anyhow::Result<Option<String>
 /// The server URL and token named by flags, environment or the data directory.
 pub fn server_and_token(args: &ConnectArgs) -> anyhow::Result<(String, Option<String>)> {
     let data = data_dir(&args.data)?;
-    let server = match &args.server {
+    // `MYCEL_SERVER=` (set but empty) means no server given, as if unset.
+    let server = match args.server.as_ref().filter(|url| !url.trim().is_empty()) {
         Some(url) => url.clone(),
         None => read_trimmed(&data.join(URL_FILE)).with_context(|| {
             format!(
-                "no server to talk to: pass --server URL, set MYCEL_SERVER, or start one with `mycel server --data {}`",
-                data.display()
+                "no server to talk to ({} is missing): `mycel up` runs one on this machine; for a server elsewhere pass --server URL or set MYCEL_SERVER",
+                data.join(URL_FILE).display()
             )
         })?,
     };

@@ -4,6 +4,7 @@ mod cli;
 mod commands;
 mod connect;
 mod credential;
+mod hints;
 mod npy;
 mod output;
 mod runtime;
@@ -33,12 +34,9 @@ fn main() -> ExitCode {
     match runtime.block_on(commands::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let text = format!("{e:#}");
-            eprintln!("error: {text}");
-            if text.contains("invalid peer certificate") {
-                eprintln!(
-                    "hint: the server's certificate is not from a CA this client trusts; pass --ca FILE (or MYCEL_CA) with the fleet's CA, DATA/tls/ca.pem on the control plane's machine"
-                );
+            eprintln!("error: {}", hints::describe(&e));
+            if let Some(hint) = hints::for_error(&e) {
+                eprintln!("hint: {hint}");
             }
             ExitCode::FAILURE
         }

@@ -183,7 +183,11 @@ fn tokyo_gateway(host: &Host, server: &str, token: &str, data: &Path) -> Process
             "--data",
             data.join("tokyo-gw").to_str().unwrap(),
         ],
-        &[("MYCEL_TOKEN", token)],
+        // Which replica refused a request, and why, is what a failure here needs.
+        &[
+            ("MYCEL_TOKEN", token),
+            ("MYCEL_LOG", "warn,mycel_gateway::http=debug"),
+        ],
     )
 }
 

@@ -332,7 +332,11 @@ fn cli_errors_name_the_problem() {
     assert!(stderr.contains("points outside the component"), "{stderr}");
 
     let out = server.cli(&["show", "nothing@1"]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no component \"nothing\" has been pushed; pushed components: none yet"),
+        "{stderr}"
+    );
     let out = server.cli(&["show", "x@../../v1"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not a version"));
     assert!(server

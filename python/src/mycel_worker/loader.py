@@ -62,7 +62,9 @@ def import_entrypoint(root: Path, entrypoint: str, dependencies: Sequence[Path] 
         ) from None
     cls = getattr(module, class_name, None)
     if cls is None:
-        raise LoadError(f"module '{module_name}' has no class '{class_name}'{_outside_hint(module, root)}")
+        outside = _outside_hint(module, root)
+        fix = "" if outside else _classes_hint(module, module_name)
+        raise LoadError(f"module '{module_name}' has no class '{class_name}'{outside}{fix}")
     if not callable(cls):
         raise LoadError(f"entrypoint '{entrypoint}' names a {type(cls).__name__}, not a class")
     return cls
@@ -92,6 +94,21 @@ def user_traceback(exc: BaseException) -> str:
     while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_RUNTIME_DIR):
         tb = tb.tb_next
     return "".join(traceback.format_exception(type(exc), exc, tb or exc.__traceback__))
+
+
+def _classes_hint(module: ModuleType, module_name: str) -> str:
+    # The classes the module itself defines (not the ones it imports), and the fix.
+    defined = sorted(
+        name
+        for name, value in vars(module).items()
+        if isinstance(value, type) and value.__module__ == module.__name__
+    )
+    if not defined:
+        return "; it defines no class: add one, or point [component] entrypoint in mycel.toml at the module that has it"
+    return (
+        f"; it defines {', '.join(defined)}: set [component] entrypoint in mycel.toml to "
+        f"'{module_name}:{defined[0] if len(defined) == 1 else 'Class'}' and push again"
+    )
 
 
 def _outside_hint(module: ModuleType, root: Path) -> str:

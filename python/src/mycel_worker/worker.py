@@ -233,7 +233,20 @@ def _call(fn: Callable[..., Any], *args: Any) -> Any:
     try:
         return fn(*args)
     except Exception as e:
-        raise RequestError(describe(e), user_traceback(e)) from None
+        raise RequestError(describe(e) + _missing_input_hint(e, args), user_traceback(e)) from None
+
+
+def _missing_input_hint(e: Exception, args: Any) -> str:
+    # A model that reads inputs["image"] from a request that named it otherwise: say
+    # which inputs the request did have, instead of leaving a bare KeyError.
+    inputs = args[0] if args and isinstance(args[0], dict) else None
+    if not isinstance(e, KeyError) or inputs is None or len(e.args) != 1:
+        return ""
+    (key,) = e.args
+    if not isinstance(key, str) or key in inputs:
+        return ""
+    have = ", ".join(repr(name) for name in inputs) or "none"
+    return f" (the model reads input {key!r}; the request's inputs are {have})"
 
 
 def _request_config(frame: Frame) -> Dict[str, Any]:

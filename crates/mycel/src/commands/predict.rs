@@ -45,6 +45,10 @@ pub async fn run(args: PredictArgs) -> anyhow::Result<()> {
     let metadata = get_json(&http, &model_path).await?;
     let specs: Vec<TensorSpec> =
         serde_json::from_value(metadata["inputs"].clone()).unwrap_or_default();
+    let given: Vec<&str> = args.inputs.iter().map(|(name, _)| name.as_str()).collect();
+    if let Some(problem) = undeclared_input(&args.model, &specs, &given) {
+        bail!("{problem}");
+    }
 
     let mut inputs = Vec::new();
     let mut binary: Vec<Bytes> = Vec::new();
@@ -126,6 +130,23 @@ pub async fn run(args: PredictArgs) -> anyhow::Result<()> {
         println!("  {name} {datatype} {shape:?}: {shown}");
     }
     Ok(())
+}
+
+/// What is wrong when `given` names an input the model's signature does not declare
+/// (a model without a signature takes any name).
+fn undeclared_input(model: &str, specs: &[TensorSpec], given: &[&str]) -> Option<String> {
+    let unknown = given
+        .iter()
+        .find(|name| !specs.is_empty() && !specs.iter().any(|s| s.name == **name))?;
+    let takes: Vec<String> = specs
+        .iter()
+        .map(|s| format!("{} ({} {:?})", s.name, s.datatype, s.shape))
+        .collect();
+    Some(format!(
+        "model {model:?} has no input {unknown:?}; it takes {}: `--input {}=...`",
+        takes.join(", "),
+        specs[0].name
+    ))
 }
 
 async fn get_json(http: &reqwest::Client, url: &str) -> anyhow::Result<Value> {
@@ -348,6 +369,22 @@ fn decode(tensor: &Tensor) -> Vec<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_input_the_signature_lacks_is_named_with_what_the_model_takes() {
+        let specs = [TensorSpec {
+            name: "input".into(),
+            datatype: "FP32".into(),
+            shape: vec![-1, 4],
+        }];
+        assert_eq!(
+            undeclared_input("hello", &specs, &["inp"]).as_deref(),
+            Some("model \"hello\" has no input \"inp\"; it takes input (FP32 [-1, 4]): `--input input=...`")
+        );
+        assert_eq!(undeclared_input("hello", &specs, &["input"]), None);
+        // No signature: any name goes.
+        assert_eq!(undeclared_input("echo", &[], &["anything"]), None);
+    }
 
     #[test]
     fn json_inputs_get_shape_and_datatype() {

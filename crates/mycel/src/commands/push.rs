@@ -222,12 +222,21 @@ pub async fn push(
     let started = Instant::now();
     let dir = dir.to_path_buf();
     let manifest_path = dir.join(MANIFEST_FILE);
-    let text = std::fs::read_to_string(&manifest_path).with_context(|| {
-        format!(
-            "{}: cannot read the manifest; expected a component directory",
-            manifest_path.display()
-        )
-    })?;
+    let text = match std::fs::read_to_string(&manifest_path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => anyhow::bail!(
+            "{} has no {MANIFEST_FILE}, so it is not a component; `mycel init NAME` creates a component directory to start from, or write {MANIFEST_FILE} by hand (README: \"The component manifest\")",
+            dir.display()
+        ),
+        Err(e) => {
+            return Err(e).with_context(|| {
+                format!(
+                    "{}: cannot read the manifest; expected a component directory",
+                    manifest_path.display()
+                )
+            })
+        }
+    };
     let manifest = Manifest::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
     let name = manifest.component.name.clone();
 
