@@ -278,6 +278,14 @@ fn mobilenet_v2_from_torchvision_source_serves_through_the_gateway() {
         "{answer}"
     );
     assert!(answer.contains("class INT64 [1]: ["), "{answer}");
+    // The class by name, and what the answer is worth.
+    assert!(answer.contains("label BYTES [1]: [\""), "{answer}");
+    assert!(
+        answer.contains(
+            "weights BYTES [1]: [\"random (seed 0): untrained, its answers mean nothing\"]"
+        ),
+        "{answer}"
+    );
     up.signal("INT");
 }
 
