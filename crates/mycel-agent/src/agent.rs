@@ -121,6 +121,8 @@ pub async fn run(
             config.runtime_dir.clone(),
         ),
         statuses: Mutex::new(HashMap::new()),
+        phases: Mutex::new(HashMap::new()),
+        fetches: Mutex::new(HashMap::new()),
         changed: tokio::sync::Notify::new(),
         callers: Mutex::new(HashMap::new()),
         location: config.location.clone(),

@@ -254,6 +254,9 @@ pub struct EnvBuilder {
     /// never removed.
     locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     builds: AtomicU64,
+    /// uv's latest line for each build under way, by key: what `mycel status` and a
+    /// rollout's progress show while an environment builds.
+    latest: Arc<std::sync::Mutex<HashMap<String, String>>>,
 }
 
 impl EnvBuilder {
@@ -276,7 +279,20 @@ impl EnvBuilder {
             runtime_dir: absolute(runtime_dir),
             locks: std::sync::Mutex::new(HashMap::new()),
             builds: AtomicU64::new(0),
+            latest: Arc::default(),
         }
+    }
+
+    /// The key `spec`'s environment is built under.
+    pub async fn key(&self, spec: &EnvSpec) -> Result<String, EnvError> {
+        Ok(spec.key(&self.runtime_hash().await?))
+    }
+
+    /// uv's latest line while the environment `key` builds; `None` when no build of it
+    /// is under way.
+    pub fn progress(&self, key: &str) -> Option<String> {
+        let latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
+        latest.get(key).cloned()
     }
 
     /// The directory environments live in.
@@ -346,8 +362,14 @@ impl EnvBuilder {
             "building environment"
         );
         let started = std::time::Instant::now();
-        self.build(&key, spec, &spec.canonical(&runtime_hash), &dir)
-            .await?;
+        let built = self
+            .build(&key, spec, &spec.canonical(&runtime_hash), &dir)
+            .await;
+        self.latest
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
+        built?;
         self.builds.fetch_add(1, Ordering::Relaxed);
         tracing::info!(%key, seconds = started.elapsed().as_secs_f64(), "built environment");
         Ok(env(false))
@@ -453,14 +475,13 @@ impl EnvBuilder {
             }
         })?;
         let tail = Arc::new(std::sync::Mutex::new(VecDeque::with_capacity(TAIL_LINES)));
-        let stdout = child
-            .stdout
-            .take()
-            .map(|out| collect(out, Arc::clone(&tail)));
-        let stderr = child
-            .stderr
-            .take()
-            .map(|err| collect(err, Arc::clone(&tail)));
+        let lines = Lines {
+            tail: Arc::clone(&tail),
+            latest: Arc::clone(&self.latest),
+            key: key.to_owned(),
+        };
+        let stdout = child.stdout.take().map(|out| collect(out, lines.clone()));
+        let stderr = child.stderr.take().map(|err| collect(err, lines.clone()));
         let (status, _, _) = tokio::join!(child.wait(), opt(stdout), opt(stderr));
         let status = status.map_err(io_at(&self.uv))?;
         if status.success() {
@@ -494,11 +515,24 @@ async fn opt(future: Option<impl std::future::Future<Output = ()>>) {
 }
 
 /// Reads lines from one of uv's pipes into the shared tail, logging each.
-async fn collect(pipe: impl AsyncRead + Unpin, tail: Arc<std::sync::Mutex<VecDeque<String>>>) {
+/// Where a build's output lines go: the tail kept for its error, and its latest line
+/// for progress.
+#[derive(Clone)]
+struct Lines {
+    tail: Arc<std::sync::Mutex<VecDeque<String>>>,
+    latest: Arc<std::sync::Mutex<HashMap<String, String>>>,
+    key: String,
+}
+
+async fn collect(pipe: impl AsyncRead + Unpin, to: Lines) {
     let mut lines = BufReader::new(pipe).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         tracing::debug!(target: "mycel_agent::env::uv", "{line}");
-        let mut tail = tail.lock().unwrap_or_else(|e| e.into_inner());
+        if !line.trim().is_empty() {
+            let mut latest = to.latest.lock().unwrap_or_else(|e| e.into_inner());
+            latest.insert(to.key.clone(), line.trim().to_owned());
+        }
+        let mut tail = to.tail.lock().unwrap_or_else(|e| e.into_inner());
         if tail.len() == TAIL_LINES {
             tail.pop_front();
         }

@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -256,6 +257,7 @@ pub async fn sync_version(
     client: &Client,
     cache: &BlobCache,
     version: &Version,
+    fetched: &Fetched,
 ) -> Result<SyncReport, SyncError> {
     // One blob may back many files; fetch it once.
     let blobs: BTreeMap<BlobHash, u64> = version
@@ -272,12 +274,19 @@ pub async fn sync_version(
             missing.push((hash, size));
         }
     }
+    let total = missing.iter().map(|(_, size)| size).sum();
+    fetched.total.store(total, Ordering::Relaxed);
     let fetched: Vec<u64> = futures::stream::iter(missing)
         .map(|(hash, size)| async move {
             let body = client
                 .blob_stream(hash)
                 .await
-                .map_err(|source| SyncError::Fetch { hash, source })?;
+                .map_err(|source| SyncError::Fetch { hash, source })?
+                .inspect_ok(|chunk| {
+                    fetched
+                        .done
+                        .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                });
             cache.write(hash, size, body).await
         })
         .buffer_unordered(CONCURRENT_FETCHES)
@@ -293,6 +302,27 @@ pub async fn sync_version(
         "synced version"
     );
     Ok(report)
+}
+
+/// A sync's bytes so far, for progress: how many it has to fetch, and how many came.
+#[derive(Debug, Default)]
+pub struct Fetched {
+    /// Bytes of the blobs the node lacked.
+    pub total: AtomicU64,
+    /// Bytes received so far.
+    pub done: AtomicU64,
+}
+
+impl Fetched {
+    /// `12.5 of 97.6 MiB fetched`.
+    pub fn describe(&self) -> String {
+        let mib = |n: u64| n as f64 / f64::from(1 << 20);
+        format!(
+            "{:.1} of {:.1} MiB fetched",
+            mib(self.done.load(Ordering::Relaxed)),
+            mib(self.total.load(Ordering::Relaxed))
+        )
+    }
 }
 
 /// Lays out `version` as `versions_root/<id>/` from blobs in `cache` and returns that
@@ -735,7 +765,8 @@ mod tests {
         .await;
 
         let cache = BlobCache::open(dir.path().join("agent/blobs")).unwrap();
-        let report = sync_version(&client, &cache, &v1).await.unwrap();
+        let fetched = Fetched::default();
+        let report = sync_version(&client, &cache, &v1, &fetched).await.unwrap();
         assert_eq!(
             report,
             SyncReport {
@@ -744,11 +775,17 @@ mod tests {
                 blobs_cached: 0,
             }
         );
+        // Progress counted every byte it fetched, of what it had to.
+        assert_eq!(fetched.done.load(Ordering::Relaxed), report.bytes_fetched);
+        assert_eq!(fetched.total.load(Ordering::Relaxed), report.bytes_fetched);
+        assert_eq!(fetched.describe(), "0.3 of 0.3 MiB fetched");
         for file in &v1.files {
             assert!(cache.has(&file.hash).await.unwrap(), "{}", file.path);
         }
 
-        let again = sync_version(&client, &cache, &v1).await.unwrap();
+        let again = sync_version(&client, &cache, &v1, &Fetched::default())
+            .await
+            .unwrap();
         assert_eq!(
             again,
             SyncReport {
@@ -769,7 +806,9 @@ mod tests {
             ],
         )
         .await;
-        let report = sync_version(&client, &cache, &v2).await.unwrap();
+        let report = sync_version(&client, &cache, &v2, &Fetched::default())
+            .await
+            .unwrap();
         assert_eq!(
             report,
             SyncReport {
@@ -786,7 +825,9 @@ mod tests {
 
         // A blob the server does not have: the error names it and nothing is kept.
         let absent = version(vec![entry("model.py", b"never pushed", FileMode::Regular)]);
-        let err = sync_version(&client, &cache, &absent).await.unwrap_err();
+        let err = sync_version(&client, &cache, &absent, &Fetched::default())
+            .await
+            .unwrap_err();
         let hash = BlobHash::of(b"never pushed");
         assert!(matches!(err, SyncError::Fetch { .. }), "{err}");
         assert!(err.to_string().contains(&hash.to_string()), "{err}");

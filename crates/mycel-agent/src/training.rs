@@ -272,7 +272,7 @@ async fn start_worker(
     data_dir: &std::path::Path,
 ) -> Result<TrainingWorker, String> {
     let node = &trainer.node;
-    let prepared = prepare_code(node, &task.component, task.version, task.seq, |_| {}).await?;
+    let prepared = prepare_code(node, &task.component, task.version, task.seq, |_, _| {}).await?;
     let socket = node.run_dir.join(format!("fed-{}.sock", task.federation));
     let _ = std::fs::remove_file(&socket);
     let listener =

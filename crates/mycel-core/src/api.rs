@@ -251,6 +251,10 @@ pub struct RolloutStatus {
     pub locations: Vec<RolloutLocation>,
     /// Copies that cannot be placed, and why.
     pub unplaced: Vec<crate::fleet::Unplaced>,
+    /// Replicas of what the deployment asks for now that are not ready yet, with what
+    /// their agents last said of them: where a rollout spends its time.
+    #[serde(default)]
+    pub waiting: Vec<ReplicaView>,
 }
 
 fn latest() -> String {

@@ -511,4 +511,11 @@ pub struct ReplicaStatus {
     /// How many times the worker was restarted.
     #[serde(default)]
     pub restarts: u32,
+    /// How long it had been in this state when reported, in milliseconds.
+    #[serde(default)]
+    pub for_ms: u64,
+    /// What it is doing in this state, where there is more to say than the state: the
+    /// bytes fetched so far while syncing, uv's latest line while building.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<String>,
 }

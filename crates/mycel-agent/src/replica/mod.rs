@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::batch;
 use crate::env::{EnvBuilder, EnvSpec};
 use crate::metrics::{Metrics, ModelLabels, ReplicaLabels};
-use crate::sync::{materialize, sync_version, BlobCache};
+use crate::sync::{materialize, sync_version, BlobCache, Fetched};
 use crate::worker::{Frame, Tensor, WorkerConn, WorkerError};
 
 /// How long a worker may take to import and construct the model.
@@ -63,6 +63,10 @@ pub struct NodeContext {
     pub envs: EnvBuilder,
     /// Replica statuses, reported with every heartbeat.
     pub statuses: Mutex<HashMap<String, ReplicaStatus>>,
+    /// When each replica entered its state, and what it waits on there.
+    pub phases: Mutex<HashMap<String, Phase>>,
+    /// Syncs under way, by version: their bytes so far.
+    pub fetches: Mutex<HashMap<VersionId, Arc<Fetched>>>,
     /// Signalled when a replica's state changes, so the heartbeat reports it at once
     /// instead of at the next tick: gateways learn of a ready replica sooner.
     pub changed: tokio::sync::Notify,
@@ -75,6 +79,24 @@ pub struct NodeContext {
     /// Versions synced and materialized on this node, or being so: replicas of one
     /// version, and versions that share a dependency, share one fetch.
     pub synced: Mutex<HashMap<VersionId, Arc<tokio::sync::OnceCell<SyncedVersion>>>>,
+}
+
+/// Where a replica is in its state: since when, and the work it waits on, whose
+/// progress its status carries.
+#[derive(Clone, Debug)]
+pub struct Phase {
+    since: std::time::Instant,
+    work: Option<Work>,
+}
+
+/// Work a replica waits on while it prepares, shared with the other replicas that
+/// need it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Work {
+    /// Fetching a version's blobs.
+    Fetch(VersionId),
+    /// Building the environment of this key.
+    Env(String),
 }
 
 /// A version laid out on this node.
@@ -102,11 +124,38 @@ impl NodeContext {
             state,
             pid,
             restarts,
+            for_ms: 0,
+            progress: None,
         };
         let mut statuses = self.statuses.lock().unwrap_or_else(|p| p.into_inner());
         let previous = statuses.insert(replica.to_owned(), status.clone());
         if previous.is_none_or(|p| p.state != status.state) {
+            let phase = Phase {
+                since: std::time::Instant::now(),
+                work: None,
+            };
+            let mut phases = self.phases.lock().unwrap_or_else(|p| p.into_inner());
+            phases.insert(replica.to_owned(), phase);
             self.changed.notify_one();
+        }
+    }
+
+    /// `replica` waits on `work` in its present state.
+    pub fn waits_on(&self, replica: &str, work: Work) {
+        let mut phases = self.phases.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(phase) = phases.get_mut(replica) {
+            phase.work = Some(work);
+        }
+    }
+
+    /// What `work` has done so far, in words.
+    fn progress(&self, work: &Work) -> Option<String> {
+        match work {
+            Work::Fetch(version) => {
+                let fetches = self.fetches.lock().unwrap_or_else(|p| p.into_inner());
+                fetches.get(version).map(|f| f.describe())
+            }
+            Work::Env(key) => self.envs.progress(key).map(|line| format!("uv: {line}")),
         }
     }
 
@@ -124,6 +173,9 @@ impl NodeContext {
         drop(callers);
         let mut statuses = self.statuses.lock().unwrap_or_else(|p| p.into_inner());
         statuses.remove(replica);
+        drop(statuses);
+        let mut phases = self.phases.lock().unwrap_or_else(|p| p.into_inner());
+        phases.remove(replica);
     }
 
     /// Appends a line of the agent's own to `replica`'s log, beside its worker's output.
@@ -159,10 +211,25 @@ impl NodeContext {
             .is_some_and(|s| s.state == ReplicaState::Ready)
     }
 
-    /// Every replica's status.
+    /// Every replica's status, with how long it has been in its state and, while it
+    /// prepares, how far the work it waits on got.
     pub fn snapshot(&self) -> Vec<ReplicaStatus> {
-        let statuses = self.statuses.lock().unwrap_or_else(|p| p.into_inner());
-        let mut all: Vec<ReplicaStatus> = statuses.values().cloned().collect();
+        let mut all: Vec<ReplicaStatus> = {
+            let statuses = self.statuses.lock().unwrap_or_else(|p| p.into_inner());
+            statuses.values().cloned().collect()
+        };
+        let phases = self
+            .phases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for status in &mut all {
+            if let Some(phase) = phases.get(&status.replica) {
+                status.for_ms =
+                    u64::try_from(phase.since.elapsed().as_millis()).unwrap_or(u64::MAX);
+                status.progress = phase.work.as_ref().and_then(|w| self.progress(w));
+            }
+        }
         all.sort_by(|a, b| a.replica.cmp(&b.replica));
         all
     }

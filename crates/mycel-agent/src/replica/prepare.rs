@@ -95,9 +95,17 @@ pub(super) async fn sync_one(
                     id.short()
                 ));
             }
-            let report = sync_version(&node.client, &node.cache, &version)
-                .await
-                .map_err(|e| format!("sync failed: {e}"))?;
+            let fetched = Arc::new(Fetched::default());
+            node.fetches
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id, Arc::clone(&fetched));
+            let report = sync_version(&node.client, &node.cache, &version, &fetched).await;
+            node.fetches
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+            let report = report.map_err(|e| format!("sync failed: {e}"))?;
             node.metrics.fetched("blob", report.bytes_fetched);
             tracing::info!(version = %version.label(), fetched = report.bytes_fetched, blobs = report.blobs_fetched, "version synced");
             let dir = materialize(&node.cache, &node.versions_dir, &version)
@@ -126,7 +134,12 @@ pub(super) async fn prepare(
         &assignment.component,
         assignment.version,
         assignment.seq,
-        |state| node.set(replica, state, None, 0),
+        |state, work| {
+            node.set(replica, state, None, 0);
+            if let Some(work) = work {
+                node.waits_on(replica, work);
+            }
+        },
     )
     .await?;
     prepared.serve = assignment.serve;
@@ -135,24 +148,26 @@ pub(super) async fn prepare(
 }
 
 /// Syncs a version and what it depends on, and builds its environment; `phase` hears
-/// when each step starts. Serving options and labels are left at their defaults.
+/// when each step starts, and the work it waits on. Serving options and labels are
+/// left at their defaults.
 pub(crate) async fn prepare_code(
     node: &NodeContext,
     component: &str,
     version: VersionId,
     seq: u64,
-    phase: impl Fn(ReplicaState),
+    phase: impl Fn(ReplicaState, Option<Work>),
 ) -> Result<Prepared, String> {
-    phase(ReplicaState::Syncing);
+    phase(ReplicaState::Syncing, Some(Work::Fetch(version)));
     let (version_dir, dependencies) = sync(node, component, version, seq).await?;
     let text = tokio::fs::read_to_string(version_dir.join(MANIFEST_FILE))
         .await
         .map_err(|e| format!("reading {MANIFEST_FILE}: {e}"))?;
     let manifest = Manifest::parse(&text).map_err(|e| e.to_string())?;
 
-    phase(ReplicaState::BuildingEnv);
     let spec =
         EnvSpec::from_tree(&manifest, &version_dir, &dependencies).map_err(|e| e.to_string())?;
+    let key = node.envs.key(&spec).await.map_err(|e| e.to_string())?;
+    phase(ReplicaState::BuildingEnv, Some(Work::Env(key)));
     let env = node.envs.ensure(&spec).await.map_err(|e| e.to_string())?;
     tracing::info!(component, seq, env = %env.key, reused = env.reused, "environment ready");
     Ok(Prepared {

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use mycel_core::api::RolloutStatus;
+use mycel_core::api::{ReplicaView, RolloutStatus};
 use mycel_core::fleet::{
     Assignment, Deployment, InPlace, ReplicaId, ReplicaState, ReplicaStatus, Rollout, RolloutKind,
     RolloutOutcome,
@@ -207,6 +207,19 @@ impl Fleet {
         };
         let statuses = lock(&self.statuses).clone();
         let locations = progress(&deployment, &assignments, &ready_set(&statuses));
+        let waiting = assignments
+            .iter()
+            .filter(|a| a.deployment == deployment.name && up_to_date(a, &deployment))
+            .map(|a| ReplicaView {
+                assignment: a.clone(),
+                status: statuses.get(&a.replica).cloned(),
+            })
+            .filter(|r| {
+                r.status
+                    .as_ref()
+                    .is_none_or(|s| s.state != ReplicaState::Ready)
+            })
+            .collect();
         let unplaced = lock(&self.unplaced)
             .iter()
             .filter(|u| u.deployment == deployment.name)
@@ -218,6 +231,7 @@ impl Fleet {
             deployment,
             locations,
             unplaced,
+            waiting,
         }))
     }
 }

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use mycel_core::api::RolloutStatus;
-use mycel_core::fleet::{Deployment, InPlace, Rollout, RolloutOutcome};
+use mycel_core::fleet::{Deployment, InPlace, ReplicaState, Rollout, RolloutOutcome};
 use mycel_core::reconcile::rolled_out;
 
 use crate::cli::{HistoryArgs, RollbackArgs, RolloutStatusArgs};
@@ -15,7 +15,10 @@ use crate::output;
 /// How long `wait` lets nodes join before reporting copies that cannot be placed.
 const PLACEMENT_GRACE: Duration = Duration::from_secs(5);
 /// How long one long-poll for rollout progress is held by the server.
-const POLL: Duration = Duration::from_secs(5);
+const POLL: Duration = Duration::from_secs(1);
+/// The longest `--wait` stays silent while a rollout moves slowly: a line every so
+/// often says what the slowest replica is doing.
+const QUIET_AT_MOST: Duration = Duration::from_secs(2);
 
 /// Follows the rollouts of `names` until each is complete with every copy ready.
 /// Fails when one is rolled back or fails, when copies cannot be placed, or after
@@ -35,6 +38,7 @@ pub async fn wait(
     }
     let started = Instant::now();
     let mut last_line = String::new();
+    let mut last_said = Instant::now();
     let mut told_in_place = std::collections::HashSet::new();
     let mut generation = 0;
     loop {
@@ -97,9 +101,14 @@ pub async fn wait(
             }
         }
         let line = summary(&statuses);
-        if !quiet && line != last_line {
-            eprintln!("{line} ({:.1}s)", started.elapsed().as_secs_f64());
-            last_line.clone_from(&line);
+        let slowest = slowest(&statuses);
+        // A new line when something changed, and at least every QUIET_AT_MOST.
+        let news = format!("{line}{}", slowest.as_ref().map_or("", |s| &s.0));
+        if !quiet && (news != last_line || last_said.elapsed() >= QUIET_AT_MOST) {
+            let detail = slowest.map_or(String::new(), |s| format!("; {}", s.1));
+            eprintln!("{line} ({:.1}s){detail}", started.elapsed().as_secs_f64());
+            last_line = news;
+            last_said = Instant::now();
         }
         let done = statuses.iter().zip(&targets).all(|(s, &target)| {
             s.deployment.seq == target
@@ -166,6 +175,41 @@ fn summary(statuses: &[RolloutStatus]) -> String {
         line.push_str(&format!(", {outdated} of the version before still serving"));
     }
     line
+}
+
+/// The new replica that has been longest in its state short of ready, in words: what
+/// it is doing (without times, to tell whether that changed) and the whole of it, e.g.
+/// `slowest: resnet50-tokyo-0 on tokyo-1, building its environment for 12.3s (uv:
+/// Downloading torch (700.1MiB))`.
+fn slowest(statuses: &[RolloutStatus]) -> Option<(String, String)> {
+    let waiting = statuses.iter().flat_map(|s| &s.waiting);
+    let replica = waiting.max_by_key(|r| r.status.as_ref().map_or(0, |s| s.for_ms))?;
+    let who = format!(
+        "{} on {}",
+        replica.assignment.replica, replica.assignment.node
+    );
+    let Some(status) = &replica.status else {
+        let what = format!("slowest: {who}, waiting for its node to start it");
+        return Some((what.clone(), what));
+    };
+    let doing = match &status.state {
+        ReplicaState::Pending => "waiting for its node to start it".to_owned(),
+        ReplicaState::Syncing => "fetching its version".to_owned(),
+        ReplicaState::BuildingEnv => "building its environment".to_owned(),
+        ReplicaState::Starting => "loading the model (import and __init__)".to_owned(),
+        ReplicaState::Failed { reason } => format!("failed: {}", first_line(reason)),
+        other => other.to_string(),
+    };
+    let progress = status
+        .progress
+        .as_ref()
+        .map_or(String::new(), |p| format!(" ({p})"));
+    let what = format!("slowest: {who}, {doing}{progress}");
+    let took = format!(
+        "slowest: {who}, {doing} for {:.1}s{progress}",
+        status.for_ms as f64 / 1000.0
+    );
+    Some((what, took))
 }
 
 /// One line about a rollout: `#3 deploy echo@1 → @2 by admin: complete in 1.2s`.

@@ -120,6 +120,15 @@ pub async fn run(args: ListArgs) -> anyhow::Result<()> {
                 _ if lost.contains(&replica.assignment.node.as_str()) => {
                     ("unreachable (node lost)".into(), "-".into())
                 }
+                // A replica on its way says for how long, and how far it got.
+                Some(s) if s.state != ReplicaState::Ready => {
+                    let progress = s
+                        .progress
+                        .as_ref()
+                        .map_or(String::new(), |p| format!(", {p}"));
+                    let state = format!("{} {:.0}s{progress}", s.state, s.for_ms as f64 / 1000.0);
+                    (state, s.restarts.to_string())
+                }
                 Some(s) => (s.state.to_string(), s.restarts.to_string()),
                 None => ("pending".into(), "0".into()),
             };
