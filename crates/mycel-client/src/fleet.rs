@@ -103,18 +103,25 @@ impl Client {
         .await
     }
 
-    /// The routing table once its generation passes `after`, or after `wait`.
+    /// The routing table once its generation passes `after`, or after `wait`; a gateway
+    /// names itself (its URL and location) so that Prometheus can find it.
     pub async fn watch_routes(
         &self,
         after: u64,
         wait: Duration,
+        gateway: Option<(&str, Option<&str>)>,
     ) -> Result<RoutingTable, ClientError> {
         let path = format!("/v1/routes?after={after}&wait_ms={}", wait.as_millis());
-        self.json(
-            self.request(Method::GET, &path)
-                .timeout(wait + Duration::from_secs(10)),
-        )
-        .await
+        let mut request = self
+            .request(Method::GET, &path)
+            .timeout(wait + Duration::from_secs(10));
+        if let Some((url, location)) = gateway {
+            request = request.query(&[("gateway", url)]);
+            if let Some(location) = location {
+                request = request.query(&[("location", location)]);
+            }
+        }
+        self.json(request).await
     }
 
     /// Creates or updates a deployment.

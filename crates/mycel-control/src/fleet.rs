@@ -55,6 +55,8 @@ pub(crate) struct Fleet {
     started: std::time::Instant,
     /// What heartbeats, silences and rollout deadlines are measured by.
     clock: crate::Clock,
+    /// How long reconciles take, for `/metrics`.
+    reconcile_seconds: prometheus_client::metrics::histogram::Histogram,
 }
 
 /// Waits until `generation` passes `after`, `wait` elapses or `stop`; returns the
@@ -109,7 +111,16 @@ impl Fleet {
             lost_after,
             started: std::time::Instant::now(),
             clock,
+            // 1 ms to ~16 s.
+            reconcile_seconds: prometheus_client::metrics::histogram::Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 15),
+            ),
         }
+    }
+
+    /// How long reconciles take.
+    pub(crate) fn reconcile_seconds(&self) -> prometheus_client::metrics::histogram::Histogram {
+        self.reconcile_seconds.clone()
     }
 
     /// Now, by the control plane's clock.
@@ -120,7 +131,11 @@ impl Fleet {
     /// Recomputes assignments; publishes a new generation if they changed.
     pub(crate) async fn reconcile(&self) -> Result<(), StoreError> {
         let _guard = self.reconciling.lock().await;
-        self.reconcile_locked().await
+        let started = std::time::Instant::now();
+        let done = self.reconcile_locked().await;
+        self.reconcile_seconds
+            .observe(started.elapsed().as_secs_f64());
+        done
     }
 
     /// [`Fleet::reconcile`] for a caller that holds `reconciling`.

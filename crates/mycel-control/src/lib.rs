@@ -12,6 +12,7 @@ pub mod blobs;
 mod clock;
 mod federation;
 mod fleet;
+mod observe;
 pub mod registry;
 pub mod store;
 
@@ -101,6 +102,8 @@ pub(crate) struct AppState {
     ca: Arc<mycel_tls::Ca>,
     /// Dials agents' data planes (for replica logs), with the fleet's certificate.
     agents: reqwest::Client,
+    /// Metrics, and the gateways heard from.
+    observer: observe::Observer,
 }
 
 /// Runs the control plane until `shutdown` resolves.
@@ -159,6 +162,7 @@ pub async fn run(
         stop: stop.clone(),
         ca,
         agents,
+        observer: observe::Observer::new(fleet.reconcile_seconds()),
     });
     let listener = TcpListener::bind(config.listen)
         .await

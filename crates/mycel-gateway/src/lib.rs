@@ -48,6 +48,9 @@ pub struct Config {
     pub routes_file: Option<std::path::PathBuf>,
     /// The fleet's TLS, when the control plane speaks it.
     pub tls: Option<Tls>,
+    /// Where clients (and Prometheus) reach it, told to the control plane with every
+    /// routes request; `None`: its bound address, unless that is `0.0.0.0`.
+    pub advertise: Option<String>,
 }
 
 /// A gateway in a fleet that speaks TLS.
@@ -122,11 +125,17 @@ pub async fn run(
             }
         }
     }
+    let scheme = if serve_tls.is_some() { "https" } else { "http" };
+    let advertised = config
+        .advertise
+        .clone()
+        .or_else(|| (!addr.ip().is_unspecified()).then(|| format!("{scheme}://{addr}")));
     let stop = CancellationToken::new();
     let follower = tokio::spawn(routes::follow(
         client,
         Arc::clone(&router),
         config.routes_file.clone(),
+        advertised.map(|url| (url, config.location.clone())),
         stop.clone(),
     ));
     let app = http::app(
@@ -139,7 +148,6 @@ pub async fn run(
         what: "building the HTTP client for agents".into(),
         source: std::io::Error::other(e),
     })?;
-    let scheme = if serve_tls.is_some() { "https" } else { "http" };
     tracing::info!(url = %format!("{scheme}://{addr}"), "gateway listening");
     on_listening(addr);
     let stopping = stop.clone();

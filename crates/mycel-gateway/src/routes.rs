@@ -138,17 +138,22 @@ impl Router {
 
 /// Keeps `router` current until `stop`: long-polls the control plane's routing table,
 /// backing off while it is unreachable (the last table keeps serving meanwhile), and
-/// keeps each new table in `file` if given.
+/// keeps each new table in `file` if given. Each request says where this gateway is
+/// (`me`: its URL and location), for Prometheus's discovery.
 pub async fn follow(
     client: mycel_client::Client,
     router: Arc<Router>,
     file: Option<PathBuf>,
+    me: Option<(String, Option<String>)>,
     stop: CancellationToken,
 ) {
     let mut after = 0;
     let mut retry = Duration::from_millis(100);
+    let me = me
+        .as_ref()
+        .map(|(url, location)| (url.as_str(), location.as_deref()));
     loop {
-        let poll = client.watch_routes(after, Duration::from_secs(30));
+        let poll = client.watch_routes(after, Duration::from_secs(30), me);
         let result = tokio::select! {
             _ = stop.cancelled() => return,
             result = poll => result,

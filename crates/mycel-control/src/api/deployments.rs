@@ -11,6 +11,8 @@ use mycel_core::fleet::{Deployment, Rollout, RolloutKind, RolloutOutcome, Served
 use mycel_core::manifest::validate_name;
 use mycel_core::ErrorCode;
 
+use serde::Deserialize;
+
 use super::{ApiError, ApiJson, Caller};
 use crate::registry::{self, blocking};
 use crate::AppState;
@@ -256,11 +258,46 @@ pub(super) async fn status(
 }
 
 /// `GET /v1/routes?after=G&wait_ms=W`: the routing table, long-polled by gateways.
+/// `GET /v1/routes`: the routing table, long-polled by gateways, which say where they
+/// serve (listed for Prometheus at `/v1/prometheus/targets`).
+#[derive(Deserialize)]
+pub(super) struct RoutesQuery {
+    /// Answer once the generation is past this one.
+    #[serde(default)]
+    after: u64,
+    /// How long to wait for a change, in milliseconds.
+    #[serde(default = "super::nodes::default_wait")]
+    wait_ms: u64,
+    /// The asking gateway's URL.
+    gateway: Option<String>,
+    /// Its location.
+    location: Option<String>,
+}
+
 pub(super) async fn routes(
     State(state): State<Arc<AppState>>,
     _caller: Caller,
-    Query(query): Query<super::nodes::WatchQuery>,
+    Query(query): Query<RoutesQuery>,
 ) -> Result<Json<RoutingTable>, ApiError> {
+    if let Some(url) = &query.gateway {
+        let valid = url.len() <= 256
+            && (url.starts_with("http://") || url.starts_with("https://"))
+            && !url.chars().any(char::is_control);
+        if !valid {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!("gateway {url:?} is not a URL; expected http(s)://HOST:PORT"),
+            ));
+        }
+        let location = query.location.as_deref();
+        if let Some(location) = location {
+            validate_name(location)
+                .map_err(|m| ApiError::new(ErrorCode::InvalidRequest, format!("location {m}")))?;
+        }
+        state
+            .observer
+            .saw_gateway(url, location, state.fleet.now_ms());
+    }
     let wait = Duration::from_millis(query.wait_ms).min(super::nodes::MAX_WAIT);
     let table = state.fleet.routes(query.after, wait, &state.stop).await?;
     Ok(Json(table))

@@ -11,7 +11,7 @@ mod tls;
 
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, FromRequestParts};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
@@ -21,7 +21,7 @@ use mycel_core::ErrorCode;
 pub(crate) use access::ReadsCache;
 pub(crate) use error::{ApiError, ApiJson};
 
-use crate::AppState;
+use crate::{registry, AppState};
 
 /// Largest JSON body: a file list of 100,000 files fits with room to spare.
 const MAX_JSON_BYTES: usize = 64 << 20;
@@ -88,9 +88,58 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/tls/fleet-certificate", post(tls::fleet_certificate))
         .route("/v1/nodes/{name}/certificate", post(tls::node_certificate))
         .route("/v1/routes", get(deployments::routes))
+        .route("/v1/prometheus/targets", get(prometheus_targets))
+        .route_layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            timed,
+        ))
+        // Unauthenticated, as Prometheus scrapes: counts and timings, nothing else.
+        .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such API route") })
         .layer(DefaultBodyLimit::max(MAX_JSON_BYTES))
         .with_state(state)
+}
+
+/// Times every matched request by its route, for `/metrics`.
+async fn timed(
+    State(state): State<Arc<AppState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(String::new, |p| p.as_str().to_owned());
+    let method = request.method().to_string();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    let labels = crate::observe::ApiLabels {
+        route,
+        method,
+        code: response.status().as_u16(),
+    };
+    state
+        .observer
+        .observe(&labels, started.elapsed().as_secs_f64());
+    response
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let (nodes, deployments) =
+        registry::blocking(&state.store, |s| Ok((s.nodes()?, s.deployments()?.len()))).await?;
+    let text = state.observer.render(&nodes, deployments);
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    Ok(([(axum::http::header::CONTENT_TYPE, content_type)], text).into_response())
+}
+
+/// Prometheus's HTTP service discovery: every agent and every gateway heard from lately.
+async fn prometheus_targets(
+    State(state): State<Arc<AppState>>,
+    _caller: Caller,
+) -> Result<Json<Vec<crate::observe::TargetGroup>>, ApiError> {
+    let nodes = registry::blocking(&state.store, |s| s.nodes()).await?;
+    Ok(Json(state.observer.targets(&nodes, state.fleet.now_ms())))
 }
 
 async fn health() -> Json<Health> {

@@ -95,7 +95,7 @@ pub(super) struct WatchQuery {
     pub(super) wait_ms: u64,
 }
 
-fn default_wait() -> u64 {
+pub(super) fn default_wait() -> u64 {
     30_000
 }
 

@@ -63,6 +63,9 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         request_timeout: args.request_timeout,
         limits: limits(args.max_connections),
         tls,
+        // On port 0 the URL is known only once bound; the gateway makes it then.
+        advertise: (args.advertise.is_some() || args.listen.port() != 0)
+            .then(|| advertised.clone()),
     };
     let given = args.advertise.is_some();
     mycel_gateway::run(config, super::shutdown_signal(), move |addr| {

@@ -117,6 +117,7 @@ impl Roles {
             request_timeout,
             limits: mycel_tls::Limits::for_this_process(),
             tls,
+            advertise: None,
         };
         let url_file = self.data.join(mycel_gateway::URL_FILE);
         let stopped = self.stop.clone();

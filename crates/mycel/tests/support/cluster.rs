@@ -88,6 +88,7 @@ impl ClusterBuilder {
             request_timeout: mycel_gateway::DEFAULT_REQUEST_TIMEOUT,
             limits: mycel_tls::Limits::default(),
             tls: None,
+            advertise: None,
         };
         let gateway_task = tokio::spawn(mycel_gateway::run(
             gateway_config,
