@@ -15,10 +15,11 @@ use crate::output;
 /// How long `wait` lets nodes join before reporting copies that cannot be placed.
 const PLACEMENT_GRACE: Duration = Duration::from_secs(5);
 /// How long one long-poll for rollout progress is held by the server.
-const POLL: Duration = Duration::from_secs(1);
-/// The longest `--wait` stays silent while a rollout moves slowly: a line every so
-/// often says what the slowest replica is doing.
-const QUIET_AT_MOST: Duration = Duration::from_secs(2);
+const POLL: Duration = Duration::from_millis(500);
+/// How long `--wait` may stay silent while a rollout moves slowly: past it, a line says
+/// what the slowest replica is doing (polls come every [`POLL`], so the screen is never
+/// still for 2 s).
+const QUIET_AT_MOST: Duration = Duration::from_millis(1500);
 
 /// Follows the rollouts of `names` until each is complete with every copy ready.
 /// Fails when one is rolled back or fails, when copies cannot be placed, or after

@@ -144,11 +144,18 @@ impl Roles {
                 failure = Some(result.map_err(anyhow::Error::from).and_then(|r| r).err());
             }
         }
+        if failure.is_none() {
+            // Workers take a moment to exit (PyTorch's teardown is slow): say so at once.
+            eprintln!("stopping: every node's workers, then the agents, gateway and control plane");
+        }
         self.stop.cancel();
         while let Some(result) = self.tasks.join_next().await {
             if let Err(e) = result.map_err(anyhow::Error::from).and_then(|r| r) {
                 failure.get_or_insert(Some(e));
             }
+        }
+        if failure.is_none() {
+            eprintln!("stopped");
         }
         match failure.flatten() {
             Some(e) => Err(e),
