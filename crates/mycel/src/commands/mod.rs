@@ -19,6 +19,12 @@ mod up;
 use crate::cli::{Cli, Command, FederationCommand, NodeCommand, NodeTokenCommand, RolloutCommand};
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    if matches!(
+        cli.command,
+        Command::Server(_) | Command::Agent(_) | Command::Up(_) | Command::Gateway(_)
+    ) {
+        last_for_the_oom_killer();
+    }
     match cli.command {
         Command::Server(args) => up::server(args).await,
         Command::Init(args) => init::run(args),
@@ -77,6 +83,20 @@ pub fn plain_http(flag: &str, addr: std::net::SocketAddr, insecure: bool) -> any
     anyhow::bail!(
         "{flag} {addr} reaches beyond this machine, but the control plane speaks plain HTTP, so this would too: tokens and data would cross the network in the clear. Start the control plane with TLS (the default when it listens beyond loopback) and give it here as https://…, or pass --insecure (MYCEL_INSECURE=true) on a private network or VPN"
     )
+}
+
+/// The OOM score mycel's own long-running processes ask for: among the last the
+/// kernel kills (workers ask for the first place, 1000).
+const OWN_OOM_SCORE_ADJ: &str = "-900";
+
+/// Asks the kernel's OOM killer to take anything before this process, so that a model
+/// that leaks takes down its worker, never the agent or the control plane. Lowering
+/// the score needs privilege (root, or CAP_SYS_RESOURCE); without it nothing changes
+/// and the workers' raised score still puts them first.
+fn last_for_the_oom_killer() {
+    if let Err(e) = std::fs::write("/proc/self/oom_score_adj", OWN_OOM_SCORE_ADJ) {
+        tracing::debug!(error = %e, "cannot lower this process's OOM score");
+    }
 }
 
 /// Resolves when the process gets SIGINT (Ctrl-C) or SIGTERM.

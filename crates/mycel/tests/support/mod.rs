@@ -248,6 +248,11 @@ pub struct TestAgent {
 }
 
 impl TestAgent {
+    /// The agent's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn start(server: &TestServer, root: &Path, name: &str, location: &str) -> Self {
         Self::start_with(server, root, name, location, &[])
     }
