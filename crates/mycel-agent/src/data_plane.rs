@@ -152,6 +152,7 @@ async fn call(
         alone: false,
         deadline,
         requeued: false,
+        arrived: std::time::Instant::now(),
     };
     match caller.calls.try_send(call) {
         Ok(()) => {}

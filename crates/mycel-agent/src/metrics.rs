@@ -54,6 +54,8 @@ pub struct Metrics {
     requests: Family<OutcomeLabels, Counter>,
     latency: Family<ModelLabels, Histogram>,
     batch_size: Family<ModelLabels, Histogram>,
+    queue_time: Family<ModelLabels, Histogram>,
+    compute_time: Family<ModelLabels, Histogram>,
     /// Set from the replicas' queues when rendered.
     pub queue_depth: Family<ReplicaLabels, Gauge>,
     fetched: Family<FetchLabels, Counter>,
@@ -71,6 +73,23 @@ impl Default for Metrics {
         let batch_size = Family::<ModelLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(1.0, 2.0, 10))
         });
+        // 100 µs to ~6.5 s, as the request latency.
+        let queue_time = Family::<ModelLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0001, 2.0, 17))
+        });
+        let compute_time = Family::<ModelLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0001, 2.0, 17))
+        });
+        registry.register(
+            "queue_duration_seconds",
+            "Time a predict call waited for its replica's worker",
+            queue_time.clone(),
+        );
+        registry.register(
+            "compute_duration_seconds",
+            "Time a worker took over one predict call (one batch)",
+            compute_time.clone(),
+        );
         let queue_depth = Family::<ReplicaLabels, Gauge>::default();
         registry.register("requests", "Inference calls answered", requests.clone());
         registry.register(
@@ -99,6 +118,8 @@ impl Default for Metrics {
             requests,
             latency,
             batch_size,
+            queue_time,
+            compute_time,
             queue_depth,
             fetched,
         }
@@ -116,6 +137,16 @@ impl Metrics {
         };
         self.requests.get_or_create(&outcome).inc();
         self.latency.get_or_create(labels).observe(seconds);
+    }
+
+    /// One predict call's wait for the worker.
+    pub fn queued(&self, labels: &ModelLabels, seconds: f64) {
+        self.queue_time.get_or_create(labels).observe(seconds);
+    }
+
+    /// One worker call's time (a batch of predict calls).
+    pub fn computed(&self, labels: &ModelLabels, seconds: f64) {
+        self.compute_time.get_or_create(labels).observe(seconds);
     }
 
     /// Records the rows of one worker call.

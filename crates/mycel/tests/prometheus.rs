@@ -127,7 +127,11 @@ fn prometheus_discovers_the_fleet_and_rates_a_model() {
         || {
             let gateway = query("sum(mycel_gateway_requests_total{model=\"hello\",code=\"200\"})")?;
             let agent = query("sum(mycel_agent_requests_total{model=\"hello\"})")?;
-            (gateway >= 20.0 && agent >= 20.0).then_some(())
+            // Each request's wait for the worker, and the worker's time per batch.
+            let queued = query("sum(mycel_agent_queue_duration_seconds_count{model=\"hello\"})")?;
+            let computed =
+                query("sum(mycel_agent_compute_duration_seconds_count{model=\"hello\"})")?;
+            (gateway >= 20.0 && agent >= 20.0 && queued >= 20.0 && computed >= 1.0).then_some(())
         },
     );
     assert_eq!(query("mycel_control_nodes{state=\"ready\"}"), Some(1.0));

@@ -211,6 +211,7 @@ mod tests {
             alone,
             deadline: None,
             requeued: false,
+            arrived: std::time::Instant::now(),
         }
     }
 

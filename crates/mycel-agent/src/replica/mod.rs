@@ -257,6 +257,8 @@ pub struct Call {
     pub deadline: Option<tokio::time::Instant>,
     /// It was in its worker when something outside killed it, and was queued again.
     pub requeued: bool,
+    /// When it arrived, for the time it waits in the queue.
+    pub arrived: std::time::Instant,
 }
 
 impl Call {

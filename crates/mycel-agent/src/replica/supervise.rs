@@ -239,9 +239,21 @@ pub(super) async fn serve_once(
                 })
                 .sum();
             node.metrics.batch(&prepared.labels, rows);
+            for call in &batch {
+                node.metrics
+                    .queued(&prepared.labels, call.arrived.elapsed().as_secs_f64());
+            }
         }
+        let computing = std::time::Instant::now();
+        let predict = batch[0].method == "predict";
         let outcome = tokio::select! {
-            outcome = run_batch(&mut conn, batch) => outcome,
+            outcome = run_batch(&mut conn, batch) => {
+                if predict {
+                    node.metrics
+                        .computed(&prepared.labels, computing.elapsed().as_secs_f64());
+                }
+                outcome
+            }
             // A model stuck in a call must not hold up stopping: the callers of the
             // dropped batch get 503 and the gateway retries them elsewhere.
             _ = stop.cancelled() => {
