@@ -34,6 +34,31 @@ pub trait VersionLookup {
     fn by_id(&self, id: &VersionId) -> Result<Option<Version>, Self::Error>;
 }
 
+/// Versions in the order they were pushed, as a registry: the newest of a component is
+/// the last of its name (tests and fuzzing resolve against one in memory).
+impl VersionLookup for [Version] {
+    type Error = std::convert::Infallible;
+
+    fn newest(&self, component: &str) -> Result<Option<Version>, Self::Error> {
+        Ok(self
+            .iter()
+            .rev()
+            .find(|v| v.component == component)
+            .cloned())
+    }
+
+    fn by_seq(&self, component: &str, seq: u64) -> Result<Option<Version>, Self::Error> {
+        Ok(self
+            .iter()
+            .find(|v| v.component == component && v.seq == seq)
+            .cloned())
+    }
+
+    fn by_id(&self, id: &VersionId) -> Result<Option<Version>, Self::Error> {
+        Ok(self.iter().find(|v| &v.id == id).cloned())
+    }
+}
+
 /// Why a version's dependencies cannot be resolved or do not form a valid tree. The
 /// messages name the manifest key, what is wrong and what is expected.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -121,7 +146,7 @@ impl fmt::Display for DependencyRef {
 
 /// Resolves `wanted` (a manifest's `[dependencies]` of `component`) to exact versions
 /// and checks the tree they form. Returns the direct dependencies, sorted by name.
-pub fn resolve<L: VersionLookup>(
+pub fn resolve<L: VersionLookup + ?Sized>(
     component: &str,
     wanted: &BTreeMap<String, DependencyRef>,
     lookup: &L,
@@ -158,7 +183,7 @@ pub fn resolve<L: VersionLookup>(
 /// breadth first (its direct dependencies by name, then theirs), each once. Fails on a
 /// cycle back to `component` or to any other component, and on two versions of one
 /// component.
-pub fn tree<L: VersionLookup>(
+pub fn tree<L: VersionLookup + ?Sized>(
     component: &str,
     direct: &[ResolvedDependency],
     lookup: &L,
@@ -223,8 +248,6 @@ pub fn tree<L: VersionLookup>(
 
 #[cfg(test)]
 mod tests {
-    use std::convert::Infallible;
-
     use super::*;
     use crate::{BlobHash, ComponentPath, FileEntry, FileMode};
 
@@ -248,7 +271,7 @@ mod tests {
                 .iter()
                 .map(|(n, r)| (n.to_string(), r.clone()))
                 .collect();
-            let dependencies = match resolve(component, &wanted, self) {
+            let dependencies = match resolve(component, &wanted, &self.versions[..]) {
                 Ok(d) => d,
                 Err(ResolveError::Dependency(e)) => return Err(*e),
                 Err(ResolveError::Lookup(never)) => match never {},
@@ -278,28 +301,6 @@ mod tests {
             };
             self.versions.push(version.clone());
             Ok(version)
-        }
-    }
-
-    impl VersionLookup for Memory {
-        type Error = Infallible;
-        fn newest(&self, component: &str) -> Result<Option<Version>, Infallible> {
-            Ok(self
-                .versions
-                .iter()
-                .rev()
-                .find(|v| v.component == component)
-                .cloned())
-        }
-        fn by_seq(&self, component: &str, seq: u64) -> Result<Option<Version>, Infallible> {
-            Ok(self
-                .versions
-                .iter()
-                .find(|v| v.component == component && v.seq == seq)
-                .cloned())
-        }
-        fn by_id(&self, id: &VersionId) -> Result<Option<Version>, Infallible> {
-            Ok(self.versions.iter().find(|v| &v.id == id).cloned())
         }
     }
 
@@ -378,7 +379,7 @@ mod tests {
         assert!(text.contains("a -> c@1 -> b@1 -> a@1"), "{text}");
         assert!(text.contains("expected no cycle"), "{text}");
         // Nothing was stored, and a direct two-way cycle is refused the same way.
-        assert_eq!(r.newest("a").unwrap().unwrap().seq, 1);
+        assert_eq!(r.versions[..].newest("a").unwrap().unwrap().seq, 1);
         let e = r.push("a", "2", &[("b", Latest)]).unwrap_err();
         assert!(matches!(e, DependencyError::Cycle { .. }), "{e}");
     }
@@ -416,9 +417,9 @@ mod tests {
         let top = r
             .push("top", "1", &[("right", Latest), ("left", Latest)])
             .unwrap();
-        let all = tree("top", &top.dependencies, &r).unwrap();
+        let all = tree("top", &top.dependencies, &r.versions[..]).unwrap();
         assert_eq!(labels(&all), ["left@1", "right@1", "base@1"]);
-        assert!(tree("top", &[], &r).unwrap().is_empty());
+        assert!(tree("top", &[], &r.versions[..]).unwrap().is_empty());
     }
 
     #[test]
@@ -429,7 +430,7 @@ mod tests {
             seq: 4,
             id: VersionId(BlobHash::of(b"ghost")),
         };
-        let Err(ResolveError::Dependency(e)) = tree("m", &[ghost], &r) else {
+        let Err(ResolveError::Dependency(e)) = tree("m", &[ghost], &r.versions[..]) else {
             panic!("expected an error");
         };
         assert!(e.to_string().contains("ghost@4"), "{e}");

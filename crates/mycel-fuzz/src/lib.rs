@@ -7,7 +7,6 @@
 //! fixed without a fuzzer in CI.
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -135,7 +134,7 @@ pub fn dependencies(data: &[u8]) {
         let recorded = if head & 0x80 != 0 {
             registry.unchecked(&wanted)
         } else {
-            let Ok(direct) = dependency::resolve(component, &wanted, &registry) else {
+            let Ok(direct) = dependency::resolve(component, &wanted, &registry.versions[..]) else {
                 continue;
             };
             check_tree(component, &direct, &registry);
@@ -147,7 +146,7 @@ pub fn dependencies(data: &[u8]) {
 
 /// What a resolution that succeeded must hold.
 fn check_tree(component: &str, direct: &[ResolvedDependency], registry: &Registry) {
-    let tree = match dependency::tree(component, direct, registry) {
+    let tree = match dependency::tree(component, direct, &registry.versions[..]) {
         Ok(tree) => tree,
         Err(e) => panic!("resolved dependencies do not form a tree: {e}"),
     };
@@ -178,10 +177,11 @@ impl Registry {
         wanted
             .iter()
             .filter_map(|(name, reference)| {
+                let versions = &self.versions[..];
                 let found = match reference {
-                    DependencyRef::Latest => self.newest(name),
-                    DependencyRef::Seq(seq) => self.by_seq(name, *seq),
-                    DependencyRef::Id(id) => self.by_id(id),
+                    DependencyRef::Latest => versions.newest(name),
+                    DependencyRef::Seq(seq) => versions.by_seq(name, *seq),
+                    DependencyRef::Id(id) => versions.by_id(id),
                 };
                 found.ok().flatten().map(|v| ResolvedDependency::on(&v))
             })
@@ -215,31 +215,6 @@ impl Registry {
             description: String::new(),
             dependencies,
         });
-    }
-}
-
-impl VersionLookup for Registry {
-    type Error = Infallible;
-
-    fn newest(&self, component: &str) -> Result<Option<Version>, Infallible> {
-        Ok(self
-            .versions
-            .iter()
-            .rev()
-            .find(|v| v.component == component)
-            .cloned())
-    }
-
-    fn by_seq(&self, component: &str, seq: u64) -> Result<Option<Version>, Infallible> {
-        Ok(self
-            .versions
-            .iter()
-            .find(|v| v.component == component && v.seq == seq)
-            .cloned())
-    }
-
-    fn by_id(&self, id: &VersionId) -> Result<Option<Version>, Infallible> {
-        Ok(self.versions.iter().find(|v| &v.id == id).cloned())
     }
 }
 
