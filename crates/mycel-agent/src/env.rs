@@ -283,11 +283,6 @@ impl EnvBuilder {
         }
     }
 
-    /// The key `spec`'s environment is built under.
-    pub async fn key(&self, spec: &EnvSpec) -> Result<String, EnvError> {
-        Ok(spec.key(&self.runtime_hash().await?))
-    }
-
     /// uv's latest line while the environment `key` builds; `None` when no build of it
     /// is under way.
     pub fn progress(&self, key: &str) -> Option<String> {
@@ -321,6 +316,12 @@ impl EnvBuilder {
 
     /// Returns the environment for `spec`, building it first unless it exists.
     pub async fn ensure(&self, spec: &EnvSpec) -> Result<Env, EnvError> {
+        self.ensure_with(spec, &self.runtime_hash().await?).await
+    }
+
+    /// [`EnvBuilder::ensure`] with the runtime hash already read, for a caller that
+    /// needs the key (`spec.key(runtime_hash)`) before the build.
+    pub async fn ensure_with(&self, spec: &EnvSpec, runtime_hash: &str) -> Result<Env, EnvError> {
         // The fields are public, so a spec may not have come through `from_manifest`:
         // check again that no requirement is an installer option.
         for req in &spec.requirements {
@@ -329,8 +330,7 @@ impl EnvBuilder {
                 message,
             })?;
         }
-        let runtime_hash = self.runtime_hash().await?;
-        let key = spec.key(&runtime_hash);
+        let key = spec.key(runtime_hash);
         let dir = self.root.join(&key);
         let env = |reused| Env {
             key: key.clone(),
@@ -363,7 +363,7 @@ impl EnvBuilder {
         );
         let started = std::time::Instant::now();
         let built = self
-            .build(&key, spec, &spec.canonical(&runtime_hash), &dir)
+            .build(&key, spec, &spec.canonical(runtime_hash), &dir)
             .await;
         self.latest
             .lock()

@@ -166,9 +166,16 @@ pub(crate) async fn prepare_code(
 
     let spec =
         EnvSpec::from_tree(&manifest, &version_dir, &dependencies).map_err(|e| e.to_string())?;
-    let key = node.envs.key(&spec).await.map_err(|e| e.to_string())?;
-    phase(ReplicaState::BuildingEnv, Some(Work::Env(key)));
-    let env = node.envs.ensure(&spec).await.map_err(|e| e.to_string())?;
+    let runtime = node.envs.runtime_hash().await.map_err(|e| e.to_string())?;
+    phase(
+        ReplicaState::BuildingEnv,
+        Some(Work::Env(spec.key(&runtime))),
+    );
+    let env = node
+        .envs
+        .ensure_with(&spec, &runtime)
+        .await
+        .map_err(|e| e.to_string())?;
     tracing::info!(component, seq, env = %env.key, reused = env.reused, "environment ready");
     Ok(Prepared {
         python: env.python,
