@@ -14,7 +14,7 @@ export PATH="$PWD/.venv/bin:$PATH"
 # The torchvision examples' tests run their models here; the gateway tests drive
 # tritonclient from here; the digits example's test splits scikit-learn's digits here.
 uv pip install --quiet --python .venv/bin/python -e './python[test]' \
-  'tritonclient[http]' torch torchvision safetensors scikit-learn
+  'tritonclient[http,grpc]' torch torchvision safetensors scikit-learn
 
 # The workspace denies unwrap/expect outside tests; clippy is what holds it.
 cargo fmt --all -- --check

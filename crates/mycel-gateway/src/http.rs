@@ -1,7 +1,6 @@
 //! The OIP v2 REST handlers: health, server and model metadata, readiness, and infer.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -10,52 +9,23 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use mycel_core::api::ErrorBody;
-use mycel_core::frame::{self, Frame};
 use mycel_core::oip;
-use mycel_core::ErrorCode;
 use serde_json::json;
 
-use crate::metrics::{Metrics, RequestLabels};
-use crate::routes::{self, Model};
+use crate::infer::{self, find, Failure, Gateway, RETRY_AFTER_S};
+use crate::metrics::RequestLabels;
+use crate::routes::Model;
 
 /// The binary-data extension's header: how many leading body bytes are JSON.
 const HEADER_LENGTH: &str = "inference-header-content-length";
-const FRAME_CONTENT_TYPE: &str = "application/x-mycel-frame";
 
-struct Gateway {
-    router: Arc<routes::Router>,
-    agents: reqwest::Client,
-    max_request_bytes: usize,
-    request_timeout: Duration,
-    metrics: Metrics,
-}
+/// The extensions both front ends implement, as server metadata reports them.
+pub(crate) const EXTENSIONS: &[&str] = &["binary_tensor_data"];
 
-/// The gateway's routes; agents are dialled with `agents_tls` where the fleet speaks
-/// TLS.
-pub(crate) fn app(
-    router: Arc<routes::Router>,
-    max_request_bytes: usize,
-    request_timeout: Duration,
-    agents_tls: Option<rustls::ClientConfig>,
-) -> Result<Router, reqwest::Error> {
-    let mut agents = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(2))
-        // Agents close connections idle for 30 s: let go of them first.
-        .pool_idle_timeout(Duration::from_secs(20))
-        .tcp_nodelay(true);
-    if let Some(tls) = agents_tls {
-        agents = agents.use_preconfigured_tls(tls);
-    }
-    let agents = agents.build()?;
-    let state = Arc::new(Gateway {
-        router,
-        agents,
-        max_request_bytes,
-        request_timeout,
-        metrics: Metrics::new(),
-    });
-    Ok(Router::new()
+/// The gateway's REST routes.
+pub(crate) fn app(state: Arc<Gateway>) -> Router {
+    let max_request_bytes = state.max_request_bytes;
+    Router::new()
         .route(
             "/v2/health/live",
             get(|| async { Json(json!({"live": true})) }),
@@ -73,7 +43,7 @@ pub(crate) fn app(
             "/v2/models/{model}/versions/{version}/ready",
             get(model_ready_at),
         )
-        .route("/v2/models/{model}/infer", post(infer))
+        .route("/v2/models/{model}/infer", post(infer_latest))
         .route(
             "/v2/models/{model}/versions/{version}/infer",
             post(infer_at),
@@ -85,12 +55,8 @@ pub(crate) fn app(
             )
         })
         .layer(DefaultBodyLimit::max(max_request_bytes))
-        .with_state(state))
+        .with_state(state)
 }
-
-/// What a 503 asks the client to wait before it tries again, in seconds: long enough
-/// for a queue to drain a little or a replica to become ready, short enough to matter.
-const RETRY_AFTER_S: u64 = 1;
 
 /// The protocol's error shape: `{"error": "..."}`. A 503 says when to come back.
 fn oip_error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -104,9 +70,6 @@ fn oip_error(status: StatusCode, message: impl Into<String>) -> Response {
     response
 }
 
-/// An error answer not yet rendered.
-struct Failure(StatusCode, String);
-
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
         oip_error(self.0, self.1)
@@ -114,8 +77,7 @@ impl IntoResponse for Failure {
 }
 
 async fn server_ready(State(gw): State<Arc<Gateway>>) -> Response {
-    // Ready once the routing table arrived: before that every model looks absent.
-    let ready = gw.router.table().generation > 0;
+    let ready = gw.ready();
     let status = if ready {
         StatusCode::OK
     } else {
@@ -139,65 +101,8 @@ async fn server_metadata() -> Json<serde_json::Value> {
     Json(json!({
         "name": "mycel",
         "version": env!("CARGO_PKG_VERSION"),
-        "extensions": ["binary_tensor_data"],
+        "extensions": EXTENSIONS,
     }))
-}
-
-/// The model named in the path, and the version named (if any) as a sequence number.
-/// During a rollout a model serves two versions; either may be asked for.
-fn find(
-    gw: &Gateway,
-    name: &str,
-    version: Option<&str>,
-) -> Result<(Arc<Model>, Option<u64>), Failure> {
-    let table = gw.router.table();
-    let model = table.models.get(name).cloned().ok_or_else(|| {
-        let mut known: Vec<&str> = table.models.keys().map(String::as_str).collect();
-        known.sort_unstable();
-        Failure(StatusCode::NOT_FOUND, not_deployed(name, &known))
-    })?;
-    let Some(version) = version else {
-        return Ok((model, None));
-    };
-    let seq = version
-        .parse::<u64>()
-        .ok()
-        .filter(|&seq| seq == model.info.seq || model.replicas.iter().any(|r| r.route.seq == seq));
-    match seq {
-        Some(seq) => Ok((model, Some(seq))),
-        None => {
-            let mut served: Vec<u64> = model.replicas.iter().map(|r| r.route.seq).collect();
-            served.push(model.info.seq);
-            served.sort_unstable();
-            served.dedup();
-            let served: Vec<String> = served.iter().map(u64::to_string).collect();
-            Err(Failure(
-                StatusCode::NOT_FOUND,
-                format!(
-                    "model {name:?} has no version {version:?}; it serves version {}",
-                    served.join(" and ")
-                ),
-            ))
-        }
-    }
-}
-
-/// Why `name` is not served, and the fix: which deployed model the caller may have
-/// meant, and how to deploy it.
-fn not_deployed(name: &str, known: &[&str]) -> String {
-    let deploy = format!(
-        "`mycel deploy {name} --copies LOCATION=1` serves a pushed component (`mycel status` lists deployments)"
-    );
-    if known.is_empty() {
-        return format!("no model {name:?} is deployed, nor any other yet; {deploy}");
-    }
-    let meant = mycel_core::manifest::closest_name(name, known)
-        .map(|k| format!(" (did you mean {k:?}?)"))
-        .unwrap_or_default();
-    format!(
-        "no model {name:?} is deployed{meant}; deployed models: {}; {deploy}",
-        known.join(", ")
-    )
 }
 
 fn metadata(model: &Model) -> serde_json::Value {
@@ -239,10 +144,7 @@ async fn model_metadata_at(
 }
 
 fn readiness(model: &Model, seq: Option<u64>) -> Response {
-    let ready = model
-        .replicas
-        .iter()
-        .any(|r| seq.is_none_or(|seq| r.route.seq == seq));
+    let ready = infer::ready(model, seq);
     let status = if ready {
         StatusCode::OK
     } else {
@@ -272,7 +174,7 @@ async fn model_ready_at(
     }
 }
 
-async fn infer(
+async fn infer_latest(
     State(gw): State<Arc<Gateway>>,
     Path(name): Path<String>,
     headers: HeaderMap,
@@ -358,33 +260,9 @@ async fn answer(
         Ok(request) => request,
         Err(e) => return oip_error(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    let model_limit = model.info.timeout_ms.map_or(gw.request_timeout, |ms| {
-        gw.request_timeout.min(Duration::from_millis(ms.into()))
-    });
-    let limit = match crate::deadline::of_request(&request.parameters, model_limit) {
-        Ok(limit) => limit,
-        Err(message) => return oip_error(StatusCode::BAD_REQUEST, message),
-    };
-    let frame = match frame::encode_to_vec(&Frame::new(0, "predict", request.inputs.clone())) {
-        Ok(bytes) => Bytes::from(bytes),
-        Err(e) => return oip_error(StatusCode::BAD_REQUEST, e.to_string()),
-    };
-
-    let deadline = tokio::time::Instant::now() + limit;
-    let called = tokio::time::timeout_at(deadline, call(gw, &model, seq, frame, labels, deadline));
-    let (outputs, answered_by) = match called.await {
-        Ok(Ok(answer)) => answer,
-        Ok(Err(failure)) => return failure.into_response(),
-        Err(_) => {
-            return oip_error(
-                StatusCode::GATEWAY_TIMEOUT,
-                format!(
-                    "model {:?} gave no answer within {} ms (the request's deadline)",
-                    model.info.name,
-                    limit.as_millis()
-                ),
-            )
-        }
+    let (outputs, answered_by) = match infer::infer(gw, &model, seq, &request, None, labels).await {
+        Ok(answer) => answer,
+        Err(failure) => return failure.into_response(),
     };
     // The version that computed the answer: during a rollout, not always the newest.
     let version = answered_by.to_string();
@@ -416,143 +294,5 @@ async fn answer(
             response
         }
         Err(e) => oip_error(StatusCode::BAD_REQUEST, e.to_string()),
-    }
-}
-
-/// How one attempt at a replica ended.
-enum Attempt {
-    Done(Vec<mycel_core::tensor::Tensor>),
-    /// The replica took no part (unreachable, not ready, draining): nothing ran, so any
-    /// other replica may take the request.
-    Refused(String),
-    /// The replica's queue is full: nothing ran; another replica may have room.
-    Busy(String),
-    /// The replica broke off mid-call (its worker died): the request may have run, so it
-    /// is retried once.
-    Broken(String),
-    Fail(Failure),
-}
-
-/// Sends the frame to a replica of the model (of version `seq`, if given); on to the
-/// next replica while replicas refuse it, and once more after one breaks off mid-call.
-/// Returns the outputs and the version that computed them.
-async fn call(
-    gw: &Gateway,
-    model: &Model,
-    seq: Option<u64>,
-    frame: Bytes,
-    labels: &mut RequestLabels,
-    deadline: tokio::time::Instant,
-) -> Result<(Vec<mycel_core::tensor::Tensor>, u64), Failure> {
-    let mut tried: Vec<String> = Vec::new();
-    let mut broken_once = false;
-    let mut last: Option<String> = None;
-    let mut all_busy = true;
-    while let Some(in_flight) = gw.router.pick(model, seq, &tried) {
-        let replica = &in_flight.replica().route;
-        labels.location.clone_from(&replica.location);
-        let reason = match attempt(gw, replica, frame.clone(), deadline).await {
-            Attempt::Done(outputs) => return Ok((outputs, replica.seq)),
-            Attempt::Fail(response) => return Err(response),
-            // Expected while replicas drain in a rollout: not worth a warning.
-            Attempt::Refused(reason) => {
-                tracing::debug!(replica = %replica.replica, %reason, "replica refused; trying another");
-                all_busy = false;
-                reason
-            }
-            Attempt::Busy(reason) => reason,
-            Attempt::Broken(reason) if !broken_once => {
-                broken_once = true;
-                all_busy = false;
-                tracing::warn!(replica = %replica.replica, %reason, "replica broke off; retrying once elsewhere");
-                reason
-            }
-            Attempt::Broken(reason) => {
-                last = Some(format!("{}: {reason}", replica.replica));
-                break;
-            }
-        };
-        gw.metrics.retried(labels);
-        last = Some(format!("{}: {reason}", replica.replica));
-        tried.push(replica.replica.clone());
-    }
-    let message = match last {
-        Some(_) if all_busy => format!(
-            "model {:?} is overloaded: all {} of its ready replicas have full queues; \
-             retry after {} s",
-            model.info.name,
-            tried.len(),
-            RETRY_AFTER_S
-        ),
-        Some(last) => format!(
-            "no ready replica of model {:?} could serve the request (last: {last})",
-            model.info.name
-        ),
-        None => format!(
-            "model {:?} has no ready replica; see `mycel status`",
-            model.info.name
-        ),
-    };
-    Err(Failure(StatusCode::SERVICE_UNAVAILABLE, message))
-}
-
-async fn attempt(
-    gw: &Gateway,
-    replica: &mycel_core::api::RouteReplica,
-    frame: Bytes,
-    deadline: tokio::time::Instant,
-) -> Attempt {
-    let url = format!(
-        "{}/v1/replicas/{}/infer",
-        replica.agent_url, replica.replica
-    );
-    let sent = gw
-        .agents
-        .post(&url)
-        .header(axum::http::header::CONTENT_TYPE, FRAME_CONTENT_TYPE)
-        .header(
-            frame::DEADLINE_HEADER,
-            deadline
-                .saturating_duration_since(tokio::time::Instant::now())
-                .as_millis()
-                .to_string(),
-        )
-        .body(frame)
-        .send()
-        .await;
-    let response = match sent {
-        Ok(response) => response,
-        Err(e) if e.is_connect() => return Attempt::Refused(format!("agent unreachable: {e}")),
-        Err(e) => return Attempt::Broken(format!("agent answer broke off: {e}")),
-    };
-    let status = response.status();
-    let body = match response.bytes().await {
-        Ok(body) => body,
-        Err(e) => return Attempt::Broken(format!("agent answer broke off: {e}")),
-    };
-    if status.is_success() {
-        return match frame::decode_from(body) {
-            Ok(answer) => Attempt::Done(answer.tensors),
-            Err(e) => Attempt::Fail(Failure(
-                StatusCode::BAD_GATEWAY,
-                format!("replica {} answered with {e}", replica.replica),
-            )),
-        };
-    }
-    let (code, message) = match serde_json::from_slice::<ErrorBody>(&body) {
-        Ok(body) => (Some(body.error.code), body.error.message),
-        Err(_) => (None, String::from_utf8_lossy(&body).into_owned()),
-    };
-    match status.as_u16() {
-        // 404: an agent that no longer knows the replica.
-        _ if code == Some(ErrorCode::NotServing) => Attempt::Refused(message),
-        _ if code == Some(ErrorCode::Overloaded) => Attempt::Busy(message),
-        404 => Attempt::Refused(message),
-        503 => Attempt::Broken(message),
-        _ => {
-            let status =
-                StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            Attempt::Fail(Failure(status, message))
-        }
     }
 }

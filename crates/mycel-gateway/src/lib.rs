@@ -1,5 +1,5 @@
-//! mycel's gateway: the Open Inference Protocol v2 REST API (the KServe/Triton protocol)
-//! in front of every deployment. Each model is a deployment; each request goes to one
+//! mycel's gateway: the Open Inference Protocol v2 (the KServe/Triton protocol), over
+//! REST and, on a port of its own, gRPC, in front of every deployment. Each model is a deployment; each request goes to one
 //! of its ready replicas, as a worker-protocol frame to that replica's agent.
 //!
 //! It talks to the control plane only through `mycel-client` (to follow the routing
@@ -7,7 +7,9 @@
 #![warn(missing_docs)]
 
 mod deadline;
+mod grpc;
 mod http;
+mod infer;
 mod metrics;
 pub mod routes;
 
@@ -24,6 +26,10 @@ pub const DEFAULT_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::fr
 /// File in a data directory holding the URL of the gateway started there.
 pub const URL_FILE: &str = "gateway.url";
 
+/// File in a data directory holding the `host:port` where the gateway started there
+/// serves gRPC, when it does.
+pub const GRPC_ADDR_FILE: &str = "gateway.grpc";
+
 /// How to run a gateway.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -33,6 +39,8 @@ pub struct Config {
     pub token: Option<String>,
     /// Where to listen; port 0 picks a free one.
     pub listen: SocketAddr,
+    /// Where to serve OIP over gRPC, if at all; port 0 picks a free one.
+    pub grpc: Option<SocketAddr>,
     /// The gateway's location: replicas there are preferred.
     pub location: Option<String>,
     /// Largest request body accepted.
@@ -85,12 +93,35 @@ pub enum GatewayError {
     Tls(#[from] mycel_tls::TlsError),
 }
 
-/// Runs the gateway until `shutdown` resolves. `on_listening` gets the bound address
-/// (for writing it where others can find it).
+/// Where a started gateway listens.
+#[derive(Clone, Copy, Debug)]
+pub struct Listening {
+    /// REST.
+    pub http: SocketAddr,
+    /// gRPC, when asked for.
+    pub grpc: Option<SocketAddr>,
+}
+
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), GatewayError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| GatewayError::Io {
+            what: format!("listening on {addr}"),
+            source,
+        })?;
+    let bound = listener.local_addr().map_err(|source| GatewayError::Io {
+        what: "reading the listen address".into(),
+        source,
+    })?;
+    Ok((listener, bound))
+}
+
+/// Runs the gateway until `shutdown` resolves. `on_listening` gets the bound addresses
+/// (for writing them where others can find them).
 pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
-    on_listening: impl FnOnce(SocketAddr),
+    on_listening: impl FnOnce(Listening),
 ) -> Result<(), GatewayError> {
     let ca = config.tls.as_ref().map(|tls| tls.ca.as_str());
     let client = mycel_client::Client::with_ca(&config.server, config.token.clone(), ca)?;
@@ -102,16 +133,11 @@ pub async fn run(
         Some(tls) if tls.serve => Some(mycel_tls::server_config(&tls.identity, None)?),
         _ => None,
     };
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| GatewayError::Io {
-            what: format!("listening on {}", config.listen),
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| GatewayError::Io {
-        what: "reading the listen address".into(),
-        source,
-    })?;
+    let (listener, addr) = bind(config.listen).await?;
+    let grpc = match config.grpc {
+        Some(at) => Some(bind(at).await?),
+        None => None,
+    };
     let router = Arc::new(routes::Router::new(config.location.clone()));
     if let Some(path) = &config.routes_file {
         match routes::load(path) {
@@ -138,7 +164,7 @@ pub async fn run(
         advertised.map(|url| (url, config.location.clone())),
         stop.clone(),
     ));
-    let app = http::app(
+    let gateway = infer::Gateway::new(
         router,
         config.max_request_bytes,
         config.request_timeout,
@@ -148,17 +174,47 @@ pub async fn run(
         what: "building the HTTP client for agents".into(),
         source: std::io::Error::other(e),
     })?;
+    let gateway = Arc::new(gateway);
     tracing::info!(url = %format!("{scheme}://{addr}"), "gateway listening");
-    on_listening(addr);
     let stopping = stop.clone();
-    let served = mycel_tls::serve(listener, app, serve_tls, config.limits, async move {
+    tokio::spawn(async move {
         shutdown.await;
         stopping.cancel();
-    })
+    });
+    let grpc_server = grpc.map(|(listener, at)| {
+        tracing::info!(%at, "gateway serving OIP over gRPC");
+        // gRPC is HTTP/2: over TLS, clients pick it by ALPN.
+        let tls = serve_tls.as_ref().map(|tls| {
+            let mut tls = rustls::ServerConfig::clone(tls);
+            tls.alpn_protocols = vec![b"h2".to_vec()];
+            Arc::new(tls)
+        });
+        let app = grpc::app(Arc::clone(&gateway));
+        let stopped = stop.clone().cancelled_owned();
+        (
+            at,
+            tokio::spawn(mycel_tls::serve(listener, app, tls, config.limits, stopped)),
+        )
+    });
+    on_listening(Listening {
+        http: addr,
+        grpc: grpc_server.as_ref().map(|(at, _)| *at),
+    });
+    let served = mycel_tls::serve(
+        listener,
+        http::app(gateway),
+        serve_tls,
+        config.limits,
+        stop.clone().cancelled_owned(),
+    )
     .await;
     stop.cancel();
+    let grpc_served = match grpc_server {
+        Some((_, task)) => task.await.unwrap_or_else(|e| Err(std::io::Error::other(e))),
+        None => Ok(()),
+    };
     let _ = follower.await;
-    served.map_err(|source| GatewayError::Io {
+    served.and(grpc_served).map_err(|source| GatewayError::Io {
         what: "serving".into(),
         source,
     })

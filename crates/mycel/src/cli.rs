@@ -298,6 +298,11 @@ pub struct ServerArgs {
     /// Address of the gateway (OIP v2); its URL is written to DATA/gateway.url.
     #[arg(long, env = "MYCEL_GATEWAY_LISTEN", default_value = "127.0.0.1:7800")]
     pub gateway: SocketAddr,
+    /// Also serve OIP over gRPC here (Triton's and KServe's GRPCInferenceService, as
+    /// `tritonclient.grpc` speaks it), e.g. 127.0.0.1:7801; port 0 picks a free port
+    /// (written to DATA/gateway.grpc).
+    #[arg(long, env = "MYCEL_GRPC_LISTEN", value_name = "ADDR")]
+    pub grpc: Option<SocketAddr>,
     /// Largest inference request the gateway accepts, e.g. 64MiB.
     #[arg(long, default_value = "64MiB", value_parser = parse_size)]
     pub max_request_size: u64,
@@ -346,6 +351,10 @@ pub struct GatewayArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:7800")]
     pub listen: SocketAddr,
+    /// Also serve OIP over gRPC here (Triton's and KServe's GRPCInferenceService, as
+    /// `tritonclient.grpc` speaks it), e.g. 127.0.0.1:7801.
+    #[arg(long, env = "MYCEL_GRPC_LISTEN", value_name = "ADDR")]
+    pub grpc: Option<SocketAddr>,
     /// This gateway's location: requests go to replicas there while any is ready, and
     /// to other locations otherwise. The last routing table is kept in
     /// DATA/gateway/routes.json, so the gateway serves across restarts while the
@@ -709,6 +718,11 @@ pub struct UpArgs {
     /// Gateway address (OIP v2).
     #[arg(long, default_value = "127.0.0.1:7800")]
     pub gateway: SocketAddr,
+    /// Also serve OIP over gRPC here (Triton's and KServe's GRPCInferenceService, as
+    /// `tritonclient.grpc` speaks it), e.g. 127.0.0.1:7801; port 0 picks a free port
+    /// (written to DATA/gateway.grpc).
+    #[arg(long, env = "MYCEL_GRPC_LISTEN", value_name = "ADDR")]
+    pub grpc: Option<SocketAddr>,
     #[command(flatten)]
     pub tls: ServeTlsArgs,
     /// Largest inference request the gateway accepts, e.g. 64MiB.

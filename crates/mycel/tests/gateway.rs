@@ -90,7 +90,7 @@ fn fleet_with(copies: u32, serve: &str) -> Fleet {
     let manifest = MANIFEST.replace("[serve]\n", &format!("[serve]\n{serve}"));
     let data = tempfile::tempdir().unwrap();
     let nodes = tempfile::tempdir().unwrap();
-    let server = TestServer::start(data.path());
+    let server = TestServer::start_with(data.path(), &["--grpc", "127.0.0.1:0"]);
     let agent = TestAgent::start(&server, nodes.path(), "n1", "here");
     let component = nodes.path().join("probe");
     write_tree(
@@ -421,10 +421,32 @@ fn concurrent_requests_are_batched_and_a_request_whose_worker_is_killed_runs_aga
     });
 }
 
-#[test]
-fn tritonclient_works_unchanged() {
+/// Runs a Python script with tritonclient (the repository's .venv, or
+/// MYCEL_TEST_PYTHON); it must print `ok`.
+fn run_python(script: &str, args: &[&str]) {
     let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python");
     let python = std::env::var("MYCEL_TEST_PYTHON").map_or(python, Into::into);
+    let out = Command::new(&python)
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "running {} (set MYCEL_TEST_PYTHON to a Python with tritonclient[http,grpc]): {e}",
+                python.display()
+            )
+        });
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("ok"),
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn tritonclient_works_unchanged() {
     let f = fleet();
     let url = f.gateway.trim_start_matches("http://").to_owned();
     let script = r#"
@@ -452,21 +474,79 @@ for binary in (False, True):
     assert got == [b"alpha", b"beta"], result.as_numpy("s")
 print("tritonclient ok")
 "#;
-    let out = Command::new(&python)
-        .args(["-c", script, &url])
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "running {} (set MYCEL_TEST_PYTHON to a Python with tritonclient[http]): {e}",
-                python.display()
-            )
-        });
-    assert!(
-        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("tritonclient ok"),
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_python(script, &[&url]);
+}
+
+/// Triton's own gRPC client, unchanged, against the gateway's gRPC port: health,
+/// metadata, raw tensors both ways, errors with the gRPC code a client checks, a
+/// deadline the client asked for, and the standard health service.
+#[test]
+fn tritonclient_grpc_works_unchanged() {
+    let f = fleet();
+    let script = r#"
+import sys
+import grpc
+import numpy as np
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+client = grpcclient.InferenceServerClient(url=sys.argv[1])
+assert client.is_server_live() and client.is_server_ready()
+assert client.is_model_ready("probe")
+assert not client.is_model_ready("nope")
+server = client.get_server_metadata()
+assert server.name == "mycel", server
+meta = client.get_model_metadata("probe")
+assert meta.inputs[0].name == "x" and list(meta.inputs[0].shape) == [-1, 2], meta
+
+x = np.arange(6, dtype=np.float32).reshape(3, 2)
+s = np.array([b"alpha", b"", b"gamma"], dtype=np.object_)
+a = grpcclient.InferInput("x", list(x.shape), "FP32")
+a.set_data_from_numpy(x)
+b = grpcclient.InferInput("s", list(s.shape), "BYTES")
+b.set_data_from_numpy(s)
+wanted = [grpcclient.InferRequestedOutput(n) for n in ("s", "x")]
+result = client.infer("probe", [a, b], outputs=wanted, request_id="r7")
+assert np.array_equal(result.as_numpy("x"), x), result.as_numpy("x")
+assert list(result.as_numpy("s")) == [b"alpha", b"", b"gamma"], result.as_numpy("s")
+response = result.get_response()
+assert response.id == "r7" and response.model_version == "1", response
+assert [o.name for o in response.outputs] == ["s", "x"], response.outputs
+
+# No outputs named: every output the model returned.
+result = client.infer("probe", [a])
+assert result.as_numpy("batch").shape == (3,), result.get_response()
+
+def refused(code, words, *args, **kwargs):
+    try:
+        client.infer(*args, **kwargs)
+    except InferenceServerException as e:
+        assert e.status() == code and words in e.message(), (e.status(), e.message())
+    else:
+        raise AssertionError(f"expected {code}")
+
+refused("StatusCode.NOT_FOUND", 'no model "nope" is deployed', "nope", [a])
+refused("StatusCode.NOT_FOUND", 'has no version "9"', "probe", [a], model_version="9")
+f = grpcclient.InferInput("fail", [1], "INT32")
+f.set_data_from_numpy(np.array([1], dtype=np.int32))
+refused("StatusCode.INTERNAL", "asked to fail", "probe", [f])
+missing = [grpcclient.InferRequestedOutput("nothing")]
+refused("StatusCode.INVALID_ARGUMENT", 'no output "nothing"', "probe", [a], outputs=missing)
+
+# The standard health service says the inference service is serving.
+channel = grpc.insecure_channel(sys.argv[1])
+check = channel.unary_unary("/grpc.health.v1.Health/Check")
+service = b"inference.GRPCInferenceService"
+assert check(b"\n" + bytes([len(service)]) + service) == b"\x08\x01"
+
+# A deadline the client asks for (Triton's timeout parameter, in microseconds) is kept:
+# the answer names the model and the limit, at about the limit.
+sleep = grpcclient.InferInput("sleep", [1], "FP32")
+sleep.set_data_from_numpy(np.array([5.0], dtype=np.float32))
+refused("StatusCode.DEADLINE_EXCEEDED", "no answer within 500 ms", "probe", [sleep], timeout=500_000)
+print("tritonclient.grpc ok")
+"#;
+    run_python(script, &[&f.server.grpc()]);
 }
 
 #[test]

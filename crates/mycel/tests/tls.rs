@@ -19,6 +19,55 @@ use support::{eventually, mycel_bin, write_tree, READY_PATIENCE};
 const MANIFEST: &[u8] = b"[component]\nname = \"echo\"\nentrypoint = \"model:Model\"\n\n[python]\nrequirements = [\"numpy\"]\n\n[resources]\ncpus = 0.5\nmemory = \"128MiB\"\n";
 const MODEL: &[u8] = b"class Model:\n    def __init__(self, ctx):\n        print('serving over TLS', flush=True)\n\n    def predict(self, inputs):\n        return dict(inputs)\n";
 
+/// A gateway that speaks TLS speaks it on its gRPC port too (HTTP/2 chosen by ALPN):
+/// Triton's gRPC client reaches a model there trusting the fleet's CA alone, and a
+/// client speaking plain gRPC gets nothing.
+#[test]
+fn grpc_clients_reach_a_tls_gateway_trusting_the_fleet_ca() {
+    let data = tempfile::tempdir().unwrap();
+    let server =
+        support::TestServer::up_with(data.path(), "local", &["--tls", "--grpc", "127.0.0.1:0"]);
+    let component = data.path().join("echo");
+    write_tree(&component, &[("mycel.toml", MANIFEST), ("model.py", MODEL)]);
+    ok(server.cli(&["push", component.to_str().unwrap()]));
+    ok(server.cli(&["deploy", "echo", "--copies", "local=1", "--wait"]));
+    let script = r#"
+import sys
+import numpy as np
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+address = sys.argv[1]
+client = grpcclient.InferenceServerClient(url=address, ssl=True, root_certificates=sys.argv[2])
+x = grpcclient.InferInput("x", [2], "INT64")
+x.set_data_from_numpy(np.array([4, 2], dtype=np.int64))
+assert list(client.infer("echo", [x]).as_numpy("x")) == [4, 2]
+plain = grpcclient.InferenceServerClient(url=address)
+try:
+    plain.is_server_live(client_timeout=5)
+except InferenceServerException as e:
+    assert "UNAVAILABLE" in e.status() or "DEADLINE" in e.status(), e
+else:
+    raise AssertionError("plain gRPC reached a TLS gateway")
+print("grpc over tls ok")
+"#;
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python");
+    let python = std::env::var("MYCEL_TEST_PYTHON").map_or(python, Into::into);
+    let out = Command::new(&python)
+        .arg("-c")
+        .arg(script)
+        .arg(server.grpc())
+        .arg(data.path().join("tls/ca.pem"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// `mycel ARGS` from the test's own namespace.
 fn cli(env: &[(&str, &str)], args: &[&str]) -> std::process::Output {
     let mut command = Command::new(mycel_bin());

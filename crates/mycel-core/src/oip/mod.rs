@@ -19,7 +19,7 @@ use serde_json::{Map, Value};
 
 use crate::tensor::Tensor;
 use header::{parse_header, InputData};
-pub use response::encode_response;
+pub use response::{chosen_outputs, encode_response};
 
 /// A request the protocol does not allow, or outputs that cannot be encoded as asked;
 /// the message names the field at fault.
@@ -31,7 +31,8 @@ pub struct OipError {
 }
 
 impl OipError {
-    fn new(message: impl Into<String>) -> Self {
+    /// An error saying `message`.
+    pub fn new(message: impl Into<String>) -> Self {
         Self {
             message: message.into(),
         }

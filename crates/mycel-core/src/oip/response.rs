@@ -4,8 +4,41 @@
 use super::{err, EncodedResponse, InferRequest, OipError};
 use crate::tensor::{Datatype, Tensor};
 
-/// Encodes the outputs a request asked for (all of them if it named none), in the
-/// order it named them. Binary outputs follow the JSON, in the same order.
+/// The outputs a request asked for (all of them if it named none), in the order it
+/// named them, each with whether it goes as binary.
+pub fn chosen_outputs<'a>(
+    outputs: &'a [Tensor],
+    request: &InferRequest,
+) -> Result<Vec<(&'a Tensor, bool)>, OipError> {
+    if request.outputs.is_empty() {
+        return Ok(outputs.iter().map(|t| (t, request.binary_output)).collect());
+    }
+    request
+        .outputs
+        .iter()
+        .map(|wanted| {
+            let tensor = outputs
+                .iter()
+                .find(|t| t.name == wanted.name)
+                .ok_or_else(|| {
+                    let names: Vec<&str> = outputs.iter().map(|t| t.name.as_str()).collect();
+                    OipError::new(format!(
+                        "the model has no output {:?}; it returned {}",
+                        wanted.name,
+                        if names.is_empty() {
+                            "none".into()
+                        } else {
+                            names.join(", ")
+                        }
+                    ))
+                })?;
+            Ok((tensor, wanted.binary.unwrap_or(request.binary_output)))
+        })
+        .collect()
+}
+
+/// Encodes the outputs a request asked for (see [`chosen_outputs`]). Binary outputs
+/// follow the JSON, in the same order.
 pub fn encode_response(
     model_name: &str,
     model_version: &str,
@@ -13,32 +46,7 @@ pub fn encode_response(
     outputs: &[Tensor],
     request: &InferRequest,
 ) -> Result<EncodedResponse, OipError> {
-    let chosen: Vec<(&Tensor, bool)> = if request.outputs.is_empty() {
-        outputs.iter().map(|t| (t, request.binary_output)).collect()
-    } else {
-        request
-            .outputs
-            .iter()
-            .map(|wanted| {
-                let tensor = outputs
-                    .iter()
-                    .find(|t| t.name == wanted.name)
-                    .ok_or_else(|| {
-                        let names: Vec<&str> = outputs.iter().map(|t| t.name.as_str()).collect();
-                        OipError::new(format!(
-                            "the model has no output {:?}; it returned {}",
-                            wanted.name,
-                            if names.is_empty() {
-                                "none".into()
-                            } else {
-                                names.join(", ")
-                            }
-                        ))
-                    })?;
-                Ok((tensor, wanted.binary.unwrap_or(request.binary_output)))
-            })
-            .collect::<Result<_, OipError>>()?
-    };
+    let chosen = chosen_outputs(outputs, request)?;
     let mut json_size = 256;
     for (tensor, binary) in &chosen {
         // A response whose sizes disagree with its shapes would be misread silently.

@@ -16,7 +16,8 @@ const TLS_DIR: &str = "gateway/tls";
 pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     let (server, token) = connect::server_and_token(&args.connect)?;
     let data = connect::data_dir(&args.connect.data)?;
-    let serve_tls = super::speaks_tls(&args.tls, &[args.listen]);
+    let listens: Vec<_> = std::iter::once(args.listen).chain(args.grpc).collect();
+    let serve_tls = super::speaks_tls(&args.tls, &listens);
     let https = server.split(',').all(|u| u.trim().starts_with("https://"));
     let scheme = if serve_tls && https { "https" } else { "http" };
     // Where clients reach it: what it prints, and a name in its certificate.
@@ -32,7 +33,7 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
             "the control plane speaks TLS: give its CA with --ca FILE (DATA/tls/ca.pem on the control plane's machine)",
         )?;
         let client = Client::with_ca(&server, token.clone(), Some(&ca))?;
-        let mut hosts = vec![args.listen.ip().to_string()];
+        let mut hosts: Vec<String> = listens.iter().map(|a| a.ip().to_string()).collect();
         hosts.extend(
             reqwest::Url::parse(&advertised)
                 .ok()
@@ -50,12 +51,16 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
             anyhow::bail!("--tls: the gateway's certificate comes from the fleet's CA, and the control plane at {server} does not speak TLS");
         }
         super::plain_http("--listen", args.listen, args.tls.insecure)?;
+        if let Some(grpc) = args.grpc {
+            super::plain_http("--grpc", grpc, args.tls.insecure)?;
+        }
         None
     };
     let config = mycel_gateway::Config {
         server,
         token,
         listen: args.listen,
+        grpc: args.grpc,
         location: args.location,
         routes_file: Some(data.join(ROUTES_FILE)),
         max_request_bytes: usize::try_from(args.max_request_size)
@@ -68,7 +73,8 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
             .then(|| advertised.clone()),
     };
     let given = args.advertise.is_some();
-    mycel_gateway::run(config, super::shutdown_signal(), move |addr| {
+    mycel_gateway::run(config, super::shutdown_signal(), move |at| {
+        let addr = at.http;
         // Port 0 was resolved only now.
         let mut url = reqwest::Url::parse(&advertised).ok();
         if let Some(url) = url.as_mut().filter(|_| !given) {
@@ -76,6 +82,9 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         }
         let url = url.map_or(advertised, |u| u.as_str().trim_end_matches('/').to_owned());
         eprintln!("gateway listening on {addr}; clients reach it at {url}");
+        if let Some(grpc) = at.grpc {
+            eprintln!("gateway serving OIP over gRPC on {grpc}");
+        }
     })
     .await?;
     Ok(())

@@ -79,10 +79,12 @@ impl Roles {
         })
     }
 
-    /// Starts a gateway following this control plane; its URL goes to DATA/gateway.url.
+    /// Starts a gateway following this control plane; its URL goes to DATA/gateway.url,
+    /// and its gRPC address, if it serves gRPC, to DATA/gateway.grpc.
     fn gateway(
         &mut self,
         listen: SocketAddr,
+        grpc: Option<SocketAddr>,
         max_request_size: u64,
         request_timeout: Duration,
     ) -> anyhow::Result<()> {
@@ -91,6 +93,7 @@ impl Roles {
                 let authority =
                     mycel_tls::Ca::load_or_create(&self.data.join(mycel_control::TLS_DIR))?;
                 let mut hosts = vec![listen.ip().to_string()];
+                hosts.extend(grpc.map(|grpc| grpc.ip().to_string()));
                 hosts.extend(self.tls_names.iter().cloned());
                 let identity = authority.own_identity(
                     mycel_tls::Kind::Fleet,
@@ -110,6 +113,7 @@ impl Roles {
             server: self.server.clone(),
             token: Some(self.token.clone()),
             listen,
+            grpc,
             location: None,
             routes_file: None,
             max_request_bytes: usize::try_from(max_request_size)
@@ -120,10 +124,18 @@ impl Roles {
             advertise: None,
         };
         let url_file = self.data.join(mycel_gateway::URL_FILE);
+        let grpc_file = self.data.join(mycel_gateway::GRPC_ADDR_FILE);
+        let _ = std::fs::remove_file(&grpc_file);
         let stopped = self.stop.clone();
         self.tasks.spawn(async move {
-            mycel_gateway::run(config, stopped.cancelled_owned(), move |addr| {
-                let addr = mycel_control::client_addr(addr);
+            mycel_gateway::run(config, stopped.cancelled_owned(), move |at| {
+                if let Some(grpc) = at.grpc {
+                    let grpc = mycel_control::client_addr(grpc);
+                    if let Err(e) = std::fs::write(&grpc_file, format!("{grpc}\n")) {
+                        tracing::warn!(error = %e, file = %grpc_file.display(), "cannot write the gateway's gRPC address");
+                    }
+                }
+                let addr = mycel_control::client_addr(at.http);
                 if let Err(e) = std::fs::write(&url_file, format!("{scheme}://{addr}\n")) {
                     tracing::warn!(error = %e, file = %url_file.display(), "cannot write the gateway URL");
                 }
@@ -164,6 +176,11 @@ impl Roles {
     }
 }
 
+/// Every address a control plane with its gateway listens on.
+fn listens(control: SocketAddr, gateway: SocketAddr, grpc: Option<SocketAddr>) -> Vec<SocketAddr> {
+    [control, gateway].into_iter().chain(grpc).collect()
+}
+
 /// `mycel server`: control plane and gateway.
 pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
     let config = mycel_control::Config {
@@ -171,12 +188,17 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
         listen: args.listen,
         max_blob_bytes: args.max_blob_size,
         lost_after: args.lost_after,
-        tls: super::speaks_tls(&args.tls, &[args.listen, args.gateway]),
+        tls: super::speaks_tls(&args.tls, &listens(args.listen, args.gateway, args.grpc)),
         tls_names: args.tls.names.clone(),
         clock: mycel_control::Clock::system(),
     };
     let mut roles = Roles::start(config).await?;
-    roles.gateway(args.gateway, args.max_request_size, args.request_timeout)?;
+    roles.gateway(
+        args.gateway,
+        args.grpc,
+        args.max_request_size,
+        args.request_timeout,
+    )?;
     roles.run().await
 }
 
@@ -209,24 +231,26 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         }
     }
     let data = data_dir(&args.data)?;
-    let findings = super::doctor::node_checks(
-        &args.runtime.uv,
-        &data,
-        &[("--listen", args.listen), ("--gateway", args.gateway)],
-    )
-    .await;
+    let mut ports = vec![("--listen", args.listen), ("--gateway", args.gateway)];
+    ports.extend(args.grpc.map(|grpc| ("--grpc", grpc)));
+    let findings = super::doctor::node_checks(&args.runtime.uv, &data, &ports).await;
     super::doctor::refuse(&findings, "mycel up")?;
     let control = mycel_control::Config {
         data_dir: data.clone(),
         listen: args.listen,
         max_blob_bytes: mycel_control::DEFAULT_MAX_BLOB_BYTES,
         lost_after: mycel_control::DEFAULT_LOST_AFTER,
-        tls: super::speaks_tls(&args.tls, &[args.listen, args.gateway]),
+        tls: super::speaks_tls(&args.tls, &listens(args.listen, args.gateway, args.grpc)),
         tls_names: args.tls.names.clone(),
         clock: mycel_control::Clock::system(),
     };
     let mut roles = Roles::start(control).await?;
-    roles.gateway(args.gateway, args.max_request_size, args.request_timeout)?;
+    roles.gateway(
+        args.gateway,
+        args.grpc,
+        args.max_request_size,
+        args.request_timeout,
+    )?;
     let runtime = runtime_dir(&args.runtime, &data)?;
     for node in &args.nodes {
         let config = mycel_agent::Config {
@@ -255,7 +279,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 .map_err(anyhow::Error::from)
         });
     }
-    let gateway = wait_for_file(&data.join(mycel_gateway::URL_FILE)).await?;
+    let mut gateway = wait_for_file(&data.join(mycel_gateway::URL_FILE)).await?;
+    if args.grpc.is_some() {
+        // Written before the URL, so it is there now.
+        let grpc = std::fs::read_to_string(data.join(mycel_gateway::GRPC_ADDR_FILE))
+            .context("reading the gateway's gRPC address")?;
+        gateway = format!("{gateway} (gRPC {})", grpc.trim());
+    }
     eprintln!(
         "mycel is up: control plane {}, gateway {gateway}, nodes {}, data {}\n\
          push with `mycel push DIR`, deploy with `mycel deploy NAME --copies {}=1`; Ctrl-C stops everything",

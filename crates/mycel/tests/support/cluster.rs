@@ -82,6 +82,7 @@ impl ClusterBuilder {
             server: server.clone(),
             token: Some(token.clone()),
             listen: "127.0.0.1:0".parse().unwrap(),
+            grpc: None,
             location: None,
             max_request_bytes: 64 << 20,
             routes_file: None,
@@ -94,7 +95,7 @@ impl ClusterBuilder {
             gateway_config,
             stop.clone().cancelled_owned(),
             move |addr| {
-                let _ = tx.send(addr);
+                let _ = tx.send(addr.http);
             },
         ));
         let gateway = format!("http://{}", rx.await.unwrap());

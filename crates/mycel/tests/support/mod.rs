@@ -137,6 +137,20 @@ impl TestServer {
         })
     }
 
+    /// The gateway's gRPC address (`host:port`), when started with `--grpc`.
+    pub fn grpc(&self) -> String {
+        eventually(
+            "the gateway's gRPC address",
+            Duration::from_secs(10),
+            || {
+                std::fs::read_to_string(self.data.join("gateway.grpc"))
+                    .ok()
+                    .map(|s| s.trim().to_owned())
+                    .filter(|s| !s.is_empty())
+            },
+        )
+    }
+
     pub fn token(&self) -> String {
         std::fs::read_to_string(self.data.join("admin.token"))
             .unwrap()

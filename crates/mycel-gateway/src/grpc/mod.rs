@@ -1,0 +1,202 @@
+//! OIP v2 over gRPC: KServe's and Triton's `inference.GRPCInferenceService`, routed
+//! exactly as REST is, with the standard gRPC health service beside it.
+
+mod tensors;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::http::StatusCode;
+use tonic::{Code, Request, Response, Status};
+
+use crate::infer::{self, find, Failure, Gateway};
+use crate::metrics::RequestLabels;
+use crate::routes::Model;
+
+/// The messages and service generated from proto/inference.proto.
+#[allow(missing_docs, clippy::all)]
+pub(crate) mod proto {
+    tonic::include_proto!("inference");
+}
+
+use proto::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
+use proto::model_metadata_response::TensorMetadata;
+use proto::*;
+
+/// The gRPC routes: the inference service, taking requests up to `max_request_bytes`
+/// as REST does, and `grpc.health.v1.Health`.
+pub(crate) fn app(gateway: Arc<Gateway>) -> axum::Router {
+    let max = gateway.max_request_bytes;
+    let inference = GrpcInferenceServiceServer::new(Service(gateway))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(usize::MAX);
+    let (health, health_service) = tonic_health::server::health_reporter();
+    // The reporter only records statuses; setting one cannot fail while we hold it.
+    tokio::spawn(async move {
+        health
+            .set_serving::<GrpcInferenceServiceServer<Service>>()
+            .await;
+    });
+    tonic::service::Routes::new(inference)
+        .add_service(health_service)
+        .into_axum_router()
+}
+
+struct Service(Arc<Gateway>);
+
+/// A failure as gRPC says it: the code that matches the HTTP status REST would answer.
+fn status(failure: Failure) -> Status {
+    let code = match failure.0 {
+        StatusCode::BAD_REQUEST => Code::InvalidArgument,
+        StatusCode::NOT_FOUND => Code::NotFound,
+        StatusCode::PAYLOAD_TOO_LARGE => Code::ResourceExhausted,
+        StatusCode::SERVICE_UNAVAILABLE | StatusCode::BAD_GATEWAY => Code::Unavailable,
+        StatusCode::GATEWAY_TIMEOUT => Code::DeadlineExceeded,
+        _ => Code::Internal,
+    };
+    Status::new(code, failure.1)
+}
+
+/// The HTTP status a gRPC code stands for in the request metrics, so that both front
+/// ends count answers alike.
+fn http_code(code: Code) -> u16 {
+    match code {
+        Code::Ok => 200,
+        Code::InvalidArgument => 400,
+        Code::NotFound => 404,
+        Code::ResourceExhausted => 413,
+        Code::Unavailable => 503,
+        Code::DeadlineExceeded => 504,
+        _ => 500,
+    }
+}
+
+/// The version named, if any: gRPC's empty string means "whichever is served".
+fn version(version: &str) -> Option<&str> {
+    (!version.is_empty()).then_some(version)
+}
+
+fn metadata(model: &Model) -> ModelMetadataResponse {
+    let tensors = |specs: Option<&Vec<mycel_core::manifest::TensorSpec>>| {
+        specs
+            .into_iter()
+            .flatten()
+            .map(|t| TensorMetadata {
+                name: t.name.clone(),
+                datatype: t.datatype.clone(),
+                shape: t.shape.clone(),
+            })
+            .collect()
+    };
+    let signature = model.info.signature.as_ref();
+    ModelMetadataResponse {
+        name: model.info.name.clone(),
+        versions: vec![model.info.seq.to_string()],
+        platform: "mycel".into(),
+        inputs: tensors(signature.map(|s| &s.inputs)),
+        outputs: tensors(signature.map(|s| &s.outputs)),
+    }
+}
+
+impl Service {
+    async fn infer(
+        &self,
+        request: Request<ModelInferRequest>,
+        labels: &mut RequestLabels,
+    ) -> Result<ModelInferResponse, Status> {
+        let gw = &*self.0;
+        let timeout = request
+            .metadata()
+            .get("grpc-timeout")
+            .map(|v| v.to_str().unwrap_or("?"));
+        let limit = tensors::grpc_timeout(timeout).map_err(Status::invalid_argument)?;
+        let request = request.into_inner();
+        let (model, seq) =
+            find(gw, &request.model_name, version(&request.model_version)).map_err(status)?;
+        labels.model.clone_from(&model.info.name);
+        labels.version = seq.unwrap_or(model.info.seq).to_string();
+        let request =
+            tensors::to_request(request).map_err(|e| Status::invalid_argument(e.message))?;
+        let (outputs, answered_by) = infer::infer(gw, &model, seq, &request, limit, labels)
+            .await
+            .map_err(status)?;
+        tensors::to_response(
+            &model.info.name,
+            &answered_by.to_string(),
+            &request,
+            &outputs,
+        )
+        .map_err(|e| Status::invalid_argument(e.message))
+    }
+}
+
+#[tonic::async_trait]
+impl GrpcInferenceService for Service {
+    async fn server_live(
+        &self,
+        _: Request<ServerLiveRequest>,
+    ) -> Result<Response<ServerLiveResponse>, Status> {
+        Ok(Response::new(ServerLiveResponse { live: true }))
+    }
+
+    async fn server_ready(
+        &self,
+        _: Request<ServerReadyRequest>,
+    ) -> Result<Response<ServerReadyResponse>, Status> {
+        Ok(Response::new(ServerReadyResponse {
+            ready: self.0.ready(),
+        }))
+    }
+
+    /// A model that is not deployed is not ready, as Triton answers, rather than an
+    /// error.
+    async fn model_ready(
+        &self,
+        request: Request<ModelReadyRequest>,
+    ) -> Result<Response<ModelReadyResponse>, Status> {
+        let request = request.into_inner();
+        let ready = find(&self.0, &request.name, version(&request.version))
+            .is_ok_and(|(model, seq)| infer::ready(&model, seq));
+        Ok(Response::new(ModelReadyResponse { ready }))
+    }
+
+    async fn server_metadata(
+        &self,
+        _: Request<ServerMetadataRequest>,
+    ) -> Result<Response<ServerMetadataResponse>, Status> {
+        Ok(Response::new(ServerMetadataResponse {
+            name: "mycel".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            // Raw tensor contents are part of the gRPC protocol itself, not an extension.
+            extensions: Vec::new(),
+        }))
+    }
+
+    async fn model_metadata(
+        &self,
+        request: Request<ModelMetadataRequest>,
+    ) -> Result<Response<ModelMetadataResponse>, Status> {
+        let request = request.into_inner();
+        let (model, _) = find(&self.0, &request.name, version(&request.version)).map_err(status)?;
+        Ok(Response::new(metadata(&model)))
+    }
+
+    async fn model_infer(
+        &self,
+        request: Request<ModelInferRequest>,
+    ) -> Result<Response<ModelInferResponse>, Status> {
+        let started = Instant::now();
+        let mut labels = RequestLabels {
+            model: String::new(),
+            version: String::new(),
+            location: String::new(),
+            code: 0,
+        };
+        let answer = self.infer(request, &mut labels).await;
+        labels.code = http_code(answer.as_ref().map_or_else(Status::code, |_| Code::Ok));
+        self.0
+            .metrics
+            .observe(&labels, started.elapsed().as_secs_f64());
+        answer.map(Response::new)
+    }
+}
