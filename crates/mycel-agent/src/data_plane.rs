@@ -171,7 +171,10 @@ async fn call(
     }
     match answer.await {
         Ok(Ok(result)) => {
-            let answer = frame::Frame::new(request.id, "result", result.tensors);
+            let mut answer = frame::Frame::new(request.id, "result", result.tensors);
+            if let Some(timing) = frame::Timing::read(&result.extra) {
+                timing.write(&mut answer.extra);
+            }
             match frame::encode_to_vec(&answer) {
                 Ok(bytes) => {
                     let content_type = [(axum::http::header::CONTENT_TYPE, FRAME_CONTENT_TYPE)];

@@ -14,6 +14,39 @@ use serde::{Deserialize, Serialize};
 
 use crate::tensor::{Datatype, Tensor};
 
+/// How a call ran on its replica, in the header of the agent's `result` frame to the
+/// gateway (field `timing`): the gateway's statistics (the OIP statistics extension)
+/// are built from it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timing {
+    /// Nanoseconds the call waited in the replica's queue.
+    pub queue_ns: u64,
+    /// Nanoseconds the worker took for the batch the call was in.
+    pub compute_ns: u64,
+    /// Rows (axis 0 of the first input) of that whole batch.
+    pub batch_rows: u64,
+    /// Whether the call came first in its batch: one per batch does, so that adding up
+    /// `first` over every gateway counts each execution once.
+    pub first: bool,
+}
+
+impl Timing {
+    const FIELD: &'static str = "timing";
+
+    /// Writes it into a frame's header fields.
+    pub fn write(&self, extra: &mut serde_json::Map<String, serde_json::Value>) {
+        if let Ok(value) = serde_json::to_value(self) {
+            extra.insert(Self::FIELD.into(), value);
+        }
+    }
+
+    /// Reads it from a frame's header fields; `None` when absent or malformed (an agent
+    /// from before it was sent).
+    pub fn read(extra: &serde_json::Map<String, serde_json::Value>) -> Option<Self> {
+        Self::deserialize(extra.get(Self::FIELD)?).ok()
+    }
+}
+
 /// Bytes before the header: its length (u32) and the body's (u64).
 pub const PREFIX_LEN: usize = 12;
 /// Largest header accepted.

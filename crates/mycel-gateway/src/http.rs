@@ -20,7 +20,7 @@ use crate::routes::Model;
 const HEADER_LENGTH: &str = "inference-header-content-length";
 
 /// The extensions both front ends implement, as server metadata reports them.
-pub(crate) const EXTENSIONS: &[&str] = &["binary_tensor_data"];
+pub(crate) const EXTENSIONS: &[&str] = &["binary_tensor_data", "statistics"];
 
 /// The gateway's REST routes.
 pub(crate) fn app(state: Arc<Gateway>) -> Router {
@@ -33,6 +33,12 @@ pub(crate) fn app(state: Arc<Gateway>) -> Router {
         .route("/v2/health/ready", get(server_ready))
         .route("/v2", get(server_metadata))
         .route("/metrics", get(metrics))
+        .route("/v2/models/stats", get(all_stats))
+        .route("/v2/models/{model}/stats", get(model_stats))
+        .route(
+            "/v2/models/{model}/versions/{version}/stats",
+            get(model_stats_at),
+        )
         .route("/v2/models/{model}", get(model_metadata))
         .route(
             "/v2/models/{model}/versions/{version}",
@@ -155,6 +161,42 @@ fn readiness(model: &Model, seq: Option<u64>) -> Response {
         Json(json!({ "name": model.info.name, "ready": ready })),
     )
         .into_response()
+}
+
+/// The statistics extension's answer for `models`: `(model, version)` with the
+/// version given, or every version seen and the one served.
+fn stats_of<'a>(gw: &Gateway, models: impl Iterator<Item = (&'a Model, Option<u64>)>) -> Response {
+    let mut entries = Vec::new();
+    for (model, version) in models {
+        for (seq, stats) in gw.stats.of(&model.info.name, model.info.seq, version) {
+            entries.push(stats.to_json(&model.info.name, seq));
+        }
+    }
+    Json(json!({ "model_stats": entries })).into_response()
+}
+
+async fn all_stats(State(gw): State<Arc<Gateway>>) -> Response {
+    let table = gw.router.table();
+    let mut models: Vec<&Model> = table.models.values().map(AsRef::as_ref).collect();
+    models.sort_unstable_by(|a, b| a.info.name.cmp(&b.info.name));
+    stats_of(&gw, models.into_iter().map(|m| (m, None)))
+}
+
+async fn model_stats(State(gw): State<Arc<Gateway>>, Path(name): Path<String>) -> Response {
+    match find(&gw, &name, None) {
+        Ok((model, _)) => stats_of(&gw, std::iter::once((&*model, None))),
+        Err(failure) => failure.into_response(),
+    }
+}
+
+async fn model_stats_at(
+    State(gw): State<Arc<Gateway>>,
+    Path((name, version)): Path<(String, String)>,
+) -> Response {
+    match find(&gw, &name, Some(&version)) {
+        Ok((model, seq)) => stats_of(&gw, std::iter::once((&*model, seq))),
+        Err(failure) => failure.into_response(),
+    }
 }
 
 async fn model_ready(State(gw): State<Arc<Gateway>>, Path(name): Path<String>) -> Response {

@@ -8,13 +8,14 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use bytes::Bytes;
 use mycel_core::api::ErrorBody;
-use mycel_core::frame::{self, Frame};
+use mycel_core::frame::{self, Frame, Timing};
 use mycel_core::oip::InferRequest;
 use mycel_core::tensor::Tensor;
 use mycel_core::ErrorCode;
 
 use crate::metrics::{Metrics, RequestLabels};
 use crate::routes::{self, Model};
+use crate::stats::{Outcome, Stats};
 
 const FRAME_CONTENT_TYPE: &str = "application/x-mycel-frame";
 
@@ -29,6 +30,7 @@ pub(crate) struct Gateway {
     pub(crate) max_request_bytes: usize,
     request_timeout: Duration,
     pub(crate) metrics: Metrics,
+    pub(crate) stats: Stats,
 }
 
 impl Gateway {
@@ -54,6 +56,7 @@ impl Gateway {
             max_request_bytes,
             request_timeout,
             metrics: Metrics::new(),
+            stats: Stats::default(),
         })
     }
 
@@ -135,7 +138,7 @@ pub(crate) fn ready(model: &Model, seq: Option<u64>) -> bool {
 /// Runs `request` on a replica of `model` (of version `seq`, if given) within the
 /// request's deadline: the gateway's limit, the model's, or less if the client asks
 /// (`limit` is the client's own, e.g. gRPC's `grpc-timeout`). Returns the outputs and
-/// the version that computed them.
+/// the version that computed them. The request counts in the model's statistics.
 pub(crate) async fn infer(
     gw: &Gateway,
     model: &Model,
@@ -144,6 +147,38 @@ pub(crate) async fn infer(
     client_limit: Option<Duration>,
     labels: &mut RequestLabels,
 ) -> Result<(Vec<Tensor>, u64), Failure> {
+    let started = std::time::Instant::now();
+    let answer = run(gw, model, seq, request, client_limit, labels).await;
+    let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    match answer {
+        Ok((outputs, answered_by, timing)) => {
+            let rows = request
+                .inputs
+                .first()
+                .and_then(|t| t.shape.first())
+                .copied()
+                .unwrap_or(1);
+            let outcome = Outcome::Success { rows, timing };
+            gw.stats.record(&model.info.name, answered_by, ns, outcome);
+            Ok((outputs, answered_by))
+        }
+        Err(failure) => {
+            let version = seq.unwrap_or(model.info.seq);
+            gw.stats
+                .record(&model.info.name, version, ns, Outcome::Fail);
+            Err(failure)
+        }
+    }
+}
+
+async fn run(
+    gw: &Gateway,
+    model: &Model,
+    seq: Option<u64>,
+    request: &InferRequest,
+    client_limit: Option<Duration>,
+    labels: &mut RequestLabels,
+) -> Result<(Vec<Tensor>, u64, Option<Timing>), Failure> {
     let mut model_limit = model.info.timeout_ms.map_or(gw.request_timeout, |ms| {
         gw.request_timeout.min(Duration::from_millis(ms.into()))
     });
@@ -172,7 +207,7 @@ pub(crate) async fn infer(
 
 /// How one attempt at a replica ended.
 enum Attempt {
-    Done(Vec<Tensor>),
+    Done(Vec<Tensor>, Option<Timing>),
     /// The replica took no part (unreachable, not ready, draining): nothing ran, so any
     /// other replica may take the request.
     Refused(String),
@@ -186,7 +221,7 @@ enum Attempt {
 
 /// Sends the frame to a replica of the model (of version `seq`, if given); on to the
 /// next replica while replicas refuse it, and once more after one breaks off mid-call.
-/// Returns the outputs and the version that computed them.
+/// Returns the outputs, the version that computed them, and how they were computed.
 async fn call(
     gw: &Gateway,
     model: &Model,
@@ -194,7 +229,7 @@ async fn call(
     frame: Bytes,
     labels: &mut RequestLabels,
     deadline: tokio::time::Instant,
-) -> Result<(Vec<Tensor>, u64), Failure> {
+) -> Result<(Vec<Tensor>, u64, Option<Timing>), Failure> {
     let mut tried: Vec<String> = Vec::new();
     let mut broken_once = false;
     let mut last: Option<String> = None;
@@ -203,7 +238,7 @@ async fn call(
         let replica = &in_flight.replica().route;
         labels.location.clone_from(&replica.location);
         let reason = match attempt(gw, replica, frame.clone(), deadline).await {
-            Attempt::Done(outputs) => return Ok((outputs, replica.seq)),
+            Attempt::Done(outputs, timing) => return Ok((outputs, replica.seq, timing)),
             Attempt::Fail(response) => return Err(response),
             // Expected while replicas drain in a rollout: not worth a warning.
             Attempt::Refused(reason) => {
@@ -283,7 +318,10 @@ async fn attempt(
     };
     if status.is_success() {
         return match frame::decode_from(body) {
-            Ok(answer) => Attempt::Done(answer.tensors),
+            Ok(answer) => {
+                let timing = Timing::read(&answer.extra);
+                Attempt::Done(answer.tensors, timing)
+            }
             Err(e) => Attempt::Fail(Failure(
                 StatusCode::BAD_GATEWAY,
                 format!("replica {} answered with {e}", replica.replica),

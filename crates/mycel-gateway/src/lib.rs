@@ -12,6 +12,7 @@ mod http;
 mod infer;
 mod metrics;
 pub mod routes;
+mod stats;
 
 use std::future::Future;
 use std::net::SocketAddr;

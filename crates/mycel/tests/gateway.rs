@@ -472,6 +472,20 @@ for binary in (False, True):
     # JSON answers carry BYTES as text, which tritonclient hands back as str.
     got = [v if isinstance(v, bytes) else v.encode() for v in result.as_numpy("s")]
     assert got == [b"alpha", b"beta"], result.as_numpy("s")
+
+# The statistics extension: two requests of three rows, each timed in its replica.
+assert "statistics" in client.get_server_metadata()["extensions"]
+stats = client.get_inference_statistics("probe")["model_stats"]
+assert [s["version"] for s in stats] == ["1"], stats
+s = stats[0]["inference_stats"]
+assert s["success"]["count"] == 2 and s["fail"]["count"] == 0, s
+assert stats[0]["inference_count"] == 6, stats
+assert s["queue"]["count"] == 2 and s["compute_infer"]["count"] == 2, s
+assert s["compute_infer"]["ns"] > 0 and s["success"]["ns"] >= s["compute_infer"]["ns"] / 2, s
+executions = stats[0]["execution_count"]
+assert 1 <= executions <= 2, stats
+assert sum(b["compute_infer"]["count"] for b in stats[0]["batch_stats"]) == executions, stats
+assert [m["name"] for m in client.get_inference_statistics()["model_stats"]] == ["probe"]
 print("tritonclient ok")
 "#;
     run_python(script, &[&url]);
@@ -516,6 +530,12 @@ assert [o.name for o in response.outputs] == ["s", "x"], response.outputs
 # No outputs named: every output the model returned.
 result = client.infer("probe", [a])
 assert result.as_numpy("batch").shape == (3,), result.get_response()
+
+assert "statistics" in server.extensions, server
+stats = client.get_inference_statistics("probe").model_stats
+assert len(stats) == 1 and stats[0].version == "1", stats
+assert stats[0].inference_stats.success.count == 2 and stats[0].inference_count == 6, stats
+assert stats[0].inference_stats.queue.count == 2 and stats[0].last_inference > 0, stats
 
 def refused(code, words, *args, **kwargs):
     try:

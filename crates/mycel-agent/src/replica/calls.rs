@@ -1,6 +1,10 @@
 //! Calls: gather queued requests that can share a worker call, answer them with one,
 //! and split the answer.
 
+use std::time::{Duration, Instant};
+
+use mycel_core::frame::Timing;
+
 use super::*;
 
 /// The calls to answer with one worker call: `first` alone, or with every queued or
@@ -130,7 +134,10 @@ pub(super) async fn run_batch(conn: &mut WorkerConn, mut batch: Vec<Call>) -> Re
             return Ok(());
         }
     };
+    let started = Instant::now();
     let answer = conn.call("predict", joined, Default::default()).await;
+    let computed = started.elapsed();
+    let batch_rows = rows.iter().sum();
     let outcome = match answer {
         Ok(frame) => batch::split(frame.tensors, &rows).map_err(|message| WorkerError::Model {
             message,
@@ -140,8 +147,10 @@ pub(super) async fn run_batch(conn: &mut WorkerConn, mut batch: Vec<Call>) -> Re
     };
     match outcome {
         Ok(parts) => {
-            for (call, outputs) in batch.into_iter().zip(parts) {
-                let _ = call.reply.send(Ok(Frame::new(0, "result", outputs)));
+            for (n, (call, outputs)) in batch.into_iter().zip(parts).enumerate() {
+                let mut answer = Frame::new(0, "result", outputs);
+                timing(&call, started, computed, batch_rows, n == 0).write(&mut answer.extra);
+                let _ = call.reply.send(Ok(answer));
             }
             Ok(())
         }
@@ -167,13 +176,41 @@ pub(super) async fn run_batch(conn: &mut WorkerConn, mut batch: Vec<Call>) -> Re
     }
 }
 
+/// How `call` ran: queued from its arrival until `started`, then in a worker call of
+/// `computed` for a batch of `batch_rows` rows.
+fn timing(
+    call: &Call,
+    started: Instant,
+    computed: Duration,
+    batch_rows: u64,
+    first: bool,
+) -> Timing {
+    let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+    Timing {
+        queue_ns: ns(started.saturating_duration_since(call.arrived)),
+        compute_ns: ns(computed),
+        batch_rows,
+        first,
+    }
+}
+
 /// Answers one call with a worker call of its own; if the worker dies meanwhile, the
 /// call comes back unanswered, as the culprit.
 async fn run_alone(conn: &mut WorkerConn, call: Call) -> Result<(), Broke> {
     // The inputs go to the worker; the call keeps them in case it must run again.
-    let answer = conn
+    let started = Instant::now();
+    let mut answer = conn
         .call(&call.method, call.tensors.clone(), call.extra.clone())
         .await;
+    if let Some(frame) = answer.as_mut().ok().filter(|_| call.method == "predict") {
+        let rows = call
+            .tensors
+            .first()
+            .and_then(|t| t.shape.first())
+            .copied()
+            .unwrap_or(1);
+        timing(&call, started, started.elapsed(), rows, true).write(&mut frame.extra);
+    }
     match answer {
         Err(error @ (WorkerError::Io(_) | WorkerError::Protocol(_))) => Err(Broke {
             error,

@@ -98,6 +98,43 @@ fn metadata(model: &Model) -> ModelMetadataResponse {
     }
 }
 
+fn statistics(name: &str, version: u64, stats: &crate::stats::ModelStats) -> ModelStatistics {
+    let duration = |d: crate::stats::Duration| {
+        Some(StatisticDuration {
+            count: d.count,
+            ns: d.ns,
+        })
+    };
+    let none = crate::stats::Duration::default();
+    ModelStatistics {
+        name: name.to_owned(),
+        version: version.to_string(),
+        last_inference: stats.last_inference_ms,
+        inference_count: stats.inference_count,
+        execution_count: stats.execution_count,
+        inference_stats: Some(InferStatistics {
+            success: duration(stats.success),
+            fail: duration(stats.fail),
+            queue: duration(stats.queue),
+            compute_input: duration(none),
+            compute_infer: duration(stats.compute_infer),
+            compute_output: duration(none),
+            cache_hit: duration(none),
+            cache_miss: duration(none),
+        }),
+        batch_stats: stats
+            .batches
+            .iter()
+            .map(|(&batch_size, &d)| InferBatchStatistics {
+                batch_size,
+                compute_input: duration(none),
+                compute_infer: duration(d),
+                compute_output: duration(none),
+            })
+            .collect(),
+    }
+}
+
 impl Service {
     async fn infer(
         &self,
@@ -168,7 +205,7 @@ impl GrpcInferenceService for Service {
             name: "mycel".into(),
             version: env!("CARGO_PKG_VERSION").into(),
             // Raw tensor contents are part of the gRPC protocol itself, not an extension.
-            extensions: Vec::new(),
+            extensions: vec!["statistics".into()],
         }))
     }
 
@@ -179,6 +216,32 @@ impl GrpcInferenceService for Service {
         let request = request.into_inner();
         let (model, _) = find(&self.0, &request.name, version(&request.version)).map_err(status)?;
         Ok(Response::new(metadata(&model)))
+    }
+
+    async fn model_statistics(
+        &self,
+        request: Request<ModelStatisticsRequest>,
+    ) -> Result<Response<ModelStatisticsResponse>, Status> {
+        let request = request.into_inner();
+        let table = self.0.router.table();
+        let models: Vec<(std::sync::Arc<Model>, Option<u64>)> = if request.name.is_empty() {
+            let mut all: Vec<_> = table.models.values().map(|m| (m.clone(), None)).collect();
+            all.sort_unstable_by(|a, b| a.0.info.name.cmp(&b.0.info.name));
+            all
+        } else {
+            vec![find(&self.0, &request.name, version(&request.version)).map_err(status)?]
+        };
+        let model_stats = models
+            .iter()
+            .flat_map(|(model, seq)| {
+                let name = &model.info.name;
+                let versions = self.0.stats.of(name, model.info.seq, *seq);
+                versions
+                    .into_iter()
+                    .map(move |(seq, stats)| statistics(name, seq, &stats))
+            })
+            .collect();
+        Ok(Response::new(ModelStatisticsResponse { model_stats }))
     }
 
     async fn model_infer(
