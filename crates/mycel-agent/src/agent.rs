@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use mycel_core::api::Heartbeat;
 use mycel_core::fleet::NodeSpec;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -35,6 +36,8 @@ pub struct Config {
     pub cpus: f64,
     /// Memory offered to replicas, in bytes.
     pub memory_bytes: u64,
+    /// The GPUs to offer, by index; `None`: every GPU the driver reports.
+    pub gpus: Option<Vec<u32>>,
     /// Where blobs, versions, environments and logs live.
     pub data_dir: PathBuf,
     /// Where environments are built; shared by agents on one machine.
@@ -87,6 +90,9 @@ pub enum AgentError {
     /// The data plane's certificate.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    /// The GPUs to offer.
+    #[error(transparent)]
+    Gpu(#[from] crate::gpu::GpuError),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> AgentError {
@@ -128,6 +134,7 @@ pub async fn run(
         location: config.location.clone(),
         metrics: Default::default(),
         synced: Mutex::new(HashMap::new()),
+        gpus: crate::gpu::Gpus::detect(config.gpus.as_deref())?,
     });
 
     let listener = TcpListener::bind(config.listen)
@@ -164,7 +171,8 @@ pub async fn run(
         labels: config.labels.clone(),
         cpus: config.cpus,
         memory_bytes: config.memory_bytes,
-        gpus: 0,
+        gpus: node.gpus.devices().len() as u32,
+        gpu_devices: node.gpus.devices().to_vec(),
         agent_url,
         datasets: config.datasets.keys().cloned().collect(),
         isolation: sandbox.isolation,
@@ -257,7 +265,11 @@ async fn heartbeat_loop(
     // While the control plane is away this fails every period: say so once.
     let mut failing = false;
     loop {
-        match client.heartbeat(&spec.name, node.snapshot()).await {
+        let heartbeat = Heartbeat {
+            replicas: node.snapshot(),
+            gpus: node.gpus.sample(),
+        };
+        match client.heartbeat(&spec.name, &heartbeat).await {
             Ok(()) => {
                 if std::mem::take(&mut failing) {
                     tracing::info!("heartbeats reach the control plane again");

@@ -11,6 +11,7 @@ mod agent;
 mod batch;
 mod data_plane;
 pub mod env;
+pub mod gpu;
 pub mod isolation;
 pub mod metrics;
 pub mod replica;

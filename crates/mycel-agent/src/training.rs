@@ -284,6 +284,9 @@ async fn start_worker(
         log: log.clone(),
         data_dir: Some(data_dir),
         sandbox: &trainer.sandbox.prefix,
+        // Federated training takes no GPU from the node's pool: it sees what the
+        // agent sees.
+        cuda_visible: None,
     };
     let mut child = spawn_worker(&prepared, &socket, &launch)?;
     let accepted = tokio::select! {

@@ -7,7 +7,7 @@ use mycel_core::api::{
     JoinToken, JoinTokenRequest, Joined, NodeAssignments, NodeGrant, RollbackRequest,
     RolloutStatus, RoutingTable,
 };
-use mycel_core::fleet::{Deployment, Node, NodeSpec, ReplicaStatus, Rollout};
+use mycel_core::fleet::{Deployment, Node, NodeSpec, Rollout};
 use reqwest::Method;
 
 use crate::{Client, ClientError};
@@ -67,17 +67,13 @@ impl Client {
         .await
     }
 
-    /// Reports that `node` is alive and how its replicas are.
-    pub async fn heartbeat(
-        &self,
-        node: &str,
-        replicas: Vec<ReplicaStatus>,
-    ) -> Result<(), ClientError> {
+    /// Reports that `node` is alive and how its replicas (and GPUs) are.
+    pub async fn heartbeat(&self, node: &str, heartbeat: &Heartbeat) -> Result<(), ClientError> {
         let path = format!("/v1/nodes/{node}/heartbeat");
         let _: serde_json::Value = self
             .json(
                 self.request(Method::POST, &path)
-                    .json(&Heartbeat { replicas })
+                    .json(heartbeat)
                     .timeout(NODE_CALL_TIMEOUT),
             )
             .await?;

@@ -12,11 +12,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mycel_core::api::{
-    DeploymentView, FleetStatus, LocationCount, NodeView, ReplicaView, RouteModel, RouteReplica,
-    RoutingTable,
+    DeploymentView, FleetStatus, Heartbeat, LocationCount, NodeView, ReplicaView, RouteModel,
+    RouteReplica, RoutingTable,
 };
 use mycel_core::fleet::{
-    Assignment, Node, NodeSpec, NodeState, ReplicaId, ReplicaState, ReplicaStatus, Unplaced,
+    Assignment, GpuUse, Node, NodeSpec, NodeState, ReplicaId, ReplicaState, ReplicaStatus, Unplaced,
 };
 use mycel_core::reconcile::reconcile_reported;
 use tokio::sync::watch;
@@ -44,6 +44,8 @@ pub(crate) struct Fleet {
     heartbeats: Mutex<HashMap<String, u64>>,
     /// Nodes whose replica states arrived since this process started.
     reported: Mutex<HashSet<String>>,
+    /// How each node's GPUs were used at its last heartbeat.
+    gpu_use: Mutex<HashMap<String, Vec<GpuUse>>>,
     /// Replica id → node, and the assignment generation it was read at.
     replica_nodes: Mutex<(u64, Arc<HashMap<String, String>>)>,
     statuses: Mutex<HashMap<ReplicaId, ReplicaStatus>>,
@@ -103,6 +105,7 @@ impl Fleet {
             routes: watch::Sender::new(1),
             heartbeats: Mutex::new(HashMap::new()),
             reported: Mutex::new(HashSet::new()),
+            gpu_use: Mutex::new(HashMap::new()),
             // Generations start at 1: the first heartbeat reads the store.
             replica_nodes: Mutex::new((0, Arc::default())),
             statuses: Mutex::new(HashMap::new()),
@@ -212,7 +215,7 @@ impl Fleet {
     pub(crate) async fn heartbeat(
         &self,
         node_name: &str,
-        replicas: Vec<ReplicaStatus>,
+        Heartbeat { replicas, gpus }: Heartbeat,
     ) -> Result<bool, StoreError> {
         let owned = node_name.to_owned();
         let nodes = blocking(&self.store, |s| s.nodes()).await?;
@@ -225,6 +228,7 @@ impl Fleet {
         let now = self.now_ms();
         lock(&self.heartbeats).insert(node_name.to_owned(), now);
         lock(&self.reported).insert(node_name.to_owned());
+        lock(&self.gpu_use).insert(node_name.to_owned(), gpus);
         let (readiness_changed, failed) = {
             let mut statuses = lock(&self.statuses);
             let (mut changed, mut failed) = (false, false);
@@ -468,6 +472,7 @@ impl Fleet {
         })
         .await?;
         let statuses = lock(&self.statuses).clone();
+        let gpu_use = lock(&self.gpu_use).clone();
         let is_ready = |a: &Assignment| {
             statuses
                 .get(&a.replica)
@@ -485,6 +490,8 @@ impl Fleet {
                     // Summing from 0.0: an empty `sum()` of f64 is -0.0.
                     cpus_used: mine.iter().fold(0.0, |used, a| used + a.resources.cpus),
                     memory_used: mine.iter().map(|a| a.resources.memory_bytes).sum(),
+                    gpus_used: mine.iter().map(|a| a.resources.gpus).sum(),
+                    gpu_use: gpu_use.get(&node.spec.name).cloned().unwrap_or_default(),
                     node,
                 }
             })

@@ -746,6 +746,7 @@ mod tests {
                 cpus: 2.0,
                 memory_bytes: 1 << 30,
                 gpus: 0,
+                gpu_devices: Vec::new(),
                 agent_url: "http://127.0.0.1:1".into(),
                 datasets: vec!["digits".into()],
                 isolation: Default::default(),

@@ -167,6 +167,9 @@ pub struct Health {
 pub struct Heartbeat {
     /// Every replica the agent runs or is starting.
     pub replicas: Vec<crate::fleet::ReplicaStatus>,
+    /// How its GPUs are used, where it has any and the driver answers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<crate::fleet::GpuUse>,
 }
 
 /// `GET /v1/nodes/{name}/assignments?after=G`: a node's replicas as of `generation`.
@@ -304,6 +307,12 @@ pub struct NodeView {
     pub cpus_used: f64,
     /// Memory its replicas reserve, in bytes.
     pub memory_used: u64,
+    /// GPUs its replicas reserve.
+    #[serde(default)]
+    pub gpus_used: u32,
+    /// How its GPUs are used, as it last reported.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpu_use: Vec<crate::fleet::GpuUse>,
 }
 
 /// `GET /v1/status`: the whole fleet at a glance.

@@ -569,6 +569,7 @@ mod tests {
             cpus: 1.0,
             memory_bytes: 1,
             gpus: 0,
+            gpu_devices: Vec::new(),
             agent_url: String::new(),
             datasets: Vec::new(),
             isolation: Isolation::None,

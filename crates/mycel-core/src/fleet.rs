@@ -28,6 +28,9 @@ pub struct NodeSpec {
     /// GPUs it offers.
     #[serde(default)]
     pub gpus: u32,
+    /// What those GPUs are, when the agent could ask the driver.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpu_devices: Vec<Gpu>,
     /// The agent's data-plane URL (logs, inference), e.g. `http://127.0.0.1:7801`.
     pub agent_url: String,
     /// Names of the datasets it holds for federated learning; the data stays on it.
@@ -36,6 +39,29 @@ pub struct NodeSpec {
     /// How its training workers are kept off the network.
     #[serde(default)]
     pub isolation: crate::federation::Isolation,
+}
+
+/// A GPU a node offers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gpu {
+    /// Its index as the driver numbers them (`nvidia-smi`, and CUDA in PCI bus order):
+    /// what a replica's `CUDA_VISIBLE_DEVICES` names.
+    pub index: u32,
+    /// The product, e.g. `NVIDIA H200`; empty when the driver could not be asked.
+    pub name: String,
+    /// Its memory, in bytes; 0 when unknown.
+    pub memory_bytes: u64,
+}
+
+/// How a GPU is used right now, as its node last reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuUse {
+    /// Which GPU (see [`Gpu::index`]).
+    pub index: u32,
+    /// Memory in use, in bytes.
+    pub memory_used_bytes: u64,
+    /// Percent of the last sample period a kernel ran.
+    pub utilization_percent: u32,
 }
 
 /// Whether the control plane hears from a node.

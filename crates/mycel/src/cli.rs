@@ -548,6 +548,10 @@ pub struct AgentArgs {
     /// Memory offered to replicas, e.g. 16GiB [default: the machine's memory].
     #[arg(long, value_parser = parse_size)]
     pub memory: Option<u64>,
+    /// GPUs offered to replicas, by index as nvidia-smi numbers them, e.g. 0,1; or
+    /// none [default: every NVIDIA GPU the driver reports].
+    #[arg(long, value_name = "LIST", value_parser = parse_gpus)]
+    pub gpus: Option<GpuList>,
     /// Agent data directory: blob cache, versions, environments, logs.
     #[arg(long, env = "MYCEL_AGENT_DATA")]
     pub data: PathBuf,
@@ -773,6 +777,24 @@ fn parse_copies(text: &str) -> Result<(String, u32), String> {
     Ok((location.to_owned(), count))
 }
 
+/// GPU indices, as `--gpus` takes them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GpuList(pub Vec<u32>);
+
+fn parse_gpus(text: &str) -> Result<GpuList, String> {
+    if text.trim() == "none" {
+        return Ok(GpuList(Vec::new()));
+    }
+    text.split(',')
+        .map(|part| {
+            part.trim().parse::<u32>().map_err(|_| {
+                format!("{part:?} is not a GPU index; expected indices like 0,1 (as nvidia-smi numbers them) or none")
+            })
+        })
+        .collect::<Result<Vec<u32>, String>>()
+        .map(GpuList)
+}
+
 fn parse_size(text: &str) -> Result<u64, String> {
     mycel_core::manifest::parse_size(text)
 }
@@ -783,5 +805,13 @@ mod tests {
     fn command_line_is_consistent() {
         use clap::CommandFactory;
         super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn gpu_lists_are_indices_or_none() {
+        assert_eq!(super::parse_gpus("0,2"), Ok(super::GpuList(vec![0, 2])));
+        assert_eq!(super::parse_gpus("none"), Ok(super::GpuList(Vec::new())));
+        let e = super::parse_gpus("0,gpu1").unwrap_err();
+        assert!(e.contains("\"gpu1\" is not a GPU index"), "{e}");
     }
 }

@@ -79,6 +79,8 @@ pub struct NodeContext {
     /// Versions synced and materialized on this node, or being so: replicas of one
     /// version, and versions that share a dependency, share one fetch.
     pub synced: Mutex<HashMap<VersionId, Arc<tokio::sync::OnceCell<SyncedVersion>>>>,
+    /// The node's GPUs, and which replica holds each.
+    pub gpus: crate::gpu::Gpus,
 }
 
 /// Where a replica is in its state: since when, and the work it waits on, whose

@@ -12,6 +12,8 @@ pub(crate) struct Prepared {
     pub(super) manifest: Manifest,
     pub(super) serve: ServeOptions,
     pub(super) labels: ModelLabels,
+    /// GPUs each worker gets.
+    pub(super) gpus: u32,
 }
 
 /// Fetches what this node lacks of the assigned version and of every version it depends
@@ -144,6 +146,7 @@ pub(super) async fn prepare(
     .await?;
     prepared.serve = assignment.serve;
     prepared.labels = labels_of(node, assignment);
+    prepared.gpus = assignment.resources.gpus;
     Ok(prepared)
 }
 
@@ -184,5 +187,6 @@ pub(crate) async fn prepare_code(
         manifest,
         serve: ServeOptions::default(),
         labels: ModelLabels::default(),
+        gpus: 0,
     })
 }

@@ -12,6 +12,9 @@ pub(crate) struct Launch<'a> {
     pub data_dir: Option<&'a std::path::Path>,
     /// A program and arguments the worker's command is appended to (`unshare --net`).
     pub sandbox: &'a [String],
+    /// Its `CUDA_VISIBLE_DEVICES`: the GPUs it holds; `None` leaves the variable as
+    /// the agent has it (a node without GPUs).
+    pub cuda_visible: Option<String>,
 }
 
 pub(crate) fn spawn_worker(
@@ -59,6 +62,13 @@ pub(crate) fn spawn_worker(
     let threads = prepared.manifest.resources.cpus.ceil().max(1.0).to_string();
     for var in ["OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"] {
         command.env(var, &threads);
+    }
+    if let Some(visible) = &launch.cuda_visible {
+        // CUDA numbers GPUs fastest first unless told otherwise; NVML, which handed
+        // these out, numbers them in PCI bus order.
+        command
+            .env("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+            .env("CUDA_VISIBLE_DEVICES", visible);
     }
     command
         .current_dir(&prepared.version_dir)

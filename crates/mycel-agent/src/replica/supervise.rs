@@ -112,8 +112,12 @@ pub(super) async fn serve_once(
     let _ = std::fs::remove_file(&socket);
     let listener =
         UnixListener::bind(&socket).map_err(|e| format!("binding {}: {e}", socket.display()))?;
+    let cuda_visible = node.gpus.take(replica, prepared.gpus)?;
+    // Whichever way this worker ends, its GPUs go back.
+    let _gpus = Held(&node.gpus, replica);
     let launch = Launch {
         log: node.log_path(replica),
+        cuda_visible,
         ..Launch::default()
     };
     let mut child = spawn_worker(prepared, &socket, &launch)?;
@@ -307,6 +311,15 @@ pub(super) async fn serve_once(
             again.extend(pending.drain(..));
             return Err(format!("{e}; {reason}"));
         }
+    }
+}
+
+/// A replica's hold on its GPUs, given back when dropped.
+struct Held<'a>(&'a crate::gpu::Gpus, &'a str);
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.release(self.1);
     }
 }
 

@@ -75,7 +75,7 @@ pub(super) async fn heartbeat(
     ApiJson(heartbeat): ApiJson<Heartbeat>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     principal.may_act_for(&name)?;
-    if state.fleet.heartbeat(&name, heartbeat.replicas).await? {
+    if state.fleet.heartbeat(&name, heartbeat).await? {
         Ok(Json(serde_json::json!({})))
     } else {
         Err(ApiError::new(

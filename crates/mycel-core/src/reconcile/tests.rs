@@ -19,6 +19,7 @@ fn node(name: &str, location: &str, cpus: f64, memory_gib: u64) -> Node {
             cpus,
             memory_bytes: memory_gib * GIB,
             gpus: 0,
+            gpu_devices: Vec::new(),
             agent_url: format!("http://{name}:7801"),
             datasets: Vec::new(),
             isolation: Default::default(),

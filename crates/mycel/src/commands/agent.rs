@@ -101,6 +101,7 @@ pub async fn config(args: &AgentArgs) -> anyhow::Result<mycel_agent::Config> {
         labels: labels.into_iter().collect(),
         cpus: args.cpus.unwrap_or_else(machine_cpus),
         memory_bytes: args.memory.unwrap_or_else(machine_memory),
+        gpus: args.gpus.clone().map(|g| g.0),
         data_dir: args.data.clone(),
         envs_dir: args.envs.clone().unwrap_or_else(|| args.data.join("envs")),
         listen: args.listen,

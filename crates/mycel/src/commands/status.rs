@@ -12,23 +12,23 @@ pub async fn run(args: ListArgs) -> anyhow::Result<()> {
     if args.json {
         return output::json(&status);
     }
-    let mut rows = vec![vec![
-        "NODE".into(),
-        "LOCATION".into(),
-        "STATE".into(),
-        "REPLICAS".into(),
-        "CPUS".into(),
-        "MEMORY".into(),
-        "DATASETS".into(),
-        "TRAINING NETWORK".into(),
-    ]];
+    // GPUs get a column only in a fleet that has some.
+    let any_gpus = status.nodes.iter().any(|v| v.node.spec.gpus > 0);
+    let mut header: Vec<String> = ["NODE", "LOCATION", "STATE", "REPLICAS", "CPUS", "MEMORY"]
+        .map(String::from)
+        .to_vec();
+    if any_gpus {
+        header.push("GPUS".into());
+    }
+    header.extend(["DATASETS".into(), "TRAINING NETWORK".into()]);
+    let mut rows = vec![header];
     for view in &status.nodes {
         let spec = &view.node.spec;
         let state = match view.node.state {
             NodeState::Ready => "ready",
             NodeState::Lost => "lost",
         };
-        rows.push(vec![
+        let mut row = vec![
             spec.name.clone(),
             spec.location.clone(),
             state.into(),
@@ -43,6 +43,11 @@ pub async fn run(args: ListArgs) -> anyhow::Result<()> {
                 output::bytes(view.memory_used),
                 output::bytes(spec.memory_bytes)
             ),
+        ];
+        if any_gpus {
+            row.push(gpus(view));
+        }
+        row.extend([
             if spec.datasets.is_empty() {
                 "-".into()
             } else {
@@ -53,6 +58,7 @@ pub async fn run(args: ListArgs) -> anyhow::Result<()> {
                 isolation => format!("cut off ({isolation})"),
             },
         ]);
+        rows.push(row);
     }
     output::table(&rows);
     println!();
@@ -158,4 +164,21 @@ pub async fn run(args: ListArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// A node's GPUs: reserved of offered, and their memory in use where the node reports
+/// it, e.g. `1/2 (3.1GiB of 280GiB)`.
+fn gpus(view: &mycel_core::api::NodeView) -> String {
+    let spec = &view.node.spec;
+    let mut text = format!("{}/{}", view.gpus_used, spec.gpus);
+    let total: u64 = spec.gpu_devices.iter().map(|g| g.memory_bytes).sum();
+    if !view.gpu_use.is_empty() && total > 0 {
+        let used: u64 = view.gpu_use.iter().map(|u| u.memory_used_bytes).sum();
+        text.push_str(&format!(
+            " ({} of {})",
+            output::bytes(used),
+            output::bytes(total)
+        ));
+    }
+    text
 }

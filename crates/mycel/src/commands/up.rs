@@ -252,7 +252,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         args.request_timeout,
     )?;
     let runtime = runtime_dir(&args.runtime, &data)?;
-    for node in &args.nodes {
+    let gpus = share_gpus(&args.nodes)?;
+    for (node, gpus) in args.nodes.iter().zip(gpus) {
         let config = mycel_agent::Config {
             server: roles.server.clone(),
             token: Some(roles.token.clone()),
@@ -261,6 +262,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             labels: Default::default(),
             cpus: args.node_cpus.unwrap_or_else(machine_cpus),
             memory_bytes: args.node_memory.unwrap_or_else(machine_memory),
+            gpus: Some(gpus),
             data_dir: data.join("nodes").join(node),
             envs_dir: data.join("envs"),
             listen: "127.0.0.1:0".parse()?,
@@ -297,6 +299,27 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     roles.run().await
 }
 
+/// The machine's GPUs dealt out to the local nodes in turn, so that no two nodes hand
+/// out the same GPU (unlike cores and memory, which every node offers whole).
+fn share_gpus(nodes: &[String]) -> anyhow::Result<Vec<Vec<u32>>> {
+    let found = mycel_agent::gpu::Gpus::detect(None)?;
+    Ok(deal(
+        found.devices().iter().map(|g| g.index).collect(),
+        nodes.len(),
+    ))
+}
+
+/// `indices` dealt to `hands` in turn.
+fn deal(indices: Vec<u32>, hands: usize) -> Vec<Vec<u32>> {
+    let mut dealt = vec![Vec::new(); hands];
+    for (n, index) in indices.into_iter().enumerate() {
+        if let Some(hand) = dealt.get_mut(n % hands.max(1)) {
+            hand.push(index);
+        }
+    }
+    dealt
+}
+
 async fn wait_for_file(path: &Path) -> anyhow::Result<String> {
     for _ in 0..600 {
         if let Ok(text) = std::fs::read_to_string(path) {
@@ -307,4 +330,16 @@ async fn wait_for_file(path: &Path) -> anyhow::Result<String> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     anyhow::bail!("{} did not appear within 30s", path.display())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::deal;
+
+    #[test]
+    fn gpus_are_dealt_to_nodes_in_turn_never_twice() {
+        assert_eq!(deal(vec![0, 1, 2], 2), vec![vec![0, 2], vec![1]]);
+        assert_eq!(deal(vec![0], 3), vec![vec![0], vec![], vec![]]);
+        assert_eq!(deal(Vec::new(), 2), vec![Vec::<u32>::new(); 2]);
+    }
 }

@@ -183,6 +183,7 @@ impl Cluster {
             labels: BTreeMap::new(),
             cpus: self.cpus,
             memory_bytes: 8 << 30,
+            gpus: Some(Vec::new()),
             envs_dir: self.dir.path().join("envs"),
             data_dir: data,
             listen: "127.0.0.1:0".parse().unwrap(),
