@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mycel_worker.client import WorkerError, WorkerExited
-from mycel_worker.protocol import pack_raw_frame
+from mycel_worker.protocol import pack_raw_frame, write_frame
 
 from conftest import ECHO
 from test_protocol import FIXED
@@ -409,3 +409,102 @@ def test_bad_dependency_arguments_are_error_frames(component, worker, argument, 
     with pytest.raises(WorkerError, match=message):
         process.client.read_ready()
     assert process.wait() == 1
+
+
+STREAMER = '''
+import time
+import numpy as np
+
+class Streamer:
+    def __init__(self, ctx):
+        self.closed = 0
+
+    def generate(self, inputs):
+        n = int(inputs["n"][0])
+        fail_at = int(inputs["fail_at"][0]) if "fail_at" in inputs else -1
+        try:
+            for i in range(n):
+                if i == fail_at:
+                    raise ValueError(f"step {i} failed")
+                if "slow" in inputs:
+                    time.sleep(0.01)
+                yield {"i": np.array([i], dtype=np.int64)}
+        finally:
+            self.closed += 1
+
+    def predict(self, inputs):
+        return {"closed": np.array([self.closed], dtype=np.int64)}
+'''
+
+YIELDING_PREDICT = '''
+import numpy as np
+
+class Counter:
+    def __init__(self, ctx):
+        pass
+
+    def predict(self, inputs):
+        for i in range(2):
+            yield {"i": np.array([i])}
+'''
+
+
+def _stream(client, tensors):
+    """Sends a generate request; the frames answering it, through `result` or `error`."""
+    frames = [client.request("generate", tensors)]
+    while frames[-1].method == "chunk":
+        frames.append(client.read())
+    return frames
+
+
+def test_generate_streams_each_step_then_a_result(component, worker):
+    process = worker(component({"model.py": STREAMER}), "model:Streamer")
+    assert process.client.read_ready().header["methods"] == ["predict", "generate"]
+    frames = _stream(process.client, {"n": np.array([3])})
+    assert [f.method for f in frames] == ["chunk", "chunk", "chunk", "result"]
+    assert [int(f.tensors()["i"][0]) for f in frames[:3]] == [0, 1, 2]
+    assert frames[-1].header["steps"] == 3 and all(f.id == frames[0].id for f in frames)
+
+
+def test_a_failing_step_ends_its_stream_with_the_error_and_the_worker_stays_up(component, worker):
+    process = worker(component({"model.py": STREAMER}), "model:Streamer")
+    process.client.read_ready()
+    frames = _stream(process.client, {"n": np.array([5]), "fail_at": np.array([2])})
+    assert [f.method for f in frames] == ["chunk", "chunk", "error"]
+    assert frames[-1].header["message"] == "ValueError: step 2 failed"
+    assert "raise ValueError" in frames[-1].header["traceback"]
+    # The generator was closed, and the worker serves on.
+    np.testing.assert_array_equal(process.client.predict({})["closed"], [1])
+
+
+def test_cancel_stops_the_generator_between_steps(component, worker):
+    process = worker(component({"model.py": STREAMER}), "model:Streamer")
+    process.client.read_ready()
+    first = process.client.request("generate", {"n": np.array([100000]), "slow": np.zeros(1)})
+    assert first.method == "chunk"
+    write_frame(process.client.sock, {"id": first.id, "method": "cancel"})
+    frame = process.client.read()
+    while frame.method == "chunk":
+        frame = process.client.read()
+    assert frame.method == "result" and frame.header["cancelled"] is True
+    assert frame.header["steps"] < 100000
+    np.testing.assert_array_equal(process.client.predict({})["closed"], [1])
+    process.stop()
+    assert "stopped generating after" in process.stderr_path.read_text()
+
+
+def test_a_cancel_after_its_stream_ended_is_ignored(component, worker):
+    process = worker(component({"model.py": STREAMER}), "model:Streamer")
+    process.client.read_ready()
+    frames = _stream(process.client, {"n": np.array([1])})
+    write_frame(process.client.sock, {"id": frames[0].id, "method": "cancel"})
+    process.client.ping()
+
+
+def test_predict_may_stream_and_a_dict_is_one_step(component, worker, echo):
+    process = worker(component({"model.py": YIELDING_PREDICT}), "model:Counter")
+    process.client.read_ready()
+    assert [f.method for f in _stream(process.client, {})] == ["chunk", "chunk", "result"]
+    frames = _stream(echo.client, {"x": np.arange(3)})
+    assert [f.method for f in frames] == ["chunk", "result"]
+    np.testing.assert_array_equal(frames[0].tensors()["x"], np.arange(3))

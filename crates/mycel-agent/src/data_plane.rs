@@ -1,5 +1,6 @@
 //! The agent's HTTP data plane: inference calls from gateways (bodies are worker
-//! protocol frames, so tensors pass through as raw bytes), replica statuses and logs.
+//! protocol frames, so tensors pass through as raw bytes), streamed generations,
+//! replica statuses and logs.
 
 use std::sync::Arc;
 
@@ -12,11 +13,12 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
+use futures::StreamExt;
 use mycel_core::api::{ErrorBody, ErrorDetail};
 use mycel_core::frame;
 use mycel_core::ErrorCode;
 use tokio::sync::mpsc::error::TrySendError;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::replica::{Call, Caller, NodeContext};
 use crate::worker::WorkerError;
@@ -29,6 +31,10 @@ pub(crate) fn router(node: Arc<NodeContext>, max_request_bytes: usize) -> Router
         .route(
             "/v1/replicas/{replica}/infer",
             post(infer).layer(DefaultBodyLimit::max(max_request_bytes)),
+        )
+        .route(
+            "/v1/replicas/{replica}/generate",
+            post(generate).layer(DefaultBodyLimit::max(max_request_bytes)),
         )
         .route("/v1/replicas", get(replicas))
         .route("/metrics", get(metrics))
@@ -125,6 +131,96 @@ async fn infer(
     response
 }
 
+/// Decodes a request and puts it in the replica's queue; the receiver of its answer,
+/// or the refusal (nothing ran, so the gateway may try another replica).
+fn enqueue(
+    node: &NodeContext,
+    replica: &str,
+    caller: Option<&Caller>,
+    body: Bytes,
+    deadline: Option<tokio::time::Instant>,
+    chunks: Option<mpsc::Sender<frame::Frame>>,
+) -> Result<Answer, Refusal> {
+    let request = match frame::decode_from(body) {
+        Ok(request) => request,
+        Err(e) => return Err(Refusal(ErrorCode::InvalidRequest, e.to_string(), "invalid")),
+    };
+    let caller = match caller {
+        Some(caller) if node.is_ready(replica) => caller,
+        _ => {
+            let message = format!("replica {replica} is not ready on this node");
+            return Err(Refusal(ErrorCode::NotServing, message, "unavailable"));
+        }
+    };
+    let (reply, answer) = oneshot::channel();
+    let streaming = chunks.is_some();
+    let call = Call {
+        method: if streaming { "generate" } else { "predict" }.into(),
+        tensors: request.tensors,
+        extra: Default::default(),
+        reply,
+        // A stream is not batched, and once chunks went out it must not run again.
+        alone: streaming,
+        deadline,
+        requeued: streaming,
+        arrived: std::time::Instant::now(),
+        chunks,
+    };
+    match caller.calls.try_send(call) {
+        Ok(()) => Ok(Answer(request.id, answer)),
+        Err(TrySendError::Full(_)) => {
+            let message = format!(
+                "replica {replica} has {} requests waiting, its most",
+                caller.calls.max_capacity()
+            );
+            Err(Refusal(ErrorCode::Overloaded, message, "overloaded"))
+        }
+        Err(TrySendError::Closed(_)) => {
+            // Draining or stopped before the call got in: nothing ran.
+            let message = format!("replica {replica} is stopping");
+            Err(Refusal(ErrorCode::NotServing, message, "unavailable"))
+        }
+    }
+}
+
+/// Why a request was not queued: its code, message and metrics outcome.
+struct Refusal(ErrorCode, String, &'static str);
+
+/// A queued request's id and where its answer comes.
+struct Answer(u64, oneshot::Receiver<Result<frame::Frame, WorkerError>>);
+
+/// Why a call that was taken failed: the code, the message, and the metrics outcome.
+fn failure(
+    replica: &str,
+    failed: Result<WorkerError, oneshot::error::RecvError>,
+) -> (ErrorCode, String, &'static str) {
+    match failed {
+        Ok(WorkerError::Model { message, .. }) => (ErrorCode::ModelError, message, "model_error"),
+        Ok(e @ WorkerError::Expired) => (
+            ErrorCode::DeadlineExceeded,
+            format!("replica {replica}: {e}"),
+            "deadline",
+        ),
+        Ok(e @ WorkerError::Crashed(_)) => (
+            ErrorCode::ModelCrashed,
+            format!(
+                "replica {replica}: {e}; it restarts, and the request is not retried elsewhere (see `mycel logs`)"
+            ),
+            "model_error",
+        ),
+        Ok(e) => (
+            ErrorCode::Unavailable,
+            format!("replica {replica} failed during the call: {e}"),
+            "unavailable",
+        ),
+        Err(_) => (
+            ErrorCode::Unavailable,
+            format!("replica {replica} stopped during the call"),
+            "unavailable",
+        ),
+    }
+}
+
 async fn call(
     node: &NodeContext,
     replica: &str,
@@ -132,89 +228,97 @@ async fn call(
     body: Bytes,
     deadline: Option<tokio::time::Instant>,
 ) -> (Response, &'static str) {
-    let request = match frame::decode_from(body) {
-        Ok(request) => request,
-        Err(e) => return (error(ErrorCode::InvalidRequest, e.to_string()), "invalid"),
+    let Answer(id, answer) = match enqueue(node, replica, caller, body, deadline, None) {
+        Ok(queued) => queued,
+        Err(Refusal(code, message, outcome)) => return (error(code, message), outcome),
     };
-    let caller = match caller {
-        Some(caller) if node.is_ready(replica) => caller,
-        _ => {
-            let message = format!("replica {replica} is not ready on this node");
-            return (error(ErrorCode::NotServing, message), "unavailable");
-        }
-    };
-    let (reply, answer) = oneshot::channel();
-    let call = Call {
-        method: "predict".into(),
-        tensors: request.tensors,
-        extra: Default::default(),
-        reply,
-        alone: false,
-        deadline,
-        requeued: false,
-        arrived: std::time::Instant::now(),
-    };
-    match caller.calls.try_send(call) {
-        Ok(()) => {}
-        Err(TrySendError::Full(_)) => {
-            let message = format!(
-                "replica {replica} has {} requests waiting, its most",
-                caller.calls.max_capacity()
-            );
-            return (error(ErrorCode::Overloaded, message), "overloaded");
-        }
-        Err(TrySendError::Closed(_)) => {
-            // Draining or stopped before the call got in: nothing ran.
-            let message = format!("replica {replica} is stopping");
-            return (error(ErrorCode::NotServing, message), "unavailable");
-        }
-    }
-    match answer.await {
+    let failed = match answer.await {
         Ok(Ok(result)) => {
-            let mut answer = frame::Frame::new(request.id, "result", result.tensors);
+            let mut answer = frame::Frame::new(id, "result", result.tensors);
             if let Some(timing) = frame::Timing::read(&result.extra) {
                 timing.write(&mut answer.extra);
             }
-            match frame::encode_to_vec(&answer) {
+            return match frame::encode_to_vec(&answer) {
                 Ok(bytes) => {
                     let content_type = [(axum::http::header::CONTENT_TYPE, FRAME_CONTENT_TYPE)];
                     ((content_type, bytes).into_response(), "ok")
                 }
                 Err(e) => (error(ErrorCode::Internal, e.to_string()), "invalid"),
-            }
+            };
         }
-        Ok(Err(WorkerError::Model { message, traceback })) => {
-            // The traceback names files and paths on this node: it goes to the
-            // replica's log (`mycel logs`), the client gets the exception.
-            if !traceback.is_empty() {
-                node.append_log(
-                    replica,
-                    &format!("a request failed: {message}\n{traceback}"),
-                )
-                .await;
-            }
-            (error(ErrorCode::ModelError, message), "model_error")
-        }
-        Ok(Err(e @ WorkerError::Expired)) => (
-            error(
-                ErrorCode::DeadlineExceeded,
-                format!("replica {replica}: {e}"),
-            ),
-            "deadline",
-        ),
-        Ok(Err(e @ WorkerError::Crashed(_))) => {
-            let message = format!(
-                "replica {replica}: {e}; it restarts, and the request is not retried elsewhere (see `mycel logs`)"
-            );
-            (error(ErrorCode::ModelCrashed, message), "model_error")
-        }
-        Ok(Err(e)) => {
-            let message = format!("replica {replica} failed during the call: {e}");
-            (error(ErrorCode::Unavailable, message), "unavailable")
-        }
-        Err(_) => {
-            let message = format!("replica {replica} stopped during the call");
-            (error(ErrorCode::Unavailable, message), "unavailable")
+        Ok(Err(failed)) => Ok(failed),
+        Err(gone) => Err(gone),
+    };
+    if let Ok(WorkerError::Model { message, traceback }) = &failed {
+        // The traceback names files and paths on this node: it goes to the replica's
+        // log (`mycel logs`), the client gets the exception.
+        if !traceback.is_empty() {
+            node.append_log(
+                replica,
+                &format!("a request failed: {message}\n{traceback}"),
+            )
+            .await;
         }
     }
+    let (code, message, outcome) = failure(replica, failed);
+    (error(code, message), outcome)
+}
+
+/// `POST /v1/replicas/{replica}/generate`: one request frame in; the answer streams
+/// out as frames, each `chunk` as the worker yields it, then `end`, or `error` with
+/// `code` and `message` if the call failed on the way. Refusals before anything ran
+/// are answered as `infer` answers them. A client that goes away stops the generation.
+async fn generate(
+    State(node): State<Arc<NodeContext>>,
+    Path(replica): Path<String>,
+    body: Bytes,
+) -> Response {
+    let caller = node.caller(&replica);
+    let (sender, mut chunks) = mpsc::channel::<frame::Frame>(16);
+    let Answer(id, answer) =
+        match enqueue(&node, &replica, caller.as_ref(), body, None, Some(sender)) {
+            Ok(queued) => queued,
+            Err(Refusal(code, message, _)) => return error(code, message),
+        };
+    let chunks = futures::stream::poll_fn(move |cx| chunks.poll_recv(cx));
+    let end = futures::stream::once(async move {
+        match answer.await {
+            Ok(Ok(_)) => frame::Frame::new(id, "end", Vec::new()),
+            Ok(Err(failed)) => {
+                if let WorkerError::Model { message, traceback } = &failed {
+                    if !traceback.is_empty() {
+                        let text = format!("a generation failed: {message}\n{traceback}");
+                        node.append_log(&replica, &text).await;
+                    }
+                }
+                stream_error(id, &replica, Ok(failed))
+            }
+            Err(gone) => stream_error(id, &replica, Err(gone)),
+        }
+    });
+    let frames = chunks.chain(end).map(|frame| {
+        frame::encode_to_vec(&frame)
+            .map(Bytes::from)
+            .map_err(|e| std::io::Error::other(e.to_string()))
+    });
+    (
+        [(axum::http::header::CONTENT_TYPE, FRAME_CONTENT_TYPE)],
+        axum::body::Body::from_stream(frames),
+    )
+        .into_response()
+}
+
+fn stream_error(
+    id: u64,
+    replica: &str,
+    failed: Result<WorkerError, oneshot::error::RecvError>,
+) -> frame::Frame {
+    let (code, message, _) = failure(replica, failed);
+    let mut frame = frame::Frame::new(id, "error", Vec::new());
+    frame.extra.insert(
+        "code".into(),
+        serde_json::to_value(code).unwrap_or_default(),
+    );
+    frame.extra.insert("message".into(), message.into());
+    frame
 }

@@ -107,15 +107,7 @@ impl WorkerConn {
         tensors: Vec<Tensor>,
         extra: serde_json::Map<String, serde_json::Value>,
     ) -> Result<Frame, WorkerError> {
-        let id = self.next_id;
-        self.next_id += 1;
-        let request = Frame {
-            id,
-            method: method.to_owned(),
-            tensors,
-            extra,
-        };
-        write_frame(&mut self.stream, &request).await?;
+        let id = self.send(method, tensors, extra).await?;
         let frame = read_frame(&mut self.stream, self.max_body).await?;
         if frame.id != id {
             return Err(WorkerError::Protocol(format!(
@@ -126,6 +118,62 @@ impl WorkerConn {
         match frame.method.as_str() {
             "error" => Err(model_error(&frame)),
             _ => Ok(frame),
+        }
+    }
+}
+
+impl WorkerConn {
+    /// Sends a request under a fresh id; returns the id its answer carries.
+    async fn send(
+        &mut self,
+        method: &str,
+        tensors: Vec<Tensor>,
+        extra: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<u64, WorkerError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let request = Frame {
+            id,
+            method: method.to_owned(),
+            tensors,
+            extra,
+        };
+        write_frame(&mut self.stream, &request).await?;
+        Ok(id)
+    }
+
+    /// A call whose answer comes as `chunk` frames, each sent to `chunks` as it
+    /// arrives, then a `result` frame, returned. When nobody takes the chunks any more
+    /// (the client went away) the worker is told to `cancel`, and what it still sends
+    /// is read and dropped, so the connection stays in step.
+    pub async fn stream(
+        &mut self,
+        method: &str,
+        tensors: Vec<Tensor>,
+        extra: serde_json::Map<String, serde_json::Value>,
+        chunks: &tokio::sync::mpsc::Sender<Frame>,
+    ) -> Result<Frame, WorkerError> {
+        let id = self.send(method, tensors, extra).await?;
+        let mut cancelled = false;
+        loop {
+            let frame = read_frame(&mut self.stream, self.max_body).await?;
+            if frame.id != id {
+                return Err(WorkerError::Protocol(format!(
+                    "answer to request {} while streaming {id}",
+                    frame.id
+                )));
+            }
+            match frame.method.as_str() {
+                "chunk" => {
+                    if !cancelled && chunks.send(frame).await.is_err() {
+                        cancelled = true;
+                        write_frame(&mut self.stream, &Frame::new(id, "cancel", Vec::new()))
+                            .await?;
+                    }
+                }
+                "error" => return Err(model_error(&frame)),
+                _ => return Ok(frame),
+            }
         }
     }
 }

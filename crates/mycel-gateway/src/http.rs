@@ -12,6 +12,7 @@ use axum::{Json, Router};
 use mycel_core::oip;
 use serde_json::json;
 
+use crate::generate;
 use crate::infer::{self, find, Failure, Gateway, RETRY_AFTER_S};
 use crate::metrics::RequestLabels;
 use crate::routes::Model;
@@ -20,7 +21,7 @@ use crate::routes::Model;
 const HEADER_LENGTH: &str = "inference-header-content-length";
 
 /// The extensions both front ends implement, as server metadata reports them.
-pub(crate) const EXTENSIONS: &[&str] = &["binary_tensor_data", "statistics"];
+pub(crate) const EXTENSIONS: &[&str] = &["binary_tensor_data", "statistics", "generate"];
 
 /// The gateway's REST routes.
 pub(crate) fn app(state: Arc<Gateway>) -> Router {
@@ -48,6 +49,19 @@ pub(crate) fn app(state: Arc<Gateway>) -> Router {
         .route(
             "/v2/models/{model}/versions/{version}/ready",
             get(model_ready_at),
+        )
+        .route("/v2/models/{model}/generate", post(generate::generate))
+        .route(
+            "/v2/models/{model}/versions/{version}/generate",
+            post(generate::generate_at),
+        )
+        .route(
+            "/v2/models/{model}/generate_stream",
+            post(generate::generate_stream),
+        )
+        .route(
+            "/v2/models/{model}/versions/{version}/generate_stream",
+            post(generate::generate_stream_at),
         )
         .route("/v2/models/{model}/infer", post(infer_latest))
         .route(
@@ -243,12 +257,7 @@ async fn serve(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let started = std::time::Instant::now();
-    let mut labels = RequestLabels {
-        model: String::new(),
-        version: String::new(),
-        location: String::new(),
-        code: 0,
-    };
+    let mut labels = RequestLabels::default();
     let response = answer(gw, name, version, headers, body, &mut labels).await;
     labels.code = response.status().as_u16();
     gw.metrics.observe(&labels, started.elapsed().as_secs_f64());

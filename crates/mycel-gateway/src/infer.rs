@@ -328,9 +328,15 @@ async fn attempt(
             )),
         };
     }
-    let (code, message) = match serde_json::from_slice::<ErrorBody>(&body) {
+    refusal(status, &body)
+}
+
+/// What an agent's error answer means for the request: another replica may take it
+/// (refused, busy, broken off), or it failed.
+fn refusal(status: reqwest::StatusCode, body: &[u8]) -> Attempt {
+    let (code, message) = match serde_json::from_slice::<ErrorBody>(body) {
         Ok(body) => (Some(body.error.code), body.error.message),
-        Err(_) => (None, String::from_utf8_lossy(&body).into_owned()),
+        Err(_) => (None, String::from_utf8_lossy(body).into_owned()),
     };
     match status.as_u16() {
         // 404: an agent that no longer knows the replica.
@@ -344,4 +350,151 @@ async fn attempt(
             Attempt::Fail(Failure(status, message))
         }
     }
+}
+
+/// The most a streamed frame may hold: a chunk is a token or a few, so this only
+/// guards the gateway against an agent gone wrong.
+const MAX_STREAM_FRAME: usize = 256 << 20;
+
+/// A replica's streamed answer to a generate request: its frames, as they come.
+pub(crate) struct Stream {
+    /// The version generating.
+    pub(crate) seq: u64,
+    response: reqwest::Response,
+    buffer: bytes::BytesMut,
+    replica: String,
+    /// Keeps the replica counted as busy while the stream lasts.
+    _in_flight: routes::InFlight,
+}
+
+impl Stream {
+    /// The next frame: `chunk`, then `end` or `error`; `None` after the last.
+    pub(crate) async fn next(&mut self) -> Option<Result<Frame, Failure>> {
+        loop {
+            match self.take() {
+                Ok(Some(frame)) => return Some(Ok(frame)),
+                Ok(None) => {}
+                Err(failure) => return Some(Err(failure)),
+            }
+            match self.response.chunk().await {
+                Ok(Some(bytes)) => self.buffer.extend_from_slice(&bytes),
+                Ok(None) if self.buffer.is_empty() => return None,
+                Ok(None) => return Some(Err(self.broken("its stream ended mid-frame"))),
+                Err(e) => return Some(Err(self.broken(&format!("its stream broke off: {e}")))),
+            }
+        }
+    }
+
+    fn broken(&self, why: &str) -> Failure {
+        Failure(
+            StatusCode::BAD_GATEWAY,
+            format!("replica {}: {why}", self.replica),
+        )
+    }
+
+    /// A whole frame from the front of the buffer, if one is there.
+    fn take(&mut self) -> Result<Option<Frame>, Failure> {
+        let prefix = self.buffer.get(..frame::PREFIX_LEN);
+        let Some(prefix) = prefix.and_then(|p| <&[u8; frame::PREFIX_LEN]>::try_from(p).ok()) else {
+            return Ok(None);
+        };
+        let (header, body) =
+            frame::parse_prefix(prefix).map_err(|e| self.broken(&format!("it streamed {e}")))?;
+        let len = usize::try_from(u64::from(header).saturating_add(body))
+            .unwrap_or(usize::MAX)
+            .saturating_add(frame::PREFIX_LEN);
+        if len > MAX_STREAM_FRAME {
+            return Err(self.broken(&format!("it streamed a frame of {len} bytes")));
+        }
+        if self.buffer.len() < len {
+            return Ok(None);
+        }
+        let whole = self.buffer.split_to(len).freeze();
+        frame::decode_from(whole)
+            .map(Some)
+            .map_err(|e| self.broken(&format!("it streamed {e}")))
+    }
+}
+
+/// Starts `request` streaming from a replica of `model` (of version `seq`, if given),
+/// on to the next replica while replicas refuse it; the gateway's and the model's
+/// limit bound the wait for one to take it. What it streams is the caller's to read.
+pub(crate) async fn open_stream(
+    gw: &Gateway,
+    model: &Model,
+    seq: Option<u64>,
+    request: &InferRequest,
+    labels: &mut RequestLabels,
+) -> Result<Stream, Failure> {
+    let limit = model.info.timeout_ms.map_or(gw.request_timeout, |ms| {
+        gw.request_timeout.min(Duration::from_millis(ms.into()))
+    });
+    let frame = frame::encode_to_vec(&Frame::new(0, "generate", request.inputs.clone()))
+        .map(Bytes::from)
+        .map_err(|e| Failure(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let opened = tokio::time::timeout(limit, async {
+        let mut tried: Vec<String> = Vec::new();
+        let mut last = None;
+        while let Some(in_flight) = gw.router.pick(model, seq, &tried) {
+            let replica = in_flight.replica().route.clone();
+            labels.location.clone_from(&replica.location);
+            let url = format!(
+                "{}/v1/replicas/{}/generate",
+                replica.agent_url, replica.replica
+            );
+            let sent = gw
+                .agents
+                .post(&url)
+                .header(axum::http::header::CONTENT_TYPE, FRAME_CONTENT_TYPE)
+                .body(frame.clone())
+                .send()
+                .await;
+            let reason = match sent {
+                Ok(response) if response.status().is_success() => {
+                    return Ok(Stream {
+                        seq: replica.seq,
+                        response,
+                        buffer: bytes::BytesMut::new(),
+                        replica: replica.replica,
+                        _in_flight: in_flight,
+                    })
+                }
+                Ok(response) => {
+                    let status = response.status();
+                    let body = response.bytes().await.unwrap_or_default();
+                    match refusal(status, &body) {
+                        Attempt::Fail(failure) => return Err(failure),
+                        Attempt::Refused(why) | Attempt::Busy(why) | Attempt::Broken(why) => why,
+                        Attempt::Done(..) => String::new(),
+                    }
+                }
+                Err(e) => format!("agent unreachable: {e}"),
+            };
+            last = Some(format!("{}: {reason}", replica.replica));
+            tried.push(replica.replica);
+        }
+        Err(Failure(
+            StatusCode::SERVICE_UNAVAILABLE,
+            match last {
+                Some(last) => format!(
+                    "no ready replica of model {:?} could take the request (last: {last})",
+                    model.info.name
+                ),
+                None => format!(
+                    "model {:?} has no ready replica; see `mycel status`",
+                    model.info.name
+                ),
+            },
+        ))
+    });
+    opened.await.unwrap_or_else(|_| {
+        Err(Failure(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!(
+                "no replica of model {:?} took the request within {} ms",
+                model.info.name,
+                limit.as_millis()
+            ),
+        ))
+    })
 }

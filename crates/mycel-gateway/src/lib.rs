@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 mod deadline;
+mod generate;
 mod grpc;
 mod http;
 mod infer;

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import select
 import socket
 import sys
 import traceback
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -27,7 +28,7 @@ from .protocol import (
     write_frame,
 )
 
-MODEL_METHODS = ("predict", "get_weights", "train", "evaluate")
+MODEL_METHODS = ("predict", "generate", "get_weights", "train", "evaluate")
 
 
 class RequestError(Exception):
@@ -124,6 +125,12 @@ def serve(sock: socket.socket, model: Any) -> int:
         if frame is None:
             log("the agent closed the connection; exiting")
             return 0
+        if frame.method == "generate":
+            stream(sock, model, frame)
+            continue
+        if frame.method == "cancel":
+            # The stream it was for ended before the worker read it: nothing to stop.
+            continue
         reply, stop = handle(model, frame)
         send_buffers(sock, reply)
         if stop:
@@ -160,6 +167,67 @@ def handle(model: Any, frame: Frame) -> Tuple[List[Buffer], bool]:
         log(f"internal error serving {method!r}: {describe(e)}")
         message = f"internal error in the mycel worker: {describe(e)}"
         return encode_frame(error_header(request_id, message, traceback.format_exc())), False
+
+
+def stream(sock: socket.socket, model: Any, frame: Frame) -> None:
+    """Answers a `generate` request a step at a time: a `chunk` frame for each dict of
+    outputs the model yields (from `generate`, or from `predict` written as a
+    generator; a model that returns one dict streams it as one step), then `result`.
+    Between steps it looks for the agent's `cancel` (the client went away) and, if it
+    came, closes the generator, so the model stops at once."""
+    request_id = frame.id
+    if not (isinstance(request_id, int) and not isinstance(request_id, bool) and 0 <= request_id <= MAX_U64):
+        write_frame(sock, error_header(0, f"request header has no valid u64 'id': {request_id!r}", ""))
+        return
+    name = "generate" if callable(getattr(model, "generate", None)) else "predict"
+    steps: Optional[Iterator[Any]] = None
+    count = 0
+    try:
+        produced = _call(_model_method(model, name), frame.tensors())
+        if isinstance(produced, Mapping):
+            steps = iter([produced])
+        elif hasattr(produced, "__next__"):
+            steps = produced
+        else:
+            raise RequestError(
+                f"{_qualified(model, name)} returned {type(produced).__name__}; "
+                "expected a dict of name -> array, or to yield such dicts"
+            )
+        while True:
+            try:
+                outputs = next(steps)
+            except StopIteration:
+                break
+            except Exception as e:
+                raise RequestError(describe(e), user_traceback(e)) from None
+            chunk = _tensor_dict(model, name, outputs, "outputs")
+            try:
+                send_buffers(sock, encode_frame({"id": request_id, "method": "chunk"}, chunk))
+            except ProtocolError as e:
+                raise RequestError(f"invalid step from {_qualified(model, name)}: {e}") from None
+            count += 1
+            if _cancelled(sock):
+                log(f"stopped generating after {count} steps: the client went away")
+                write_frame(sock, {"id": request_id, "method": "result", "steps": count, "cancelled": True})
+                return
+        write_frame(sock, {"id": request_id, "method": "result", "steps": count})
+    except RequestError as e:
+        write_frame(sock, error_header(request_id, e.message, e.traceback))
+    finally:
+        close = getattr(steps, "close", None)
+        if callable(close):
+            close()
+
+
+def _cancelled(sock: socket.socket) -> bool:
+    """Whether the agent asked to stop the stream under way; it sends nothing else
+    while one is."""
+    readable, _, _ = select.select([sock], [], [], 0)
+    if not readable:
+        return False
+    frame = read_frame(sock)
+    # A closed connection stops it too; the serve loop then sees the end.
+    return frame is None or frame.method == "cancel"
 
 
 def error_header(request_id: int, message: str, traceback_text: str) -> Dict[str, Any]:

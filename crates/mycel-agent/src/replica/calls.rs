@@ -199,9 +199,21 @@ fn timing(
 async fn run_alone(conn: &mut WorkerConn, call: Call) -> Result<(), Broke> {
     // The inputs go to the worker; the call keeps them in case it must run again.
     let started = Instant::now();
-    let mut answer = conn
-        .call(&call.method, call.tensors.clone(), call.extra.clone())
-        .await;
+    let mut answer = match &call.chunks {
+        Some(chunks) => {
+            conn.stream(
+                &call.method,
+                call.tensors.clone(),
+                call.extra.clone(),
+                chunks,
+            )
+            .await
+        }
+        None => {
+            conn.call(&call.method, call.tensors.clone(), call.extra.clone())
+                .await
+        }
+    };
     if let Some(frame) = answer.as_mut().ok().filter(|_| call.method == "predict") {
         let rows = call
             .tensors
@@ -249,6 +261,7 @@ mod tests {
             deadline: None,
             requeued: false,
             arrived: std::time::Instant::now(),
+            chunks: None,
         }
     }
 

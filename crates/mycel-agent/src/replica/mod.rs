@@ -261,6 +261,9 @@ pub struct Call {
     pub requeued: bool,
     /// When it arrived, for the time it waits in the queue.
     pub arrived: std::time::Instant,
+    /// Where a streamed answer's chunks go, as the worker sends them; the final frame
+    /// still goes to `reply`. A streaming call runs alone and is never run twice.
+    pub chunks: Option<mpsc::Sender<Frame>>,
 }
 
 impl Call {

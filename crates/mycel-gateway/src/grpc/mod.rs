@@ -167,8 +167,127 @@ impl Service {
     }
 }
 
+/// A stream's response saying why its request failed.
+fn stream_error(message: String) -> ModelStreamInferResponse {
+    ModelStreamInferResponse {
+        error_message: message,
+        infer_response: None,
+    }
+}
+
+/// Streams one request's steps to `out`, each as a response, and a failure as an error
+/// response (the stream goes on to the next request). Returns false once the client
+/// is gone.
+async fn stream_one(
+    gw: &Gateway,
+    request: ModelInferRequest,
+    out: &tokio::sync::mpsc::Sender<Result<ModelStreamInferResponse, Status>>,
+) -> bool {
+    let send =
+        |response: ModelStreamInferResponse| async move { out.send(Ok(response)).await.is_ok() };
+    // Triton's clients ask for an empty last response to know a stream is over.
+    let final_wanted = matches!(
+        request
+            .parameters
+            .get("triton_enable_empty_final_response")
+            .and_then(|p| p.parameter_choice.as_ref()),
+        Some(infer_parameter::ParameterChoice::BoolParam(true))
+    );
+    let (model, seq) = match find(gw, &request.model_name, version(&request.model_version)) {
+        Ok(found) => found,
+        Err(failure) => return send(stream_error(failure.1)).await,
+    };
+    let parsed = match tensors::to_request(request) {
+        Ok(parsed) => parsed,
+        Err(e) => return send(stream_error(e.message)).await,
+    };
+    let mut labels = RequestLabels {
+        model: model.info.name.clone(),
+        version: seq.unwrap_or(model.info.seq).to_string(),
+        location: String::new(),
+        code: 0,
+    };
+    let started = Instant::now();
+    let opened = infer::open_stream(gw, &model, seq, &parsed, &mut labels).await;
+    labels.code = opened.as_ref().map_or_else(|f| f.0.as_u16(), |_| 200);
+    gw.metrics.observe(&labels, started.elapsed().as_secs_f64());
+    let mut stream = match opened {
+        Ok(stream) => stream,
+        Err(failure) => return send(stream_error(failure.1)).await,
+    };
+    let version = stream.seq.to_string();
+    while let Some(frame) = stream.next().await {
+        let response = match frame {
+            Ok(frame) if frame.method == "chunk" => {
+                match tensors::to_response(&model.info.name, &version, &parsed, &frame.tensors) {
+                    Ok(response) => ModelStreamInferResponse {
+                        error_message: String::new(),
+                        infer_response: Some(response),
+                    },
+                    Err(e) => stream_error(e.message),
+                }
+            }
+            Ok(frame) if frame.method == "error" => stream_error(frame.text("message").to_owned()),
+            Ok(_) => break,
+            Err(failure) => stream_error(failure.1),
+        };
+        let failed = !response.error_message.is_empty();
+        if !send(response).await {
+            return false;
+        }
+        if failed {
+            return true;
+        }
+    }
+    if final_wanted {
+        let mut last = ModelInferResponse {
+            model_name: model.info.name.clone(),
+            model_version: version,
+            id: parsed.id.clone().unwrap_or_default(),
+            ..ModelInferResponse::default()
+        };
+        last.parameters.insert(
+            "triton_final_response".into(),
+            InferParameter {
+                parameter_choice: Some(infer_parameter::ParameterChoice::BoolParam(true)),
+            },
+        );
+        return send(ModelStreamInferResponse {
+            error_message: String::new(),
+            infer_response: Some(last),
+        })
+        .await;
+    }
+    true
+}
+
+type ResponseStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<ModelStreamInferResponse, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl GrpcInferenceService for Service {
+    type ModelStreamInferStream = ResponseStream;
+
+    /// Requests on one stream are answered in turn; a client that goes away stops the
+    /// generation under way.
+    async fn model_stream_infer(
+        &self,
+        request: Request<tonic::Streaming<ModelInferRequest>>,
+    ) -> Result<Response<ResponseStream>, Status> {
+        let mut requests = request.into_inner();
+        let gw = Arc::clone(&self.0);
+        let (out, mut responses) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            while let Ok(Some(request)) = requests.message().await {
+                if !stream_one(&gw, request, &out).await {
+                    break;
+                }
+            }
+        });
+        let responses = futures::stream::poll_fn(move |cx| responses.poll_recv(cx));
+        Ok(Response::new(Box::pin(responses)))
+    }
+
     async fn server_live(
         &self,
         _: Request<ServerLiveRequest>,
@@ -249,12 +368,7 @@ impl GrpcInferenceService for Service {
         request: Request<ModelInferRequest>,
     ) -> Result<Response<ModelInferResponse>, Status> {
         let started = Instant::now();
-        let mut labels = RequestLabels {
-            model: String::new(),
-            version: String::new(),
-            location: String::new(),
-            code: 0,
-        };
+        let mut labels = RequestLabels::default();
         let answer = self.infer(request, &mut labels).await;
         labels.code = http_code(answer.as_ref().map_or_else(Status::code, |_| Code::Ok));
         self.0
