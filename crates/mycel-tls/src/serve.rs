@@ -3,6 +3,7 @@
 
 use std::future::{Future, Ready};
 
+use axum_server::accept::NoDelayAcceptor;
 use futures::future::Either;
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,7 +73,8 @@ fn raise_open_file_limit() -> Option<u64> {
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then lets requests in flight
-/// finish. With `tls`, every connection is TLS (a plain HTTP request gets no answer);
+/// finish. Connections send at once (`TCP_NODELAY`): a streamed answer's small steps
+/// must not wait for the client's acknowledgement of the one before. With `tls`, every connection is TLS (a plain HTTP request gets no answer);
 /// the handshake happens on the connection's own task, so a slow client holds up
 /// nobody. `limits` bounds what clients can hold: idle and stalled connections are
 /// closed, and connections past the limit are refused.
@@ -98,6 +100,7 @@ pub async fn serve(
     match tls {
         None => {
             let mut server = axum_server::from_tcp(listener)?
+                .acceptor(NoDelayAcceptor::new())
                 .handle(handle.clone())
                 .map(|inner| Limited {
                     inner,
@@ -113,7 +116,10 @@ pub async fn serve(
         }
         Some(tls) => {
             let config = axum_server::tls_rustls::RustlsConfig::from_config(tls);
-            let mut server = axum_server::from_tcp_rustls(listener, config)?
+            let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(config)
+                .acceptor(NoDelayAcceptor::new());
+            let mut server = axum_server::from_tcp(listener)?
+                .acceptor(acceptor)
                 .handle(handle.clone())
                 .map(|inner| Limited {
                     inner,
