@@ -38,6 +38,9 @@ pub struct Config {
     pub memory_bytes: u64,
     /// The GPUs to offer, by index; `None`: every GPU the driver reports.
     pub gpus: Option<Vec<u32>>,
+    /// Whether serving workers are forked from a warm template per environment (its
+    /// framework imported once) rather than started cold.
+    pub warm_start: bool,
     /// Where blobs, versions, environments and logs live.
     pub data_dir: PathBuf,
     /// Where environments are built; shared by agents on one machine.
@@ -119,7 +122,7 @@ pub async fn run(
         cache: BlobCache::open(data.join("blobs")).map_err(io("opening the blob cache"))?,
         versions_dir: data.join("versions"),
         state: NodeState::open(data.join("state"))?,
-        run_dir,
+        run_dir: run_dir.clone(),
         logs_dir: data.join("logs"),
         envs: EnvBuilder::new(
             config.envs_dir.clone(),
@@ -135,6 +138,7 @@ pub async fn run(
         metrics: Default::default(),
         synced: Mutex::new(HashMap::new()),
         gpus: crate::gpu::Gpus::detect(config.gpus.as_deref())?,
+        templates: replica::template::Templates::new(run_dir, data.join("logs"), config.warm_start),
     });
 
     let listener = TcpListener::bind(config.listen)

@@ -635,6 +635,10 @@ pub struct RuntimeArgs {
     /// Time between heartbeats.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub heartbeat: std::time::Duration,
+    /// Start every serving worker as a process of its own, importing its framework
+    /// anew, instead of forking it from a warm template of its environment.
+    #[arg(long, env = "MYCEL_NO_WARM_START")]
+    pub no_warm_start: bool,
 }
 
 #[derive(Args, Debug)]

@@ -40,6 +40,10 @@ const FILES: &[(&str, &[u8])] = &[
         include_bytes!("../../../python/src/mycel_worker/py.typed"),
     ),
     (
+        "src/mycel_worker/template.py",
+        include_bytes!("../../../python/src/mycel_worker/template.py"),
+    ),
+    (
         "src/mycel_worker/worker.py",
         include_bytes!("../../../python/src/mycel_worker/worker.py"),
     ),

@@ -81,6 +81,8 @@ pub struct NodeContext {
     pub synced: Mutex<HashMap<VersionId, Arc<tokio::sync::OnceCell<SyncedVersion>>>>,
     /// The node's GPUs, and which replica holds each.
     pub gpus: crate::gpu::Gpus,
+    /// Warm templates, one per environment, that serving workers are forked from.
+    pub templates: template::Templates,
 }
 
 /// Where a replica is in its state: since when, and the work it waits on, whose
@@ -355,10 +357,11 @@ mod calls;
 mod prepare;
 mod process;
 mod supervise;
+pub mod template;
 
 use calls::{gather, run_batch, verdict, Broke, Verdict};
 use prepare::prepare;
 pub(crate) use prepare::{prepare_code, Prepared};
-use process::{exit_reason, stop_worker};
+use process::{exit_reason, start_worker, stop_worker};
 pub(crate) use process::{log_tail, spawn_worker, tail, Launch};
 use supervise::{run, Signals};

@@ -1,5 +1,7 @@
 //! Worker processes: start one for a prepared version, stop it, and say why it ended.
 
+use std::ffi::OsString;
+
 use super::*;
 
 /// How a worker process starts beyond its code: where its output goes, the data it
@@ -17,6 +19,54 @@ pub(crate) struct Launch<'a> {
     pub cuda_visible: Option<String>,
 }
 
+/// The arguments after `python -m mycel_worker`.
+fn worker_args(
+    prepared: &Prepared,
+    socket: &std::path::Path,
+    launch: &Launch<'_>,
+) -> Vec<OsString> {
+    let mut args: Vec<OsString> = vec!["--socket".into(), socket.into(), "--path".into()];
+    args.push(prepared.version_dir.clone().into());
+    args.push("--entrypoint".into());
+    args.push(prepared.manifest.component.entrypoint.to_string().into());
+    for weights in &prepared.manifest.weights {
+        args.push("--weights".into());
+        args.push(weights.as_str().into());
+    }
+    if let Some(data_dir) = launch.data_dir {
+        args.push("--data-dir".into());
+        args.push(data_dir.into());
+    }
+    for (name, dir) in &prepared.dependencies {
+        let mut argument = OsString::from(format!("{name}="));
+        argument.push(dir);
+        args.push("--dependency".into());
+        args.push(argument);
+    }
+    args
+}
+
+/// What a worker's environment adds to the agent's.
+fn worker_env(prepared: &Prepared, launch: &Launch<'_>) -> Vec<(String, String)> {
+    // Math libraries otherwise start a thread per core in every worker; many workers on
+    // one node would then fight over the cores their replicas did not reserve.
+    let threads = prepared.manifest.resources.cpus.ceil().max(1.0).to_string();
+    let mut env: Vec<(String, String)> =
+        ["OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"]
+            .iter()
+            .map(|var| ((*var).to_owned(), threads.clone()))
+            .collect();
+    if let Some(visible) = &launch.cuda_visible {
+        // CUDA numbers GPUs fastest first unless told otherwise; NVML, which handed
+        // these out, numbers them in PCI bus order.
+        env.push(("CUDA_DEVICE_ORDER".into(), "PCI_BUS_ID".into()));
+        env.push(("CUDA_VISIBLE_DEVICES".into(), visible.clone()));
+    }
+    env.push(("PYTHONDONTWRITEBYTECODE".into(), "1".into()));
+    env
+}
+
+/// Starts a worker as a process of its own.
 pub(crate) fn spawn_worker(
     prepared: &Prepared,
     socket: &std::path::Path,
@@ -40,42 +90,13 @@ pub(crate) fn spawn_worker(
         None => Command::new(&prepared.python),
     };
     command
-        .args(["-u", "-m", "mycel_worker", "--socket"])
-        .arg(socket)
-        .arg("--path")
-        .arg(&prepared.version_dir)
-        .arg("--entrypoint")
-        .arg(prepared.manifest.component.entrypoint.to_string());
-    for weights in &prepared.manifest.weights {
-        command.arg("--weights").arg(weights.as_str());
-    }
-    if let Some(data_dir) = launch.data_dir {
-        command.arg("--data-dir").arg(data_dir);
-    }
-    for (name, dir) in &prepared.dependencies {
-        let mut argument = std::ffi::OsString::from(format!("{name}="));
-        argument.push(dir);
-        command.arg("--dependency").arg(argument);
-    }
-    // Math libraries otherwise start a thread per core in every worker; many workers on
-    // one node would then fight over the cores their replicas did not reserve.
-    let threads = prepared.manifest.resources.cpus.ceil().max(1.0).to_string();
-    for var in ["OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"] {
-        command.env(var, &threads);
-    }
-    if let Some(visible) = &launch.cuda_visible {
-        // CUDA numbers GPUs fastest first unless told otherwise; NVML, which handed
-        // these out, numbers them in PCI bus order.
-        command
-            .env("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
-            .env("CUDA_VISIBLE_DEVICES", visible);
-    }
-    command
+        .args(["-u", "-m", "mycel_worker"])
+        .args(worker_args(prepared, socket, launch))
+        .envs(worker_env(prepared, launch))
         .current_dir(&prepared.version_dir)
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log_err)
-        .env("PYTHONDONTWRITEBYTECODE", "1")
         .kill_on_drop(true);
     let child = command
         .spawn()
@@ -86,11 +107,70 @@ pub(crate) fn spawn_worker(
     Ok(child)
 }
 
+/// A serving worker: forked from its environment's warm template where there is one
+/// (it imported the framework already), else a process of its own.
+pub(crate) async fn start_worker(
+    node: &NodeContext,
+    prepared: &Prepared,
+    socket: &std::path::Path,
+    launch: &Launch<'_>,
+) -> Result<Worker, String> {
+    if launch.sandbox.is_empty() {
+        if let Some(template) = node.templates.for_env(prepared).await {
+            let args = worker_args(prepared, socket, launch);
+            let env = worker_env(prepared, launch);
+            match super::template::fork(&template, &args, &env, &prepared.version_dir, &launch.log)
+                .await
+            {
+                Ok(forked) => return Ok(Worker::Forked(forked)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the warm template could not start a worker; starting it cold")
+                }
+            }
+        }
+    }
+    spawn_worker(prepared, socket, launch).map(Worker::Spawned)
+}
+
+/// A serving worker process, however it started.
+pub(crate) enum Worker {
+    /// The agent's own child.
+    Spawned(Child),
+    /// A fork of a warm template.
+    Forked(super::template::Forked),
+}
+
+impl Worker {
+    /// Its process id, while known.
+    pub(crate) fn id(&self) -> Option<u32> {
+        match self {
+            Worker::Spawned(child) => child.id(),
+            Worker::Forked(forked) => Some(forked.pid),
+        }
+    }
+
+    /// Waits for it to exit; safe to cancel.
+    pub(crate) async fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        match self {
+            Worker::Spawned(child) => child.wait().await,
+            Worker::Forked(forked) => forked.wait().await,
+        }
+    }
+
+    /// Kills it and waits for the end.
+    pub(crate) async fn kill(&mut self) -> std::io::Result<()> {
+        match self {
+            Worker::Spawned(child) => child.kill().await,
+            Worker::Forked(forked) => forked.kill().await,
+        }
+    }
+}
+
 /// Makes a worker the first process the kernel's OOM killer picks, before the agent,
 /// the control plane or anything else on the machine: a model that leaks should take
 /// down its own replica (which restarts), not mycel. Raising a score needs no
 /// privilege; where there is no `/proc` (not Linux) there is nothing to do.
-fn first_for_the_oom_killer(pid: u32) {
+pub(super) fn first_for_the_oom_killer(pid: u32) {
     let path = format!("/proc/{pid}/oom_score_adj");
     if let Err(e) = std::fs::write(&path, "1000") {
         if std::path::Path::new("/proc/self").exists() {
@@ -100,7 +180,7 @@ fn first_for_the_oom_killer(pid: u32) {
 }
 
 /// Asks the worker to exit, then kills it if it does not within a few seconds.
-pub(super) async fn stop_worker(child: &mut Child, conn: Option<&mut WorkerConn>) {
+pub(super) async fn stop_worker(child: &mut Worker, conn: Option<&mut WorkerConn>) {
     if let Some(conn) = conn {
         let _ = tokio::time::timeout(
             Duration::from_secs(2),

@@ -120,7 +120,7 @@ pub(super) async fn serve_once(
         cuda_visible,
         ..Launch::default()
     };
-    let mut child = spawn_worker(prepared, &socket, &launch)?;
+    let mut child = start_worker(node, prepared, &socket, &launch).await?;
     let pid = child.id();
 
     let accepted = tokio::select! {

@@ -109,6 +109,7 @@ pub async fn config(args: &AgentArgs) -> anyhow::Result<mycel_agent::Config> {
         uv: args.runtime.uv.clone(),
         runtime_dir: runtime_dir(&args.runtime, &args.data)?,
         heartbeat: args.runtime.heartbeat,
+        warm_start: !args.runtime.no_warm_start,
         max_request_bytes: mycel_agent::DEFAULT_MAX_REQUEST_BYTES,
         datasets,
         ca,

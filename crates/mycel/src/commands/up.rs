@@ -270,6 +270,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             uv: args.runtime.uv.clone(),
             runtime_dir: runtime.clone(),
             heartbeat: args.runtime.heartbeat,
+            warm_start: !args.runtime.no_warm_start,
             max_request_bytes: mycel_agent::DEFAULT_MAX_REQUEST_BYTES,
             datasets: datasets.remove(node.as_str()).unwrap_or_default(),
             ca: roles.ca.clone(),

@@ -184,6 +184,7 @@ impl Cluster {
             cpus: self.cpus,
             memory_bytes: 8 << 30,
             gpus: Some(Vec::new()),
+            warm_start: true,
             envs_dir: self.dir.path().join("envs"),
             data_dir: data,
             listen: "127.0.0.1:0".parse().unwrap(),
