@@ -10,10 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::{
-    all_ready, cmdline, eventually, replicas, status, write_tree, TestAgent, TestServer,
-    READY_PATIENCE,
-};
+use support::{all_ready, eventually, status, write_tree, TestAgent, TestServer, READY_PATIENCE};
 
 /// The helper: numpy only, a module `scale` with a function the model imports. It is a
 /// component like any other, so it names an entrypoint of its own.
@@ -48,7 +45,8 @@ class Model:
         self.helper = ctx.dependencies["scaler"]
 
     def predict(self, inputs):
-        return {"y": scale(inputs["x"]) + np.float32(1)}
+        helper = np.array([str(self.helper).encode()], dtype=np.object_)
+        return {"y": scale(inputs["x"]) + np.float32(1), "helper": helper}
 "#;
 
 fn model(dir: &Path, dependencies: &str) {
@@ -110,14 +108,9 @@ fn a_model_imports_its_dependency_and_push_cascade_rolls_a_change_out() {
 
     let out = server.cli(&["deploy", "scaled", "--copies", "here=1", "--wait"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let ready = eventually("the scaled replica ready", READY_PATIENCE, || {
-        let s = status(&server);
-        all_ready(&s, "scaled", 1).then_some(s)
+    eventually("the scaled replica ready", READY_PATIENCE, || {
+        all_ready(&status(&server), "scaled", 1).then_some(())
     });
-    // The worker gets the helper's own read-only directory, beside the model's.
-    let pid = replicas(&ready, "scaled")[0].3.unwrap();
-    let command = cmdline(pid);
-    assert!(command.contains("--dependency scaler="), "{command}");
 
     let gateway = server.gateway();
     let http = reqwest::blocking::Client::builder()
@@ -128,6 +121,36 @@ fn a_model_imports_its_dependency_and_push_cascade_rolls_a_change_out() {
         predict(&http, &gateway)
     });
     assert_eq!(first, [3.0, 5.0, 7.0]);
+    // The worker gets the helper's own read-only directory on its node, apart from the
+    // model's.
+    let answer: Value = http
+        .post(format!("{gateway}/v2/models/scaled/infer"))
+        .json(&json!({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}]}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let helper_path = answer["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["name"] == "helper")
+        .and_then(|o| o["data"][0].as_str())
+        .unwrap()
+        .to_owned();
+    let versions = nodes.path().join("n1/versions");
+    assert!(
+        helper_path.starts_with(versions.to_str().unwrap()),
+        "{helper_path}"
+    );
+    assert!(
+        !Path::new(&helper_path).join("model.py").exists(),
+        "{helper_path}"
+    );
+    assert!(
+        Path::new(&helper_path).join("scale.py").is_file(),
+        "{helper_path}"
+    );
 
     // A new helper without --cascade: the deployment is named and keeps scaler@1.
     helper(&helper_dir, 10);
