@@ -1,6 +1,6 @@
 //! A real Prometheus (Debian's `prometheus`, installed by .ci/run) finds a `mycel up`
 //! fleet through `/v1/prometheus/targets`, scrapes its agent, gateway and control plane,
-//! and answers a per-model query.
+//! and answers a per-model query, and every query of the Grafana dashboard.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -140,4 +140,85 @@ fn prometheus_discovers_the_fleet_and_rates_a_model() {
         "sum(mycel_control_api_request_duration_seconds_count{route=\"/v1/deployments/{name}\"})",
     );
     assert!(routes.is_some_and(|n| n >= 1.0), "{routes:?}");
+
+    // Every query of the Grafana dashboard is valid PromQL over metrics mycel exports,
+    // and its first panel, requests per second by model, shows hello.
+    let path = support::repo_root().join("deploy/grafana/mycel.json");
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    // What mycel exports, from the families its targets declare (`# TYPE`); a family
+    // with labels appears once something was counted, which in this fleet no retry was.
+    let mut families: Vec<String> = vec!["mycel_gateway_retries".into()];
+    let agent = targets
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["labels"]["job"] == "mycel-agent")
+        .map(|g| g["targets"][0].as_str().unwrap().to_owned())
+        .unwrap();
+    for target in [
+        gateway.clone(),
+        format!("http://{agent}"),
+        server.url.clone(),
+    ] {
+        let text = http
+            .get(format!("{target}/metrics"))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        families.extend(
+            text.lines()
+                .filter_map(|l| Some(l.strip_prefix("# TYPE ")?.split(' ').next()?.to_owned())),
+        );
+    }
+    let exported = |metric: &str| {
+        ["_total", "_bucket", "_sum", "_count", ""]
+            .iter()
+            .any(|suffix| {
+                metric
+                    .strip_suffix(suffix)
+                    .is_some_and(|family| families.iter().any(|f| f == family))
+            })
+    };
+    let mut queries = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"]
+                .as_str()
+                .unwrap()
+                .replace("$__rate_interval", "1m")
+                .replace("$model", ".*");
+            queries.push((panel["title"].as_str().unwrap().to_owned(), expr));
+        }
+    }
+    assert!(queries.len() >= 15, "{} queries", queries.len());
+    for (title, expr) in &queries {
+        let metrics = expr
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|word| word.starts_with("mycel_"));
+        for metric in metrics {
+            assert!(
+                exported(metric),
+                "panel {title:?} reads {metric}, which no mycel target exports ({families:?})"
+            );
+        }
+        let answer: Value = http
+            .get(format!("http://127.0.0.1:{port}/api/v1/query"))
+            .query(&[("query", expr)])
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        assert_eq!(
+            answer["status"], "success",
+            "panel {title:?}: {expr}: {answer}"
+        );
+    }
+    let (title, rate) = &queries[0];
+    assert_eq!(title, "Requests per second by model");
+    eventually(
+        "the dashboard's rate for hello",
+        Duration::from_secs(30),
+        || query(rate),
+    );
 }
