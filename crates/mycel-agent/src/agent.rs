@@ -244,6 +244,8 @@ pub async fn run(
     let _ = training.await;
     let _ = heartbeats.await;
     let _ = data_plane.await;
+    // With every worker gone, the templates they were forked from go too.
+    node.templates.stop().await;
     tracing::info!(node = %config.name, "agent stopped");
     Ok(())
 }

@@ -38,7 +38,8 @@ type Slot = OnceCell<Option<Arc<Template>>>;
 /// A running template.
 pub struct Template {
     socket: PathBuf,
-    process: Mutex<Child>,
+    /// `None` once stopped.
+    process: Mutex<Option<Child>>,
     /// The template's stdin: it exits when this closes, so it never outlives the agent.
     _lifeline: tokio::process::ChildStdin,
 }
@@ -46,7 +47,9 @@ pub struct Template {
 impl Template {
     fn running(&self) -> bool {
         let mut process = self.process.lock().unwrap_or_else(|p| p.into_inner());
-        matches!(process.try_wait(), Ok(None))
+        process
+            .as_mut()
+            .is_some_and(|p| matches!(p.try_wait(), Ok(None)))
     }
 }
 
@@ -105,6 +108,28 @@ impl Templates {
         .clone()
     }
 
+    /// Stops every template and waits for each to exit (their workers are already
+    /// gone when the agent stops).
+    pub async fn stop(&self) {
+        let slots: Vec<Arc<Slot>> = {
+            let mut started = self.started.lock().unwrap_or_else(|p| p.into_inner());
+            started.drain().map(|(_, slot)| slot).collect()
+        };
+        for template in slots
+            .iter()
+            .filter_map(|slot| slot.get().cloned().flatten())
+        {
+            let process = template
+                .process
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            if let Some(mut process) = process {
+                let _ = process.kill().await;
+            }
+        }
+    }
+
     async fn start(&self, prepared: &Prepared) -> Result<Template, String> {
         let key = blake3::hash(prepared.python.as_os_str().as_encoded_bytes()).to_hex();
         let socket = self.run_dir.join(format!("tpl-{}.sock", &key[..12]));
@@ -156,7 +181,7 @@ impl Templates {
         tracing::info!(env = %prepared.python.display(), "warm template ready");
         Ok(Template {
             socket,
-            process: Mutex::new(process),
+            process: Mutex::new(Some(process)),
             _lifeline: lifeline,
         })
     }
