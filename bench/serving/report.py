@@ -3,8 +3,9 @@
     python3 report.py RAW_DIR OUT_JSON THREADS
 
 RAW_DIR holds oha's JSON per measured run (`noop-ray.json`, `mobilenet-mycel.json`, ...),
-`torch-loop.json` from torch_loop.py, `load.json` (connections and request counts) and
-`versions.json`. Standard library only.
+the batch sizes mycel's agent formed (`mobilenet-mycel-batches.json`), `torch-loop.json`
+and `torch-loop-batch-N.json` from torch_loop.py, `load.json` (connections and request
+counts) and `versions.json`. Standard library only.
 """
 
 import datetime
@@ -13,8 +14,10 @@ import os
 import platform
 import sys
 
-SERVERS = ("mycel", "ray", "mlserver")
-NAMES = {"mycel": "mycel (gateway)", "ray": "Ray Serve", "mlserver": "MLServer"}
+SERVERS = ("mycel", "mycel_binary", "ray", "mlserver")
+MYCELS = ("mycel", "mycel_binary")
+NAMES = {"mycel": "mycel (gateway)", "mycel_binary": "mycel, binary tensors",
+         "ray": "Ray Serve", "mlserver": "MLServer"}
 
 
 def summarize(oha):
@@ -71,13 +74,21 @@ def table(what, section, load):
         if mobilenet:
             cells += [f"{r['images_per_s']:.1f}", f"{100 * r['images_per_s'] / limit:.0f}%" if limit else "–"]
         cells += [f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", str(r["not_ok"])]
-        if mycel and name != "mycel":
+        if mycel and name not in MYCELS:
             cells += [ratio(mycel["requests_per_s"], r["requests_per_s"]),
                       ratio(mycel["p50_ms"], r["p50_ms"]), ratio(mycel["p99_ms"], r["p99_ms"])]
         else:
             cells += ["–"] * 3
         lines.append("| " + " | ".join(cells) + " |")
-    for loop, note in ((section.get("torch_loop"), ""), (section.get("torch_loop_at_mycel_batch"), ", mycel's mean batch")):
+    at_batch = section.get("torch_loop_at_mycel_batch", {})
+    loops = [(section.get("torch_loop"), "")]
+    loops += [(loop, f", mean batch of {NAMES[name]}") for name, loop in at_batch.items()
+              if loop and loop is not section.get("torch_loop")]
+    seen = set()
+    for loop, note in loops:
+        if not loop or loop["batch"] in seen and note:
+            continue
+        seen.add(loop["batch"])
         if not loop:
             continue
         for key, label in (("model", "torch loop, `model(batch)`"), ("predict", "torch loop, `predict()`")):
@@ -89,14 +100,17 @@ def table(what, section, load):
                      f"{r['images_per_s']:.1f}", share,
                      f"{r['ms_per_call']:.1f} per batch", "–", "–", "–", "–", "–"]
             lines.append("| " + " | ".join(cells) + " |")
-    batches = section.get("mycel_batches")
-    if batches and batches.get("mean_batch"):
+    for name in MYCELS:
+        batches = section.get("mycel_batches", {}).get(name)
+        if not batches or not batches.get("mean_batch"):
+            continue
         lines.append("")
-        lines.append(f"mycel's agent formed {batches['calls']:.0f} worker calls, {batches['mean_batch']:.2f} images each on average.")
-        at = section.get("torch_loop_at_mycel_batch")
-        if at and "mycel" in rows:
-            lines.append(f"mycel throughput / torch loop `predict()` at batch {at['batch']}: "
-                         f"{100 * rows['mycel']['images_per_s'] / at['predict']['images_per_s']:.0f}%.")
+        lines.append(f"{NAMES[name]}: the agent formed {batches['calls']:.0f} worker calls, "
+                     f"{batches['mean_batch']:.2f} images each on average.")
+        at = at_batch.get(name)
+        if at and name in rows:
+            lines.append(f"{NAMES[name]} throughput / torch loop `predict()` at batch {at['batch']}: "
+                         f"{100 * rows[name]['images_per_s'] / at['predict']['images_per_s']:.0f}%.")
     return "\n".join(lines)
 
 
@@ -134,17 +148,21 @@ def main():
         section = {"servers": servers}
         if loop:
             section["torch_loop"] = loop
-        batches = read(f"{what}-mycel-batches.json")
+        batches = {name: read(f"{what}-{name}-batches.json") for name in MYCELS}
+        batches = {name: b for name, b in batches.items() if b}
         if batches:
             section["mycel_batches"] = batches
-        observed = read("torch-loop-observed.json") if what == "mobilenet" else None
-        if observed:
-            section["torch_loop_at_mycel_batch"] = observed
+        if what == "mobilenet":
+            at = {name: read(f"torch-loop-batch-{max(1, round(b['mean_batch']))}.json")
+                  for name, b in batches.items() if b.get("mean_batch")}
+            at = {name: loop for name, loop in at.items() if loop}
+            if at:
+                section["torch_loop_at_mycel_batch"] = at
         if "mycel" in servers:
             m = servers["mycel"]
             section["mycel_over_peer"] = {
                 name: {k: r[k] and m[k] / r[k] for k in ("requests_per_s", "p50_ms", "p99_ms")}
-                for name, r in servers.items() if name != "mycel"
+                for name, r in servers.items() if name not in MYCELS
             }
         section["oha"] = oha
         result[what] = section

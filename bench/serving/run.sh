@@ -7,7 +7,9 @@
 #   bench/serving/run.sh [noop|mobilenet|all]   # default: all
 #
 # Environment knobs (defaults in brackets):
-#   SERVERS          which servers, in order ["mycel ray mlserver"]
+#   SERVERS          which servers, in order ["mycel mycel_binary ray mlserver"];
+#                    mycel_binary is mycel sent the same tensors with the binary data
+#                    extension instead of JSON
 #   THREADS          torch / OpenMP threads in every model process [1]; mycel derives it
 #                    from the component's `cpus`, so change both together
 #   NOOP_CONNS NOOP_REQUESTS NOOP_WARMUP                 [16 20000 2000]
@@ -32,7 +34,7 @@ case $target in noop | mobilenet | all) ;; *)
   ;;
 esac
 
-SERVERS=${SERVERS:-mycel ray mlserver}
+SERVERS=${SERVERS:-mycel mycel_binary ray mlserver}
 THREADS=${THREADS:-1}
 NOOP_CONNS=${NOOP_CONNS:-16} NOOP_REQUESTS=${NOOP_REQUESTS:-20000} NOOP_WARMUP=${NOOP_WARMUP:-2000}
 MOBILENET_CONNS=${MOBILENET_CONNS:-8} MOBILENET_REQUESTS=${MOBILENET_REQUESTS:-800} MOBILENET_WARMUP=${MOBILENET_WARMUP:-80}
@@ -44,7 +46,8 @@ MYCEL_BIN=${MYCEL_BIN:-$root/target/release/mycel}
 py=$here/.venv/bin/python
 [ -x "$py" ] || { echo "no $py: run bench/serving/setup.sh first" >&2; exit 1; }
 command -v oha >/dev/null || { echo "no oha on PATH: run bench/serving/setup.sh first" >&2; exit 1; }
-[ -s payloads/mobilenet-uint8.json ] || python3 payloads/make.py >/dev/null
+[ -s payloads/mobilenet-uint8.json ] && [ -s payloads/mobilenet-uint8.bin.len ] ||
+  python3 payloads/make.py >/dev/null
 
 # Every model process gets the same thread count; Python output unbuffered for the logs.
 export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS OPENBLAS_NUM_THREADS=$THREADS
@@ -137,13 +140,17 @@ else
 fi
 
 load() { # NAME TARGET URL PAYLOAD: warmup, then the measured run into $raw/TARGET-NAME.json
-  local name=$1 what=$2 url=$3 payload=$4 conns requests warmup
+  # A PAYLOAD.len beside a PAYLOAD is the JSON header's length: binary data follows it.
+  local name=$1 what=$2 url=$3 payload=$4 conns requests warmup type=(-T application/json)
+  if [ -s "$payload.len" ]; then
+    type=(-T application/octet-stream -H "Inference-Header-Content-Length: $(cat "$payload.len")")
+  fi
   if [ "$what" = noop ]; then
     conns=$NOOP_CONNS requests=$NOOP_REQUESTS warmup=$NOOP_WARMUP
   else
     conns=$MOBILENET_CONNS requests=$MOBILENET_REQUESTS warmup=$MOBILENET_WARMUP
   fi
-  local args=(-c "$conns" -m POST -T application/json -D "$payload" --disable-compression
+  local args=(-c "$conns" -m POST "${type[@]}" -D "$payload" --disable-compression
     --worker-threads "$OHA_THREADS" --no-tui "${oha_json[@]}")
   echo "== $name: warmup, $warmup requests" >&2
   oha -n "$warmup" "${args[@]}" "$url" >/dev/null || return 1
@@ -176,9 +183,15 @@ run_mlserver() { # TARGET
 }
 
 # mycel: control plane, gateway and one agent ("bench") in one `mycel up` process; the
-# component is pushed and deployed with one copy, then loaded through the gateway.
-run_mycel() { # TARGET
-  local what=$1 data=$work/mycel-$1 component name deploy_args=()
+# component is pushed and deployed with one copy, then loaded through the gateway, with
+# JSON requests or (as mycel_binary) the same tensors in the binary data extension.
+run_mycel_binary() { run_mycel "$1" mycel_binary; }
+
+run_mycel() { # TARGET [NAME]
+  local what=$1 as=${2:-mycel} data=$work/mycel-$1-${2:-mycel} component name deploy_args=()
+  local payload
+  payload=$(payload_of "$what")
+  [ "$as" = mycel ] || payload=${payload%.json}.bin
   if [ "$what" = noop ]; then
     component=$here/noop name=noop
   else
@@ -202,7 +215,7 @@ run_mycel() { # TARGET
   local url
   url=$(head -n1 "$data/gateway.url")/v2/models/$name/infer
   wait_ready mycel "$url" "$(payload_of "$what")" "$what" || return 1
-  load mycel "$what" "$url" "$(payload_of "$what")" || return 1
+  load "$as" "$what" "$url" "$payload" || return 1
   # The batch sizes the agent actually formed, so the torch loop can run at the same.
   local agent
   agent=$(MYCEL_DATA=$data "$MYCEL_BIN" status --json |
@@ -216,7 +229,7 @@ for line in sys.stdin:
     elif line.startswith("mycel_agent_batch_size_count"):
         count += float(line.split()[-1])
 json.dump({"mean_batch": total / count if count else None, "calls": count}, sys.stdout)
-' >"$raw/$what-mycel-batches.json" || true
+' >"$raw/$what-$as-batches.json" || true
   stop_server
 }
 
@@ -232,7 +245,7 @@ prepare_mycel() {
 
 servers=()
 for s in $SERVERS; do
-  if [ "$s" = mycel ] && ! prepare_mycel; then
+  if [[ $s == mycel* ]] && ! prepare_mycel; then
     echo "== skipping mycel" >&2
     continue
   fi
@@ -247,10 +260,15 @@ cat >"$raw/load.json" <<JSON
  "mobilenet": {"connections": $MOBILENET_CONNS, "requests": $MOBILENET_REQUESTS, "warmup": $MOBILENET_WARMUP},
  "servers": "${servers[*]}", "tool": "$(oha --version | head -n1)", "tool_threads": $OHA_THREADS}
 JSON
-"$py" - "$raw/versions.json" "$([[ " ${servers[*]} " == *" mycel "* ]] && "$MYCEL_BIN" --version 2>/dev/null)" <<'PY'
+"$py" - "$raw/versions.json" "$([[ " ${servers[*]} " == *" mycel"* ]] && "$MYCEL_BIN" --version 2>/dev/null)" <<'PY'
 import json, sys
-from importlib.metadata import version
-v = {p: version(p) for p in ("ray", "mlserver", "torch", "torchvision", "numpy")}
+from importlib.metadata import PackageNotFoundError, version
+def installed(package):
+    try:
+        return version(package)
+    except PackageNotFoundError:  # a peer not installed: SERVERS leaves it out
+        return None
+v = {p: installed(p) for p in ("ray", "mlserver", "torch", "torchvision", "numpy")}
 if sys.argv[2]:
     v["mycel"] = sys.argv[2]
 json.dump(v, open(sys.argv[1], "w"))
@@ -269,15 +287,16 @@ for what in "${targets[@]}"; do
     fi
   done
   # Per-image cost depends on the batch size, so the limit is also measured at the
-  # batch size mycel's agent formed on average.
-  if [ "$what" = mobilenet ] && [ -s "$raw/mobilenet-mycel-batches.json" ]; then
-    observed=$(python3 -c 'import json, sys; m = json.load(open(sys.argv[1]))["mean_batch"]; print(max(1, round(m)) if m else "")' "$raw/mobilenet-mycel-batches.json")
-    if [ -n "$observed" ]; then
-      echo "== torch loop: batch $observed (mycel's mean batch)" >&2
+  # batch size mycel's agent formed on average, with JSON and with binary requests.
+  for as in mycel mycel_binary; do
+    [ "$what" = mobilenet ] && [ -s "$raw/mobilenet-$as-batches.json" ] || continue
+    observed=$(python3 -c 'import json, sys; m = json.load(open(sys.argv[1]))["mean_batch"]; print(max(1, round(m)) if m else "")' "$raw/mobilenet-$as-batches.json")
+    if [ -n "$observed" ] && ! [ -s "$raw/torch-loop-batch-$observed.json" ]; then
+      echo "== torch loop: batch $observed ($as's mean batch)" >&2
       "$py" torch_loop.py --batch "$observed" --threads "$THREADS" --seconds "$LOOP_SECONDS" \
-        --json "$raw/torch-loop-observed.json" >&2
+        --json "$raw/torch-loop-batch-$observed.json" >&2
     fi
-  fi
+  done
 done
 
 out=results/$(date +%Y-%m-%dT%H%M%S)-$target.json

@@ -17,6 +17,8 @@ pub mod oip;
 pub mod path;
 pub mod reconcile;
 pub mod tensor;
+#[cfg(test)]
+mod testing;
 pub mod version;
 
 pub use error::ErrorCode;

@@ -3,6 +3,7 @@
 //! `serde_json::Value` per element; everything else is small and read as `Value`.
 
 use std::fmt;
+use std::ops::Range;
 
 use bytes::Bytes;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -10,6 +11,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::data::{DataSeed, DataSink};
+use super::fast;
 use super::{brief, err, stop, OipError};
 use crate::tensor::Datatype;
 
@@ -37,12 +39,59 @@ pub(super) enum InputData {
     Binary(u64),
 }
 
-pub(super) fn parse_header(json: &[u8], has_length_header: bool) -> Result<Header, OipError> {
+/// Reads the header: the fast way (fast.rs) when it vouches for the request, else the
+/// careful way, which also explains what is wrong.
+pub(super) fn parse_header(
+    json: &[u8],
+    has_length_header: bool,
+    fast: bool,
+) -> Result<Header, OipError> {
+    let quick = fast.then(|| parse_fast(json)).flatten();
+    match quick {
+        Some(header) => Ok(header),
+        None => parse_carefully(json, has_length_header),
+    }
+}
+
+/// The header by the fast path, if it vouches for the request.
+pub(super) fn parse_fast(json: &[u8]) -> Option<Header> {
+    fast::locate(json).and_then(|located| parse_located(json, located))
+}
+
+/// The located `data` values of the fast path, handed out in document order as serde
+/// meets their placeholders in the stripped JSON.
+struct Slots<'j> {
+    json: &'j [u8],
+    ranges: std::vec::IntoIter<Range<usize>>,
+}
+
+/// The fast path: serde reads the JSON without its `data` values, which fast.rs decodes.
+/// `None` on any error, for the careful path to explain.
+fn parse_located(json: &[u8], located: fast::Located) -> Option<Header> {
+    let mut failure = None;
+    let mut slots = Slots {
+        json,
+        ranges: located.data.into_iter(),
+    };
+    let mut de = serde_json::Deserializer::from_slice(&located.stripped);
+    let header = RequestSeed {
+        failure: &mut failure,
+        json_len: json.len(),
+        slots: Some(&mut slots),
+    }
+    .deserialize(&mut de)
+    .ok()?;
+    de.end().ok()?;
+    Some(header)
+}
+
+fn parse_carefully(json: &[u8], has_length_header: bool) -> Result<Header, OipError> {
     let mut failure = None;
     let mut de = serde_json::Deserializer::from_slice(json);
     let parsed = RequestSeed {
         failure: &mut failure,
         json_len: json.len(),
+        slots: None,
     }
     .deserialize(&mut de)
     .and_then(|header| de.end().map(|()| header));
@@ -63,12 +112,13 @@ pub(super) fn parse_header(json: &[u8], has_length_header: bool) -> Result<Heade
     })
 }
 
-struct RequestSeed<'f> {
+struct RequestSeed<'f, 'j> {
     failure: &'f mut Option<OipError>,
     json_len: usize,
+    slots: Option<&'f mut Slots<'j>>,
 }
 
-impl<'de> DeserializeSeed<'de> for RequestSeed<'_> {
+impl<'de> DeserializeSeed<'de> for RequestSeed<'_, '_> {
     type Value = Header;
 
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Header, D::Error> {
@@ -76,14 +126,14 @@ impl<'de> DeserializeSeed<'de> for RequestSeed<'_> {
     }
 }
 
-impl<'de> Visitor<'de> for RequestSeed<'_> {
+impl<'de> Visitor<'de> for RequestSeed<'_, '_> {
     type Value = Header;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a JSON object with \"inputs\"")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Header, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<Header, A::Error> {
         let mut header = Header::default();
         while let Some(key) = map.next_key::<String>()? {
             let again = match key.as_str() {
@@ -94,6 +144,7 @@ impl<'de> Visitor<'de> for RequestSeed<'_> {
                     let inputs = map.next_value_seed(InputsSeed {
                         failure: &mut *self.failure,
                         json_len: self.json_len,
+                        slots: self.slots.as_deref_mut(),
                     })?;
                     header.inputs.replace(inputs).is_some()
                 }
@@ -113,12 +164,13 @@ impl<'de> Visitor<'de> for RequestSeed<'_> {
     }
 }
 
-struct InputsSeed<'f> {
+struct InputsSeed<'f, 'j> {
     failure: &'f mut Option<OipError>,
     json_len: usize,
+    slots: Option<&'f mut Slots<'j>>,
 }
 
-impl<'de> DeserializeSeed<'de> for InputsSeed<'_> {
+impl<'de> DeserializeSeed<'de> for InputsSeed<'_, '_> {
     type Value = Vec<Input>;
 
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Vec<Input>, D::Error> {
@@ -126,19 +178,20 @@ impl<'de> DeserializeSeed<'de> for InputsSeed<'_> {
     }
 }
 
-impl<'de> Visitor<'de> for InputsSeed<'_> {
+impl<'de> Visitor<'de> for InputsSeed<'_, '_> {
     type Value = Vec<Input>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("inputs as an array of {\"name\", \"datatype\", \"shape\", \"data\"} objects")
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Input>, A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<Vec<Input>, A::Error> {
         let mut inputs = Vec::new();
         while let Some(input) = seq.next_element_seed(InputSeed {
             index: inputs.len(),
             failure: &mut *self.failure,
             json_len: self.json_len,
+            slots: self.slots.as_deref_mut(),
         })? {
             inputs.push(input);
         }
@@ -146,13 +199,14 @@ impl<'de> Visitor<'de> for InputsSeed<'_> {
     }
 }
 
-struct InputSeed<'f> {
+struct InputSeed<'f, 'j> {
     index: usize,
     failure: &'f mut Option<OipError>,
     json_len: usize,
+    slots: Option<&'f mut Slots<'j>>,
 }
 
-impl<'de> DeserializeSeed<'de> for InputSeed<'_> {
+impl<'de> DeserializeSeed<'de> for InputSeed<'_, '_> {
     type Value = Input;
 
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Input, D::Error> {
@@ -177,9 +231,11 @@ enum JsonData<'de> {
     /// The JSON text, to decode once the datatype is known (keys sorted by name put
     /// `data` before `datatype`).
     Deferred(&'de RawValue),
+    /// The fast path's: the JSON text, at this place in the original request.
+    Located(Range<usize>),
 }
 
-impl<'de> Visitor<'de> for InputSeed<'_> {
+impl<'de> Visitor<'de> for InputSeed<'_, '_> {
     type Value = Input;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -190,7 +246,7 @@ impl<'de> Visitor<'de> for InputSeed<'_> {
         )
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Input, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<Input, A::Error> {
         let i = self.index;
         let mut fields = InputFields::default();
         while let Some(key) = map.next_key::<String>()? {
@@ -199,6 +255,12 @@ impl<'de> Visitor<'de> for InputSeed<'_> {
                 "datatype" => fields.datatype.replace(map.next_value()?).is_some(),
                 "shape" => fields.shape.replace(map.next_value()?).is_some(),
                 "parameters" => fields.parameters.replace(map.next_value()?).is_some(),
+                "data" if self.slots.is_some() => {
+                    map.next_value::<IgnoredAny>()?;
+                    let range = self.slots.as_mut().and_then(|slots| slots.ranges.next());
+                    let range = range.ok_or_else(|| de::Error::custom("no data located"))?;
+                    fields.data.replace(JsonData::Located(range)).is_some()
+                }
                 "data" => {
                     let known = fields
                         .datatype
@@ -235,7 +297,8 @@ impl<'de> Visitor<'de> for InputSeed<'_> {
                 ));
             }
         }
-        finish_input(i, fields).map_err(|failure| stop(self.failure, failure))
+        let json = self.slots.map(|slots| slots.json);
+        finish_input(i, fields, json).map_err(|failure| stop(self.failure, failure))
     }
 }
 
@@ -250,7 +313,8 @@ fn shape_product(shape: &Value) -> u64 {
         .unwrap_or(0)
 }
 
-fn finish_input(i: usize, fields: InputFields<'_>) -> Result<Input, OipError> {
+/// `json` is the whole request's JSON, in the fast path.
+fn finish_input(i: usize, fields: InputFields<'_>, json: Option<&[u8]>) -> Result<Input, OipError> {
     let name = match fields.name {
         Some(Value::String(s)) if !s.is_empty() => s,
         None => return err(format!("inputs[{i}].name is missing")),
@@ -361,6 +425,15 @@ fn finish_input(i: usize, fields: InputFields<'_>) -> Result<Input, OipError> {
                     .unwrap_or_else(|| OipError::new(format!("inputs[{i}].data: {e}"))));
             }
             InputData::Json(sink.finish(&shape, count)?)
+        }
+        (None, Some(JsonData::Located(range))) => {
+            let text = json.and_then(|json| json.get(range));
+            let data = text.and_then(|text| fast::decode(text, datatype, count));
+            // Only an error to give up on: the careful path names it.
+            InputData::Json(
+                data.ok_or_else(|| OipError::new("not for the fast path"))?
+                    .into(),
+            )
         }
     };
     Ok(Input {

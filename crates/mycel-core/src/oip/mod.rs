@@ -6,6 +6,7 @@
 //! into tensor bytes (data.rs); `encode_response` (response.rs) writes JSON by hand.
 
 mod data;
+mod fast;
 mod header;
 mod response;
 #[cfg(test)]
@@ -90,6 +91,15 @@ pub struct EncodedResponse {
 /// that many leading bytes are JSON and the rest is the binary data of inputs that carry
 /// `parameters.binary_data_size`, in input order. Without it the whole body is JSON.
 pub fn parse_request(body: Bytes, json_len: Option<usize>) -> Result<InferRequest, OipError> {
+    parse_request_with(body, json_len, true)
+}
+
+/// [`parse_request`], with the fast path (fast.rs) allowed or not: the tests compare the two.
+fn parse_request_with(
+    body: Bytes,
+    json_len: Option<usize>,
+    fast: bool,
+) -> Result<InferRequest, OipError> {
     let json = match json_len {
         None => &body[..],
         Some(n) => body.get(..n).ok_or_else(|| {
@@ -99,7 +109,7 @@ pub fn parse_request(body: Bytes, json_len: Option<usize>) -> Result<InferReques
             ))
         })?,
     };
-    let header = parse_header(json, json_len.is_some())?;
+    let header = parse_header(json, json_len.is_some(), fast)?;
     let id = match header.id {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s),

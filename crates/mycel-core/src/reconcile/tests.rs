@@ -6,6 +6,7 @@ use super::*;
 use crate::fleet::{MaxUnavailable, NodeSpec, Surge};
 use crate::hash::BlobHash;
 use crate::manifest::ServeOptions;
+use crate::testing::Lcg;
 use crate::version::VersionId;
 
 const GIB: u64 = 1 << 30;
@@ -863,24 +864,6 @@ fn input_order_does_not_change_the_plan() {
         plan(&deployments_reversed, &nodes_reversed, &current_reversed),
         first
     );
-}
-
-/// A tiny deterministic generator (Knuth's MMIX LCG), so the property test needs no
-/// extra crate and every failure names a reproducible seed.
-struct Lcg(u64);
-
-impl Lcg {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 33) % n
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
 }
 
 const LOCATIONS: [&str; 4] = ["berlin", "london", "paris", "tokyo"];
