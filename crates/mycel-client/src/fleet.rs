@@ -149,6 +149,13 @@ impl Client {
         self.json(self.request(Method::GET, "/v1/status")).await
     }
 
+    /// Every agent and gateway to scrape, in Prometheus's HTTP service discovery format
+    /// (`[{"targets": ["host:port"], "labels": {"job": ..., "__scheme__": ...}}]`).
+    pub async fn prometheus_targets(&self) -> Result<Vec<serde_json::Value>, ClientError> {
+        self.json(self.request(Method::GET, "/v1/prometheus/targets"))
+            .await
+    }
+
     /// Where a deployment's latest rollout stands, once the generation passes `after`
     /// or after `wait`.
     pub async fn rollout_status(

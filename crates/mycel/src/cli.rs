@@ -35,6 +35,9 @@ pub enum Command {
     Undeploy(UndeployArgs),
     /// Show nodes, deployments and replicas.
     Status(ListArgs),
+    /// Watch every model's traffic live: requests and errors per second, p50/p99
+    /// latency, replicas.
+    Top(TopArgs),
     /// Print (or follow) the logs of a deployment's replicas.
     Logs(LogsArgs),
     /// Run the whole system on this machine: control plane, gateway, one agent per node.
@@ -483,6 +486,30 @@ pub struct PushArgs {
     #[command(flatten)]
     pub connect: ConnectArgs,
     /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct TopArgs {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// A gateway to read, repeatable [default: every gateway the control plane knows,
+    /// else DATA/gateway.url].
+    #[arg(
+        long = "gateway",
+        value_name = "URL",
+        env = "MYCEL_GATEWAY",
+        value_delimiter = ','
+    )]
+    pub gateways: Vec<String>,
+    /// Time between updates; rates and percentiles are over it.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub interval: std::time::Duration,
+    /// Print one update and exit.
+    #[arg(long)]
+    pub once: bool,
+    /// One JSON object per update, one per line.
     #[arg(long)]
     pub json: bool,
 }

@@ -53,6 +53,34 @@ pub fn ca_pem(flag: Option<&Path>, data: &Path) -> anyhow::Result<Option<String>
     }
 }
 
+/// The gateway named by `flag` (`--gateway`, `MYCEL_GATEWAY`), else the one whose URL
+/// `mycel up` or `mycel gateway` left in the data directory.
+pub fn gateway_url(flag: Option<&str>, data: &Path) -> anyhow::Result<String> {
+    if let Some(url) = flag.filter(|url| !url.trim().is_empty()) {
+        return Ok(url.trim().trim_end_matches('/').to_owned());
+    }
+    let file = data.join(mycel_gateway::URL_FILE);
+    match read_trimmed(&file) {
+        Some(url) => Ok(url.trim_end_matches('/').to_owned()),
+        None => bail!(
+            "no gateway to talk to: pass --gateway URL, set MYCEL_GATEWAY, or start one (`mycel up`); {} is missing",
+            file.display()
+        ),
+    }
+}
+
+/// An HTTP client that trusts the fleet's CA (`--ca`, or the data directory's) besides
+/// the system's roots, for https gateways.
+pub fn http_client(ca: Option<&Path>, data: &Path) -> anyhow::Result<reqwest::Client> {
+    let mut http = reqwest::Client::builder();
+    if let Some(pem) = ca_pem(ca, data)? {
+        for cert in reqwest::Certificate::from_pem_bundle(pem.as_bytes())? {
+            http = http.add_root_certificate(cert);
+        }
+    }
+    Ok(http.build()?)
+}
+
 /// The server URL and token named by flags, environment or the data directory.
 pub fn server_and_token(args: &ConnectArgs) -> anyhow::Result<(String, Option<String>)> {
     let data = data_dir(&args.data)?;

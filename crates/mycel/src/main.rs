@@ -8,6 +8,7 @@ mod hints;
 mod npy;
 mod output;
 mod runtime;
+mod top;
 mod walk;
 
 use std::process::ExitCode;

@@ -32,6 +32,11 @@ pub fn time(ms: u64) -> String {
 
 /// Prints rows as left-aligned columns, the first row being the header.
 pub fn table(rows: &[Vec<String>]) {
+    print!("{}", table_text(rows));
+}
+
+/// [`table`]'s text, each line ending in a newline.
+pub fn table_text(rows: &[Vec<String>]) -> String {
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..columns)
         .map(|c| {
@@ -42,14 +47,17 @@ pub fn table(rows: &[Vec<String>]) {
                 .unwrap_or(0)
         })
         .collect();
+    let mut text = String::new();
     for row in rows {
         let line: Vec<String> = row
             .iter()
             .enumerate()
             .map(|(i, cell)| format!("{cell:<width$}", width = widths[i]))
             .collect();
-        println!("{}", line.join("  ").trim_end());
+        text.push_str(line.join("  ").trim_end());
+        text.push('\n');
     }
+    text
 }
 
 /// Prints `value` as pretty JSON on stdout.

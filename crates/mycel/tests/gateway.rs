@@ -849,3 +849,65 @@ fn deadlines_answer_504_skip_what_expired_and_restart_a_stuck_worker() {
         "{answer}"
     );
 }
+
+#[test]
+fn mycel_top_shows_each_models_rate_errors_latency_and_replicas() {
+    let fleet = fleet();
+    let ok =
+        json!({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1, 2]}]});
+    let fail = json!({"inputs": [{"name": "fail", "datatype": "FP32", "shape": [1], "data": [1]}]});
+    let (fleet, ok, fail) = (&fleet, &ok, &fail);
+    let out = std::thread::scope(|scope| {
+        // One update over 4 s, in which the requests below are made.
+        let top = scope.spawn(|| {
+            fleet
+                .server
+                .cli(&["top", "--once", "--json", "--interval", "4s"])
+        });
+        std::thread::sleep(Duration::from_secs(1));
+        // At once, so that the probe's batching wait does not add up.
+        let calls: Vec<_> = (0..22)
+            .map(|i| scope.spawn(move || fleet.infer(if i < 20 { ok } else { fail }).0))
+            .collect();
+        let codes: Vec<u16> = calls.into_iter().map(|c| c.join().unwrap()).collect();
+        assert_eq!(codes.iter().filter(|&&c| c == 500).count(), 2, "{codes:?}");
+        top.join().unwrap()
+    });
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let update: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let seconds = update["seconds"].as_f64().unwrap();
+    let probe = update["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["model"] == "probe")
+        .unwrap_or_else(|| panic!("no probe in {update}"));
+    let count = |field: &str| (probe[field].as_f64().unwrap() * seconds).round();
+    assert_eq!(count("requests_per_s"), 22.0, "{update}");
+    assert_eq!(count("errors_per_s"), 2.0, "{update}");
+    assert_eq!((&probe["ready"], &probe["desired"]), (&json!(2), &json!(2)));
+    let (p50, p99) = (
+        probe["p50_ms"].as_f64().unwrap(),
+        probe["p99_ms"].as_f64().unwrap(),
+    );
+    assert!(0.0 < p50 && p50 <= p99, "{update}");
+
+    // The table a person reads.
+    let out = fleet.server.cli(&["top", "--once", "--interval", "1s"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("MODEL") && text.contains("P99 MS"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("probe") && l.contains("2/2")),
+        "{text}"
+    );
+}

@@ -14,6 +14,7 @@ mod predict;
 mod push;
 mod rollout;
 mod status;
+mod top;
 mod up;
 
 use crate::cli::{Cli, Command, FederationCommand, NodeCommand, NodeTokenCommand, RolloutCommand};
@@ -36,6 +37,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Deploy(args) => deploy::run(args).await,
         Command::Undeploy(args) => deploy::undeploy(args).await,
         Command::Status(args) => status::run(args).await,
+        Command::Top(args) => top::run(args).await,
         Command::Logs(args) => logs::run(args).await,
         Command::Up(args) => up::run(args).await,
         Command::Doctor(args) => doctor::run(args).await,

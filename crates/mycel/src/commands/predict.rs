@@ -17,27 +17,9 @@ use crate::npy;
 const SHOWN: usize = 8;
 
 pub async fn run(args: PredictArgs) -> anyhow::Result<()> {
-    let gateway = match &args.gateway {
-        Some(url) => url.trim_end_matches('/').to_owned(),
-        None => {
-            let file = data_dir(&args.data)?.join(mycel_gateway::URL_FILE);
-            std::fs::read_to_string(&file)
-                .map(|s| s.trim().trim_end_matches('/').to_owned())
-                .with_context(|| {
-                    format!(
-                        "no gateway to talk to: pass --gateway URL, set MYCEL_GATEWAY, or start one (`mycel up`); {} is missing",
-                        file.display()
-                    )
-                })?
-        }
-    };
-    let mut http = reqwest::Client::builder();
-    if let Some(pem) = crate::connect::ca_pem(args.ca.as_deref(), &data_dir(&args.data)?)? {
-        for cert in reqwest::Certificate::from_pem_bundle(pem.as_bytes())? {
-            http = http.add_root_certificate(cert);
-        }
-    }
-    let http = http.build()?;
+    let data = data_dir(&args.data)?;
+    let gateway = crate::connect::gateway_url(args.gateway.as_deref(), &data)?;
+    let http = crate::connect::http_client(args.ca.as_deref(), &data)?;
     let model_path = match &args.model_version {
         Some(v) => format!("{gateway}/v2/models/{}/versions/{v}", args.model),
         None => format!("{gateway}/v2/models/{}", args.model),
