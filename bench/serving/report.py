@@ -84,11 +84,9 @@ def table(what, section, load):
     loops = [(section.get("torch_loop"), "")]
     loops += [(loop, f", mean batch of {NAMES[name]}") for name, loop in at_batch.items()
               if loop and loop is not section.get("torch_loop")]
-    seen = set()
     for loop, note in loops:
-        if not loop or loop["batch"] in seen and note:
+        if not loop:
             continue
-        seen.add(loop["batch"])
         if not loop:
             continue
         for key, label in (("model", "torch loop, `model(batch)`"), ("predict", "torch loop, `predict()`")):
