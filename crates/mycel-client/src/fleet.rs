@@ -149,6 +149,36 @@ impl Client {
         self.json(self.request(Method::GET, "/v1/status")).await
     }
 
+    /// Makes an operator's token; its secret is in the answer only.
+    pub async fn create_token(
+        &self,
+        request: &mycel_core::access::NewToken,
+    ) -> Result<mycel_core::access::CreatedToken, ClientError> {
+        self.call(Method::POST, "/v1/tokens", request).await
+    }
+
+    /// Every operator's token's grant.
+    pub async fn tokens(&self) -> Result<Vec<mycel_core::access::Grant>, ClientError> {
+        self.json(self.request(Method::GET, "/v1/tokens")).await
+    }
+
+    /// Revokes the token named `name`.
+    pub async fn revoke_token(&self, name: &str) -> Result<(), ClientError> {
+        let _: serde_json::Value = self
+            .json(self.request(Method::DELETE, &format!("/v1/tokens/{name}")))
+            .await?;
+        Ok(())
+    }
+
+    /// The newest `last` entries of the audit log, oldest first.
+    pub async fn audit(
+        &self,
+        last: usize,
+    ) -> Result<Vec<mycel_core::access::AuditEntry>, ClientError> {
+        self.json(self.request(Method::GET, &format!("/v1/audit?last={last}")))
+            .await
+    }
+
     /// Every agent and gateway to scrape, in Prometheus's HTTP service discovery format
     /// (`[{"targets": ["host:port"], "labels": {"job": ..., "__scheme__": ...}}]`).
     pub async fn prometheus_targets(&self) -> Result<Vec<serde_json::Value>, ClientError> {

@@ -13,6 +13,7 @@ mod clock;
 mod federation;
 mod fleet;
 mod observe;
+pub mod policy;
 pub mod registry;
 pub mod store;
 

@@ -7,6 +7,9 @@
 
 use std::path::Path;
 
+mod access;
+
+use mycel_core::access::{AuditEntry, Grant};
 use mycel_core::api::NodeGrant;
 use mycel_core::federation::Federation;
 use mycel_core::fleet::{Assignment, Deployment, Node, Rollout};
@@ -163,6 +166,25 @@ pub trait Store: Send + Sync + 'static {
 
     /// Replaces a federation's record.
     fn put_federation(&self, federation: &Federation) -> Result<(), StoreError>;
+
+    /// Records an operator's token, by hash, with its grant, in one transaction; false
+    /// (and nothing written) if a token of that name exists.
+    fn insert_grant(&self, token_hash: &[u8; 32], grant: &Grant) -> Result<bool, StoreError>;
+
+    /// The grant of the token named `name`.
+    fn grant(&self, name: &str) -> Result<Option<Grant>, StoreError>;
+
+    /// Every token's grant, by name.
+    fn grants(&self) -> Result<Vec<Grant>, StoreError>;
+
+    /// Removes the token named `name` and its grant; true if there was one.
+    fn revoke_token(&self, name: &str) -> Result<bool, StoreError>;
+
+    /// Appends to the audit log, numbering the entry; returns its number.
+    fn append_audit(&self, entry: AuditEntry) -> Result<u64, StoreError>;
+
+    /// The newest `last` audit entries, oldest first.
+    fn audit(&self, last: usize) -> Result<Vec<AuditEntry>, StoreError>;
 }
 
 /// The embedded store: one redb file.
@@ -186,6 +208,8 @@ impl RedbStore {
         tx.open_table(FEDERATIONS).map_err(db)?;
         tx.open_table(JOIN_TOKENS).map_err(db)?;
         tx.open_table(NODE_GRANTS).map_err(db)?;
+        tx.open_table(access::GRANTS).map_err(db)?;
+        tx.open_table(access::AUDIT).map_err(db)?;
         tx.commit().map_err(db)?;
         Ok(Self { db: database })
     }
@@ -613,6 +637,30 @@ impl Store for RedbStore {
         };
         tx.commit().map_err(db)?;
         Ok(removed)
+    }
+
+    fn insert_grant(&self, token_hash: &[u8; 32], grant: &Grant) -> Result<bool, StoreError> {
+        self.insert_grant_impl(token_hash, grant)
+    }
+
+    fn grant(&self, name: &str) -> Result<Option<Grant>, StoreError> {
+        self.grant_impl(name)
+    }
+
+    fn grants(&self) -> Result<Vec<Grant>, StoreError> {
+        self.all(access::GRANTS)
+    }
+
+    fn revoke_token(&self, name: &str) -> Result<bool, StoreError> {
+        self.revoke_token_impl(name)
+    }
+
+    fn append_audit(&self, entry: AuditEntry) -> Result<u64, StoreError> {
+        self.append_audit_impl(entry)
+    }
+
+    fn audit(&self, last: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        self.audit_impl(last)
     }
 }
 

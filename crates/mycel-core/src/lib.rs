@@ -5,6 +5,7 @@
 //! answers, so every rule here is testable on plain data.
 #![warn(missing_docs)]
 
+pub mod access;
 pub mod api;
 pub mod dependency;
 pub mod error;

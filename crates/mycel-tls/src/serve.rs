@@ -89,7 +89,8 @@ pub async fn serve(
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
             limits.idle,
         ))
-        .into_make_service();
+        // Handlers may read the peer's address (`ConnectInfo`): the audit log does.
+        .into_make_service_with_connect_info::<std::net::SocketAddr>();
     let handle = axum_server::Handle::new();
     let stopping = handle.clone();
     tokio::spawn(async move {

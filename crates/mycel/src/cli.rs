@@ -72,6 +72,67 @@ pub enum Command {
     /// Let nodes join the fleet with their own credentials, or cut one off.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Operators' tokens: a role (viewer, deployer, admin), optionally only for some
+    /// components and locations, and for a while.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Who changed what, when and from where.
+    Audit(AuditArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Make a token and print it (shown this once).
+    Create(TokenCreateArgs),
+    /// List tokens: names, roles, scopes, expiry (never the secrets).
+    List(ListArgs),
+    /// Revoke a token: it stops working at once.
+    Revoke(TokenRevokeArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct TokenCreateArgs {
+    /// viewer (read), deployer (also push, deploy, roll back), admin (also nodes, tokens,
+    /// the audit log).
+    #[arg(long, value_parser = clap::value_parser!(mycel_core::access::Role))]
+    pub role: mycel_core::access::Role,
+    /// Its name, shown as who did what [default: token-<last 8 of the secret>].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Only this component (and deployments of it), repeatable [default: all].
+    #[arg(long = "component", value_name = "NAME")]
+    pub components: Vec<String>,
+    /// Only deploy to this location, repeatable [default: all].
+    #[arg(long = "location", value_name = "LOCATION")]
+    pub locations: Vec<String>,
+    /// Stop working after this long, e.g. 30d or 12h [default: never].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub expires: Option<std::time::Duration>,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// Print the token and its grant as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct TokenRevokeArgs {
+    /// The token's name (`mycel token list`).
+    pub name: String,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct AuditArgs {
+    /// How many of the newest entries.
+    #[arg(long, default_value_t = 50)]
+    pub last: usize,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Subcommand, Debug)]

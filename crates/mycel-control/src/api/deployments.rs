@@ -13,7 +13,7 @@ use mycel_core::ErrorCode;
 
 use serde::Deserialize;
 
-use super::{ApiError, ApiJson, Caller};
+use super::{ApiError, ApiJson, Caller, Scope};
 use crate::registry::{self, blocking};
 use crate::AppState;
 
@@ -23,6 +23,7 @@ const MAX_COPIES: u32 = 1000;
 pub(super) async fn put(
     State(state): State<Arc<AppState>>,
     Caller(caller): Caller,
+    Scope(grant): Scope,
     Path(name): Path<String>,
     ApiJson(request): ApiJson<DeployRequest>,
 ) -> Result<Json<Deployment>, ApiError> {
@@ -30,6 +31,10 @@ pub(super) async fn put(
     validate_name(&name).map_err(|m| invalid(format!("deployment {m}")))?;
     let component = request.component.unwrap_or_else(|| name.clone());
     validate_name(&component).map_err(|m| invalid(format!("component {m}")))?;
+    grant.check_component(&component).map_err(forbidden)?;
+    if let Some(existing) = find(&state, &name).await? {
+        within(&grant, &existing)?;
+    }
     if request.copies.is_empty() {
         return Err(invalid(
             "no copies given; expected copies per location such as {\"new-york\": 2}".into(),
@@ -37,6 +42,7 @@ pub(super) async fn put(
     }
     for (location, &copies) in &request.copies {
         validate_name(location).map_err(|m| invalid(format!("location {m}")))?;
+        grant.check_location(location).map_err(forbidden)?;
         if copies > MAX_COPIES {
             return Err(invalid(format!(
                 "{copies} copies in {location}; at most {MAX_COPIES}"
@@ -116,6 +122,22 @@ pub(super) async fn put(
 /// Longest rollout deadline accepted: a day.
 const MAX_DEADLINE_S: u64 = 86_400;
 
+fn forbidden(denied: crate::policy::Denied) -> ApiError {
+    ApiError::new(ErrorCode::Forbidden, denied.0)
+}
+
+/// Refuses a token changing a deployment of a component, or with copies in a location,
+/// outside its scope.
+fn within(grant: &mycel_core::access::Grant, deployment: &Deployment) -> Result<(), ApiError> {
+    grant
+        .check_component(&deployment.component)
+        .map_err(forbidden)?;
+    for (location, _) in deployment.copies.iter().filter(|(_, &n)| n > 0) {
+        grant.check_location(location).map_err(forbidden)?;
+    }
+    Ok(())
+}
+
 async fn find(state: &AppState, name: &str) -> Result<Option<Deployment>, ApiError> {
     let owned = name.to_owned();
     Ok(blocking(&state.store, move |s| {
@@ -136,10 +158,12 @@ fn not_found(name: &str) -> ApiError {
 pub(super) async fn rollback(
     State(state): State<Arc<AppState>>,
     Caller(caller): Caller,
+    Scope(grant): Scope,
     Path(name): Path<String>,
     ApiJson(request): ApiJson<RollbackRequest>,
 ) -> Result<Json<Deployment>, ApiError> {
     let current = find(&state, &name).await?.ok_or_else(|| not_found(&name))?;
+    within(&grant, &current)?;
     let history = state.fleet.history(&name).await?;
     let target: Served = match request.to {
         // What that version last ran with, or its manifest's options if it never ran.
@@ -236,9 +260,12 @@ pub(super) async fn list(
 
 pub(super) async fn delete(
     State(state): State<Arc<AppState>>,
-    _caller: Caller,
+    Scope(grant): Scope,
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    if let Some(existing) = find(&state, &name).await? {
+        within(&grant, &existing)?;
+    }
     let owned = name.clone();
     if !blocking(&state.store, move |s| s.delete_deployment(&owned)).await? {
         return Err(ApiError::new(

@@ -14,7 +14,7 @@ use mycel_core::ErrorCode;
 use serde::Deserialize;
 
 use super::nodes::{WatchQuery, MAX_WAIT};
-use super::{ApiError, ApiJson, Caller, Principal};
+use super::{ApiError, ApiJson, Caller, Principal, Scope};
 use crate::federation::Completion;
 use crate::fleet::now_ms;
 use crate::registry::{self, blocking};
@@ -26,10 +26,14 @@ const MAX_ROUNDS: u32 = 10_000;
 pub(super) async fn create(
     State(state): State<Arc<AppState>>,
     Caller(caller): Caller,
+    Scope(grant): Scope,
     ApiJson(request): ApiJson<FederationRequest>,
 ) -> Result<Json<Federation>, ApiError> {
     let invalid = |m: String| ApiError::new(ErrorCode::InvalidRequest, m);
     validate_name(&request.component).map_err(|m| invalid(format!("component {m}")))?;
+    grant
+        .check_component(&request.component)
+        .map_err(|denied| ApiError::new(ErrorCode::Forbidden, denied.0))?;
     validate_name(&request.dataset).map_err(|m| invalid(format!("dataset {m}")))?;
     if !(1..=MAX_ROUNDS).contains(&request.rounds) {
         return Err(invalid(format!(
@@ -216,11 +220,15 @@ pub(super) async fn show(
 pub(super) async fn stop(
     State(state): State<Arc<AppState>>,
     Caller(caller): Caller,
+    Scope(grant): Scope,
     Path(id): Path<u64>,
 ) -> Result<Json<Federation>, ApiError> {
     let federation = blocking(&state.store, move |s| s.federation(id))
         .await?
         .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("federation {id} not found")))?;
+    grant
+        .check_component(&federation.request.component)
+        .map_err(|denied| ApiError::new(ErrorCode::Forbidden, denied.0))?;
     if federation.state.is_done() || !state.federations.cancel(id) {
         return Err(ApiError::new(
             ErrorCode::InvalidRequest,

@@ -6,8 +6,10 @@ mod components;
 mod deployments;
 mod error;
 mod federations;
+mod guard;
 mod nodes;
 mod tls;
+mod tokens;
 
 use std::sync::Arc;
 
@@ -89,6 +91,14 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/nodes/{name}/certificate", post(tls::node_certificate))
         .route("/v1/routes", get(deployments::routes))
         .route("/v1/prometheus/targets", get(prometheus_targets))
+        .route("/v1/tokens", get(tokens::list).post(tokens::create))
+        .route("/v1/tokens/{name}", axum::routing::delete(tokens::revoke))
+        .route("/v1/audit", get(tokens::audit))
+        // Every route above passes the guard (policy.rs has its rule), timed with it.
+        .route_layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            guard::guard,
+        ))
         .route_layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
             timed,
@@ -186,34 +196,63 @@ impl FromRequestParts<Arc<AppState>> for Principal {
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, ApiError> {
-        let unauthorized = |message: &str| ApiError::new(ErrorCode::Unauthorized, message);
-        let header = parts
-            .headers
+        // The guard has authenticated the caller already.
+        if let Some(principal) = parts.extensions.get::<Principal>() {
+            return Ok(principal.clone());
+        }
+        authenticate(state, &parts.headers).await
+    }
+}
+
+/// Who presented the request's bearer token.
+pub(crate) async fn authenticate(
+    state: &AppState,
+    headers: &axum::http::HeaderMap,
+) -> Result<Principal, ApiError> {
+    let unauthorized = |message: &str| ApiError::new(ErrorCode::Unauthorized, message);
+    let header = headers
             .get(axum::http::header::AUTHORIZATION)
             .ok_or_else(|| {
                 unauthorized("missing Authorization header; expected \"Bearer <token>\" (the admin token is in the server's data directory, admin.token)")
             })?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                unauthorized("malformed Authorization header; expected \"Bearer <token>\"")
-            })?
-            .to_owned();
-        let store = Arc::clone(&state.store);
-        let name = crate::registry::blocking(&store, move |s| crate::auth::token_name(s, &token))
-            .await
-            .map_err(ApiError::internal)?
-            .ok_or_else(|| {
-                unauthorized("unknown token (a revoked node's credential is unknown too)")
-            })?;
-        Ok(match name.strip_prefix(crate::store::NODE_TOKEN_PREFIX) {
-            Some(node) => Principal::Node(node.to_owned()),
-            None => Principal::Operator(name),
-        })
+    let token = header
+        .to_str()
+        .ok()
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| unauthorized("malformed Authorization header; expected \"Bearer <token>\""))?
+        .to_owned();
+    let store = Arc::clone(&state.store);
+    let name = crate::registry::blocking(&store, move |s| crate::auth::token_name(s, &token))
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| {
+            unauthorized("unknown token (a revoked node's credential is unknown too)")
+        })?;
+    Ok(match name.strip_prefix(crate::store::NODE_TOKEN_PREFIX) {
+        Some(node) => Principal::Node(node.to_owned()),
+        None => Principal::Operator(name),
+    })
+}
+
+/// What the operator's token that made the request was granted (the guard put it
+/// there); a route that only operators may call has one.
+pub(crate) struct Scope(pub mycel_core::access::Grant);
+
+impl FromRequestParts<Arc<AppState>> for Scope {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        _state: &Arc<AppState>,
+    ) -> Result<Self, ApiError> {
+        parts
+            .extensions
+            .get::<mycel_core::access::Grant>()
+            .cloned()
+            .map(Scope)
+            .ok_or_else(|| ApiError::new(ErrorCode::Forbidden, "this needs an operator's token"))
     }
 }
 

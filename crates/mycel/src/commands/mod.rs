@@ -14,10 +14,13 @@ mod predict;
 mod push;
 mod rollout;
 mod status;
+mod token;
 mod top;
 mod up;
 
-use crate::cli::{Cli, Command, FederationCommand, NodeCommand, NodeTokenCommand, RolloutCommand};
+use crate::cli::{
+    Cli, Command, FederationCommand, NodeCommand, NodeTokenCommand, RolloutCommand, TokenCommand,
+};
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     if matches!(
@@ -38,6 +41,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Undeploy(args) => deploy::undeploy(args).await,
         Command::Status(args) => status::run(args).await,
         Command::Top(args) => top::run(args).await,
+        Command::Token(TokenCommand::Create(args)) => token::create(args).await,
+        Command::Token(TokenCommand::List(args)) => token::list(args).await,
+        Command::Token(TokenCommand::Revoke(args)) => token::revoke(args).await,
+        Command::Audit(args) => token::audit(args).await,
         Command::Logs(args) => logs::run(args).await,
         Command::Up(args) => up::run(args).await,
         Command::Doctor(args) => doctor::run(args).await,
