@@ -415,8 +415,13 @@ impl Fleet {
         // The generation is read before the state: a change racing this read bumps it
         // again, so the gateway's next poll picks it up.
         let generation = wait_past(&self.routes, after, wait, stop).await;
-        let (deployments, nodes, assignments) = blocking(&self.store, |s| {
-            Ok((s.deployments()?, s.nodes()?, s.assignments()?))
+        let (deployments, nodes, assignments, tokens) = blocking(&self.store, |s| {
+            Ok((
+                s.deployments()?,
+                s.nodes()?,
+                s.assignments()?,
+                route_tokens(s)?,
+            ))
         })
         .await?;
         let statuses = lock(&self.statuses).clone();
@@ -457,7 +462,17 @@ impl Fleet {
                 }
             })
             .collect();
-        Ok(RoutingTable { generation, models })
+        Ok(RoutingTable {
+            generation,
+            models,
+            tokens,
+        })
+    }
+
+    /// Gateways' routing tables changed other than through the fleet (a token made
+    /// or revoked): wakes their long-polls.
+    pub(crate) fn routes_changed(&self) {
+        self.routes.send_modify(|g| *g += 1);
     }
 
     /// Everything `mycel status` shows.
@@ -536,4 +551,31 @@ impl Fleet {
             unplaced: lock(&self.unplaced).clone(),
         })
     }
+}
+
+/// Every operator's token as gateways check callers: the admin token for every model,
+/// the others as their grants say. Nodes' credentials call no models.
+fn route_tokens(store: &dyn Store) -> Result<Vec<mycel_core::api::RouteToken>, StoreError> {
+    let mut tokens = Vec::new();
+    for (hash, name) in store.token_names()? {
+        if name.starts_with(crate::store::NODE_TOKEN_PREFIX) {
+            continue;
+        }
+        let hash = blake3::Hash::from_bytes(hash).to_hex().to_string();
+        let (components, expires_ms) = if name == crate::auth::ADMIN {
+            (Vec::new(), None)
+        } else {
+            match store.grant(&name)? {
+                Some(grant) => (grant.components, grant.expires_ms),
+                None => continue,
+            }
+        };
+        tokens.push(mycel_core::api::RouteToken {
+            hash,
+            name,
+            components,
+            expires_ms,
+        });
+    }
+    Ok(tokens)
 }

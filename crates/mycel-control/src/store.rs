@@ -171,6 +171,9 @@ pub trait Store: Send + Sync + 'static {
     /// (and nothing written) if a token of that name exists.
     fn insert_grant(&self, token_hash: &[u8; 32], grant: &Grant) -> Result<bool, StoreError>;
 
+    /// Every token's hash with its name: operators' and nodes' alike.
+    fn token_names(&self) -> Result<Vec<([u8; 32], String)>, StoreError>;
+
     /// The grant of the token named `name`.
     fn grant(&self, name: &str) -> Result<Option<Grant>, StoreError>;
 
@@ -645,6 +648,10 @@ impl Store for RedbStore {
 
     fn grant(&self, name: &str) -> Result<Option<Grant>, StoreError> {
         self.grant_impl(name)
+    }
+
+    fn token_names(&self) -> Result<Vec<([u8; 32], String)>, StoreError> {
+        self.token_names_impl()
     }
 
     fn grants(&self) -> Result<Vec<Grant>, StoreError> {

@@ -335,6 +335,25 @@ pub struct RoutingTable {
     pub generation: u64,
     /// Every deployment, served under its name.
     pub models: Vec<RouteModel>,
+    /// Operators' tokens, by hash, for gateways that require one of callers.
+    #[serde(default)]
+    pub tokens: Vec<RouteToken>,
+}
+
+/// An operator's token as a gateway checks it: its hash (never the token) and which
+/// models it may call.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteToken {
+    /// The token's BLAKE3 hash, hex.
+    pub hash: String,
+    /// Its name, for messages.
+    pub name: String,
+    /// Components whose models it may call; empty means all.
+    #[serde(default)]
+    pub components: Vec<String>,
+    /// When it stops working, in milliseconds since the epoch; `None` never.
+    #[serde(default)]
+    pub expires_ms: Option<u64>,
 }
 
 /// One deployment as the gateway serves it.

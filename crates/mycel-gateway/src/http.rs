@@ -27,13 +27,6 @@ pub(crate) const EXTENSIONS: &[&str] = &["binary_tensor_data", "statistics", "ge
 pub(crate) fn app(state: Arc<Gateway>) -> Router {
     let max_request_bytes = state.max_request_bytes;
     Router::new()
-        .route(
-            "/v2/health/live",
-            get(|| async { Json(json!({"live": true})) }),
-        )
-        .route("/v2/health/ready", get(server_ready))
-        .route("/v2", get(server_metadata))
-        .route("/metrics", get(metrics))
         .route("/v2/models/stats", get(all_stats))
         .route("/v2/models/{model}/stats", get(model_stats))
         .route(
@@ -68,6 +61,18 @@ pub(crate) fn app(state: Arc<Gateway>) -> Router {
             "/v2/models/{model}/versions/{version}/infer",
             post(infer_at),
         )
+        // Every route above names models; with --require-token each asks for a token.
+        .route_layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            require_token,
+        ))
+        .route(
+            "/v2/health/live",
+            get(|| async { Json(json!({"live": true})) }),
+        )
+        .route("/v2/health/ready", get(server_ready))
+        .route("/v2", get(server_metadata))
+        .route("/metrics", get(metrics))
         .fallback(|| async {
             oip_error(
                 StatusCode::NOT_FOUND,
@@ -76,6 +81,30 @@ pub(crate) fn app(state: Arc<Gateway>) -> Router {
         })
         .layer(DefaultBodyLimit::max(max_request_bytes))
         .with_state(state)
+}
+
+/// Where the gateway requires a token: the caller's, good for the model the path names.
+async fn require_token(
+    State(gw): State<Arc<Gateway>>,
+    params: axum::extract::RawPathParams,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let authorization = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let token = match infer::admit(&gw, authorization) {
+        Ok(token) => token,
+        Err(failure) => return failure.into_response(),
+    };
+    let named = params.iter().find(|(key, _)| *key == "model");
+    if let Some(model) = named.and_then(|(_, name)| gw.router.table().models.get(name).cloned()) {
+        if let Err(failure) = infer::may_call(token.as_ref(), &model) {
+            return failure.into_response();
+        }
+    }
+    next.run(request).await
 }
 
 /// The protocol's error shape: `{"error": "..."}`. A 503 says when to come back.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use bytes::Bytes;
-use mycel_core::api::ErrorBody;
+use mycel_core::api::{ErrorBody, RouteToken};
 use mycel_core::frame::{self, Frame, Timing};
 use mycel_core::oip::InferRequest;
 use mycel_core::tensor::Tensor;
@@ -29,6 +29,7 @@ pub(crate) struct Gateway {
     agents: reqwest::Client,
     pub(crate) max_request_bytes: usize,
     request_timeout: Duration,
+    require_token: bool,
     pub(crate) metrics: Metrics,
     pub(crate) stats: Stats,
 }
@@ -40,6 +41,7 @@ impl Gateway {
         router: Arc<routes::Router>,
         max_request_bytes: usize,
         request_timeout: Duration,
+        require_token: bool,
         agents_tls: Option<rustls::ClientConfig>,
     ) -> Result<Self, reqwest::Error> {
         let mut agents = reqwest::Client::builder()
@@ -55,6 +57,7 @@ impl Gateway {
             agents: agents.build()?,
             max_request_bytes,
             request_timeout,
+            require_token,
             metrics: Metrics::new(),
             stats: Stats::default(),
         })
@@ -63,6 +66,65 @@ impl Gateway {
     /// Whether the routing table has arrived: before that every model looks absent.
     pub(crate) fn ready(&self) -> bool {
         self.router.table().generation > 0
+    }
+}
+
+/// The caller's token, where the gateway requires one: `Ok(None)` where it does not,
+/// else the token's entry in the routing table, or why the caller is refused.
+pub(crate) fn admit(
+    gw: &Gateway,
+    authorization: Option<&str>,
+) -> Result<Option<RouteToken>, Failure> {
+    if !gw.require_token {
+        return Ok(None);
+    }
+    let unauthorized = |message: String| Failure(StatusCode::UNAUTHORIZED, message);
+    let token = authorization
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            unauthorized(
+                "this gateway takes requests with a token only: send \"Authorization: Bearer \
+                 <token>\" (an admin makes one with `mycel token create --role viewer`)"
+                    .into(),
+            )
+        })?;
+    let hash = blake3::hash(token.as_bytes()).to_hex();
+    let table = gw.router.table();
+    let found = table
+        .tokens
+        .get(hash.as_str())
+        .cloned()
+        .ok_or_else(|| unauthorized("unknown token (or revoked)".into()))?;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    if found.expires_ms.is_some_and(|at| now_ms >= at) {
+        return Err(unauthorized(format!("token {:?} has expired", found.name)));
+    }
+    Ok(Some(found))
+}
+
+/// Refuses a token scoped to other components than the model's.
+pub(crate) fn may_call(token: Option<&RouteToken>, model: &Model) -> Result<(), Failure> {
+    match token {
+        Some(token)
+            if !token.components.is_empty()
+                && !token.components.contains(&model.info.component) =>
+        {
+            Err(Failure(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "token {:?} may call only models of {}; model {:?} runs {:?}",
+                    token.name,
+                    token.components.join(", "),
+                    model.info.name,
+                    model.info.component
+                ),
+            ))
+        }
+        _ => Ok(()),
     }
 }
 

@@ -50,6 +50,9 @@ pub struct Config {
     /// The longest a request may take; past it the client gets 504 (a client may ask
     /// for less with Triton's `parameters.timeout`).
     pub request_timeout: std::time::Duration,
+    /// Whether callers must present an operator's token, scoped to the model's
+    /// component where the token is.
+    pub require_token: bool,
     /// How long a client connection may send nothing (no request head, or a stalled
     /// body) before it is closed, and how many connections it may hold at once.
     pub limits: mycel_tls::Limits,
@@ -170,6 +173,7 @@ pub async fn run(
         router,
         config.max_request_bytes,
         config.request_timeout,
+        config.require_token,
         agents_tls,
     )
     .map_err(|e| GatewayError::Io {

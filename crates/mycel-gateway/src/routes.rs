@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use mycel_core::api::{RouteModel, RouteReplica, RoutingTable};
+use mycel_core::api::{RouteModel, RouteReplica, RouteToken, RoutingTable};
 use tokio_util::sync::CancellationToken;
 
 /// A replica as the router sees it.
@@ -37,6 +37,8 @@ pub struct Table {
     pub generation: u64,
     /// Models by name.
     pub models: HashMap<String, Arc<Model>>,
+    /// Operators' tokens by hash (hex), for a gateway that requires one.
+    pub tokens: HashMap<String, RouteToken>,
 }
 
 /// The live table and the counters that outlive its updates.
@@ -100,9 +102,15 @@ impl Router {
             })
             .collect();
         *counters = live;
+        let tokens = routing
+            .tokens
+            .into_iter()
+            .map(|token| (token.hash.clone(), token))
+            .collect();
         let table = Arc::new(Table {
             generation: routing.generation,
             models,
+            tokens,
         });
         *self.table.write().unwrap_or_else(|p| p.into_inner()) = table;
     }
@@ -244,6 +252,7 @@ mod tests {
                     })
                     .collect(),
             }],
+            tokens: Vec::new(),
         }
     }
 

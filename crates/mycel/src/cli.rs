@@ -375,6 +375,10 @@ pub struct ServerArgs {
     /// may ask for less with `parameters.timeout`, in microseconds).
     #[arg(long, env = "MYCEL_REQUEST_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub request_timeout: std::time::Duration,
+    /// Take inference only from callers with an operator's token (`Authorization:
+    /// Bearer`), and only for models of the components the token is scoped to.
+    #[arg(long, env = "MYCEL_REQUIRE_TOKEN")]
+    pub require_token: bool,
 }
 
 #[derive(Args, Debug)]
@@ -433,6 +437,10 @@ pub struct GatewayArgs {
     /// may ask for less with `parameters.timeout`, in microseconds).
     #[arg(long, env = "MYCEL_REQUEST_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub request_timeout: std::time::Duration,
+    /// Take inference only from callers with an operator's token (`Authorization:
+    /// Bearer`), and only for models of the components the token is scoped to.
+    #[arg(long, env = "MYCEL_REQUIRE_TOKEN")]
+    pub require_token: bool,
     /// Most client connections held at once; one past it is closed at once [default:
     /// 10000, or half of what the process may open when that is less].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
@@ -829,6 +837,10 @@ pub struct UpArgs {
     /// may ask for less with `parameters.timeout`, in microseconds).
     #[arg(long, env = "MYCEL_REQUEST_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub request_timeout: std::time::Duration,
+    /// Take inference only from callers with an operator's token (`Authorization:
+    /// Bearer`), and only for models of the components the token is scoped to.
+    #[arg(long, env = "MYCEL_REQUIRE_TOKEN")]
+    pub require_token: bool,
     /// CPUs each local node offers [default: the machine's cores].
     #[arg(long)]
     pub node_cpus: Option<f64>,

@@ -87,10 +87,17 @@ fn fleet_of(copies: u32) -> Fleet {
 
 /// [`fleet_of`], with more `[serve]` settings in the probe's manifest.
 fn fleet_with(copies: u32, serve: &str) -> Fleet {
+    fleet_serving(copies, serve, &[])
+}
+
+/// [`fleet_with`], the server started with `server_args` too.
+fn fleet_serving(copies: u32, serve: &str, server_args: &[&str]) -> Fleet {
     let manifest = MANIFEST.replace("[serve]\n", &format!("[serve]\n{serve}"));
     let data = tempfile::tempdir().unwrap();
     let nodes = tempfile::tempdir().unwrap();
-    let server = TestServer::start_with(data.path(), &["--grpc", "127.0.0.1:0"]);
+    let mut args = vec!["--grpc", "127.0.0.1:0"];
+    args.extend(server_args);
+    let server = TestServer::start_with(data.path(), &args);
     let agent = TestAgent::start(&server, nodes.path(), "n1", "here");
     let component = nodes.path().join("probe");
     write_tree(
@@ -122,6 +129,7 @@ fn fleet_with(copies: u32, serve: &str) -> Fleet {
         || {
             let r = http
                 .get(format!("{gateway}/v2/models/probe/ready"))
+                .bearer_auth(server.token())
                 .send()
                 .ok()?;
             r.status().is_success().then_some(())
@@ -909,5 +917,116 @@ fn mycel_top_shows_each_models_rate_errors_latency_and_replicas() {
         text.lines()
             .any(|l| l.starts_with("probe") && l.contains("2/2")),
         "{text}"
+    );
+}
+
+#[test]
+fn a_gateway_that_requires_tokens_takes_only_tokens_scoped_to_the_model() {
+    let fleet = fleet_serving(1, "", &["--require-token"]);
+    let url = format!("{}/v2/models/probe/infer", fleet.gateway);
+    let body =
+        json!({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1, 2]}]});
+    let call = |token: Option<&str>| {
+        let mut request = fleet.http.post(&url).json(&body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().unwrap();
+        let status = response.status().as_u16();
+        (status, response.json::<Value>().unwrap())
+    };
+    let (status, answer) = call(None);
+    assert_eq!(status, 401, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("takes requests with a token only"),
+        "{answer}"
+    );
+    assert_eq!(call(Some("mycel_not-a-token")).0, 401);
+    assert_eq!(call(Some(&fleet.server.token())).0, 200);
+
+    let token = |args: &[&str]| {
+        let mut all = vec!["token", "create", "--role", "viewer"];
+        all.extend(args);
+        fleet.server.cli_json(&all)["token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    // Tokens reach the gateway with its next routing table.
+    let elsewhere = token(&["--component", "other"]);
+    let probe = token(&["--component", "probe", "--name", "probe-client"]);
+    let (status, answer) = eventually(
+        "the gateway to know the new tokens",
+        Duration::from_secs(20),
+        || {
+            let answer = call(Some(&elsewhere));
+            (answer.0 != 401).then_some(answer)
+        },
+    );
+    assert_eq!(status, 403, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("may call only models of other"),
+        "{answer}"
+    );
+    assert_eq!(call(Some(&probe)).0, 200);
+
+    // Revoked: refused within a routing table's trip.
+    let out = fleet.server.cli(&["token", "revoke", "probe-client"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually(
+        "the revocation to reach the gateway",
+        Duration::from_secs(20),
+        || (call(Some(&probe)).0 == 401).then_some(()),
+    );
+
+    // Health and server metadata stay open, for load balancers and probes.
+    let ready = fleet
+        .http
+        .get(format!("{}/v2/health/ready", fleet.gateway))
+        .send()
+        .unwrap();
+    assert_eq!(ready.status().as_u16(), 200);
+
+    // Over gRPC the token goes in the metadata, as tritonclient sends headers.
+    let script = r#"
+import sys
+import grpc
+import numpy as np
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+client = grpcclient.InferenceServerClient(url=sys.argv[1])
+x = grpcclient.InferInput("x", [1, 2], "FP32")
+x.set_data_from_numpy(np.array([[1, 2]], dtype=np.float32))
+def refused(code, words, headers):
+    try:
+        client.infer("probe", [x], headers=headers)
+    except InferenceServerException as e:
+        assert e.status() == code and words in e.message(), (e.status(), e.message())
+    else:
+        raise AssertionError(f"expected {code}")
+refused("StatusCode.UNAUTHENTICATED", "with a token only", None)
+refused("StatusCode.PERMISSION_DENIED", "may call only models of other", {"authorization": "Bearer " + sys.argv[3]})
+result = client.infer("probe", [x], headers={"authorization": "Bearer " + sys.argv[2]})
+assert result.as_numpy("x").tolist() == [[1.0, 2.0]], result.as_numpy("x")
+# The standard health service stays open.
+check = grpc.insecure_channel(sys.argv[1]).unary_unary("/grpc.health.v1.Health/Check")
+service = b"inference.GRPCInferenceService"
+assert check(b"\n" + bytes([len(service)]) + service) == b"\x08\x01"
+print("tritonclient.grpc with tokens ok")
+"#;
+    run_python(
+        script,
+        &[&fleet.server.grpc(), &fleet.server.token(), &elsewhere],
     );
 }

@@ -67,6 +67,7 @@ pub(super) async fn create(
             "a token named {name:?} exists; revoke it first or pick another name"
         )));
     }
+    state.fleet.routes_changed();
     tracing::info!(token = %name, role = grant.role.as_str(), by = %grant.created_by, "token created");
     Ok(Json(CreatedToken {
         token: secret,
@@ -97,6 +98,8 @@ pub(super) async fn revoke(
             format!("no token named {name:?}; `mycel token list` shows them"),
         ));
     }
+    // Gateways that require tokens stop taking it with their next table.
+    state.fleet.routes_changed();
     Ok(Json(serde_json::json!({})))
 }
 

@@ -35,6 +35,20 @@ impl RedbStore {
         Ok(true)
     }
 
+    pub(super) fn token_names_impl(&self) -> Result<Vec<([u8; 32], String)>, StoreError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let table = tx.open_table(TOKENS).map_err(db)?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(db)? {
+            let (hash, name) = entry.map_err(db)?;
+            // Only hashes of 32 bytes are ever written.
+            if let Ok(hash) = <[u8; 32]>::try_from(hash.value()) {
+                out.push((hash, name.value().to_owned()));
+            }
+        }
+        Ok(out)
+    }
+
     pub(super) fn grant_impl(&self, name: &str) -> Result<Option<Grant>, StoreError> {
         let tx = self.db.begin_read().map_err(db)?;
         let table = tx.open_table(GRANTS).map_err(db)?;

@@ -12,6 +12,7 @@ use tonic::{Code, Request, Response, Status};
 use crate::infer::{self, find, Failure, Gateway};
 use crate::metrics::RequestLabels;
 use crate::routes::Model;
+use mycel_core::api::RouteToken;
 
 /// The messages and service generated from proto/inference.proto.
 #[allow(missing_docs, clippy::all)]
@@ -27,9 +28,28 @@ use proto::*;
 /// as REST does, and `grpc.health.v1.Health`.
 pub(crate) fn app(gateway: Arc<Gateway>) -> axum::Router {
     let max = gateway.max_request_bytes;
-    let inference = GrpcInferenceServiceServer::new(Service(gateway))
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(usize::MAX);
+    let gw = Arc::clone(&gateway);
+    // With --require-token, every call shows a token; the handlers check its scope.
+    let admit = move |mut request: Request<()>| {
+        let authorization = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        match infer::admit(&gw, authorization) {
+            Ok(Some(token)) => {
+                request.extensions_mut().insert(token);
+                Ok(request)
+            }
+            Ok(None) => Ok(request),
+            Err(failure) => Err(status(failure)),
+        }
+    };
+    let inference = tonic::service::interceptor::InterceptedService::new(
+        GrpcInferenceServiceServer::new(Service(gateway))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(usize::MAX),
+        admit,
+    );
     let (health, health_service) = tonic_health::server::health_reporter();
     // The reporter only records statuses; setting one cannot fail while we hold it.
     tokio::spawn(async move {
@@ -49,6 +69,8 @@ fn status(failure: Failure) -> Status {
     let code = match failure.0 {
         StatusCode::BAD_REQUEST => Code::InvalidArgument,
         StatusCode::NOT_FOUND => Code::NotFound,
+        StatusCode::UNAUTHORIZED => Code::Unauthenticated,
+        StatusCode::FORBIDDEN => Code::PermissionDenied,
         StatusCode::PAYLOAD_TOO_LARGE => Code::ResourceExhausted,
         StatusCode::SERVICE_UNAVAILABLE | StatusCode::BAD_GATEWAY => Code::Unavailable,
         StatusCode::GATEWAY_TIMEOUT => Code::DeadlineExceeded,
@@ -147,9 +169,11 @@ impl Service {
             .get("grpc-timeout")
             .map(|v| v.to_str().unwrap_or("?"));
         let limit = tensors::grpc_timeout(timeout).map_err(Status::invalid_argument)?;
+        let token = request.extensions().get::<RouteToken>().cloned();
         let request = request.into_inner();
         let (model, seq) =
             find(gw, &request.model_name, version(&request.model_version)).map_err(status)?;
+        infer::may_call(token.as_ref(), &model).map_err(status)?;
         labels.model.clone_from(&model.info.name);
         labels.version = seq.unwrap_or(model.info.seq).to_string();
         let request =
@@ -180,6 +204,7 @@ fn stream_error(message: String) -> ModelStreamInferResponse {
 /// is gone.
 async fn stream_one(
     gw: &Gateway,
+    token: Option<&RouteToken>,
     request: ModelInferRequest,
     out: &tokio::sync::mpsc::Sender<Result<ModelStreamInferResponse, Status>>,
 ) -> bool {
@@ -193,7 +218,9 @@ async fn stream_one(
             .and_then(|p| p.parameter_choice.as_ref()),
         Some(infer_parameter::ParameterChoice::BoolParam(true))
     );
-    let (model, seq) = match find(gw, &request.model_name, version(&request.model_version)) {
+    let found = find(gw, &request.model_name, version(&request.model_version))
+        .and_then(|(model, seq)| infer::may_call(token, &model).map(|()| (model, seq)));
+    let (model, seq) = match found {
         Ok(found) => found,
         Err(failure) => return send(stream_error(failure.1)).await,
     };
@@ -274,12 +301,13 @@ impl GrpcInferenceService for Service {
         &self,
         request: Request<tonic::Streaming<ModelInferRequest>>,
     ) -> Result<Response<ResponseStream>, Status> {
+        let token = request.extensions().get::<RouteToken>().cloned();
         let mut requests = request.into_inner();
         let gw = Arc::clone(&self.0);
         let (out, mut responses) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
             while let Ok(Some(request)) = requests.message().await {
-                if !stream_one(&gw, request, &out).await {
+                if !stream_one(&gw, token.as_ref(), request, &out).await {
                     break;
                 }
             }
@@ -310,9 +338,13 @@ impl GrpcInferenceService for Service {
         &self,
         request: Request<ModelReadyRequest>,
     ) -> Result<Response<ModelReadyResponse>, Status> {
+        let token = request.extensions().get::<RouteToken>().cloned();
         let request = request.into_inner();
-        let ready = find(&self.0, &request.name, version(&request.version))
-            .is_ok_and(|(model, seq)| infer::ready(&model, seq));
+        let found = find(&self.0, &request.name, version(&request.version));
+        if let Ok((model, _)) = &found {
+            infer::may_call(token.as_ref(), model).map_err(status)?;
+        }
+        let ready = found.is_ok_and(|(model, seq)| infer::ready(&model, seq));
         Ok(Response::new(ModelReadyResponse { ready }))
     }
 
@@ -332,8 +364,10 @@ impl GrpcInferenceService for Service {
         &self,
         request: Request<ModelMetadataRequest>,
     ) -> Result<Response<ModelMetadataResponse>, Status> {
+        let token = request.extensions().get::<RouteToken>().cloned();
         let request = request.into_inner();
         let (model, _) = find(&self.0, &request.name, version(&request.version)).map_err(status)?;
+        infer::may_call(token.as_ref(), &model).map_err(status)?;
         Ok(Response::new(metadata(&model)))
     }
 
@@ -341,6 +375,7 @@ impl GrpcInferenceService for Service {
         &self,
         request: Request<ModelStatisticsRequest>,
     ) -> Result<Response<ModelStatisticsResponse>, Status> {
+        let token = request.extensions().get::<RouteToken>().cloned();
         let request = request.into_inner();
         let table = self.0.router.table();
         let models: Vec<(std::sync::Arc<Model>, Option<u64>)> = if request.name.is_empty() {
@@ -348,7 +383,9 @@ impl GrpcInferenceService for Service {
             all.sort_unstable_by(|a, b| a.0.info.name.cmp(&b.0.info.name));
             all
         } else {
-            vec![find(&self.0, &request.name, version(&request.version)).map_err(status)?]
+            let found = find(&self.0, &request.name, version(&request.version)).map_err(status)?;
+            infer::may_call(token.as_ref(), &found.0).map_err(status)?;
+            vec![found]
         };
         let model_stats = models
             .iter()

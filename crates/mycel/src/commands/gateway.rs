@@ -66,6 +66,7 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         max_request_bytes: usize::try_from(args.max_request_size)
             .context("--max-request-size is too large for this machine")?,
         request_timeout: args.request_timeout,
+        require_token: args.require_token,
         limits: limits(args.max_connections),
         tls,
         // On port 0 the URL is known only once bound; the gateway makes it then.

@@ -87,6 +87,7 @@ impl Roles {
         grpc: Option<SocketAddr>,
         max_request_size: u64,
         request_timeout: Duration,
+        require_token: bool,
     ) -> anyhow::Result<()> {
         let tls = match &self.ca {
             Some(ca) => {
@@ -119,6 +120,7 @@ impl Roles {
             max_request_bytes: usize::try_from(max_request_size)
                 .context("--max-request-size is too large for this machine")?,
             request_timeout,
+            require_token,
             limits: mycel_tls::Limits::for_this_process(),
             tls,
             advertise: None,
@@ -198,6 +200,7 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
         args.grpc,
         args.max_request_size,
         args.request_timeout,
+        args.require_token,
     )?;
     roles.run().await
 }
@@ -250,6 +253,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         args.grpc,
         args.max_request_size,
         args.request_timeout,
+        args.require_token,
     )?;
     let runtime = runtime_dir(&args.runtime, &data)?;
     let gpus = share_gpus(&args.nodes)?;

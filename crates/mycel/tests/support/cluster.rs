@@ -87,6 +87,7 @@ impl ClusterBuilder {
             max_request_bytes: 64 << 20,
             routes_file: None,
             request_timeout: mycel_gateway::DEFAULT_REQUEST_TIMEOUT,
+            require_token: false,
             limits: mycel_tls::Limits::default(),
             tls: None,
             advertise: None,
