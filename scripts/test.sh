@@ -12,9 +12,11 @@ fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check uv
 export PATH="$PWD/.venv/bin:$PATH"
 # The torchvision examples' tests run their models here; the gateway tests drive
-# tritonclient from here; the digits example's test splits scikit-learn's digits here.
+# tritonclient from here; the digits example's test splits scikit-learn's digits here;
+# the signing tests sign and verify with model-signing from here.
 uv pip install --quiet --python .venv/bin/python -e './python[test]' \
-  'tritonclient[http,grpc]' torch torchvision safetensors scikit-learn
+  'tritonclient[http,grpc]' torch torchvision safetensors scikit-learn \
+  model-signing pyopenssl
 
 # The workspace denies unwrap/expect outside tests; clippy is what holds it.
 cargo fmt --all -- --check

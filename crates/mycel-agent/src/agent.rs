@@ -65,6 +65,9 @@ pub struct Config {
     /// trusts only it, gets a certificate for its data plane, and answers only clients
     /// with a fleet certificate (gateways, the control plane).
     pub ca: Option<String>,
+    /// Keys whose signatures this node trusts; with any, it runs only versions signed
+    /// by one of them (see [`crate::signature`]).
+    pub trust_keys: Vec<mycel_core::signing::PublicKey>,
 }
 
 /// Default for [`Config::max_request_bytes`].
@@ -139,6 +142,7 @@ pub async fn run(
         synced: Mutex::new(HashMap::new()),
         gpus: crate::gpu::Gpus::detect(config.gpus.as_deref())?,
         templates: replica::template::Templates::new(run_dir, data.join("logs"), config.warm_start),
+        trust: config.trust_keys.clone(),
     });
 
     let listener = TcpListener::bind(config.listen)

@@ -708,6 +708,7 @@ mod tests {
             tls: false,
             tls_names: Vec::new(),
             clock: mycel_control::Clock::system(),
+            require_signed: false,
         };
         let server = tokio::spawn(async move {
             mycel_control::run(config, async {

@@ -50,6 +50,8 @@ pub struct Config {
     pub tls_names: Vec<String>,
     /// What time it is: the system's, unless a test moves it forward.
     pub clock: Clock,
+    /// Deploy only signed versions.
+    pub require_signed: bool,
 }
 
 /// The directory, under the data directory, that holds the fleet's CA.
@@ -105,6 +107,8 @@ pub(crate) struct AppState {
     agents: reqwest::Client,
     /// Metrics, and the gateways heard from.
     observer: observe::Observer,
+    /// Every deployment serves only signed versions.
+    require_signed: bool,
 }
 
 /// Runs the control plane until `shutdown` resolves.
@@ -164,6 +168,7 @@ pub async fn run(
         ca,
         agents,
         observer: observe::Observer::new(fleet.reconcile_seconds()),
+        require_signed: config.require_signed,
     });
     let listener = TcpListener::bind(config.listen)
         .await

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use mycel_core::api::{DependentDeployment, RebuildResponse};
 use mycel_core::dependency::{self, DependencyError, ResolveError, VersionLookup};
 use mycel_core::manifest::{validate_name, DependencyRef, ManifestError, MANIFEST_FILE};
+use mycel_core::signing::{self, HashAlgorithm, Signature, SignatureError, SIGNATURE_FILE};
 use mycel_core::version::{normalize_file_list, FileListError};
 use mycel_core::{
     BlobHash, ErrorCode, FileEntry, Manifest, ResolvedDependency, Version, VersionId,
@@ -96,6 +97,15 @@ pub enum RegistryError {
     /// A version reference that is neither a number, `latest` nor an id.
     #[error("version {0:?} is not a version; expected a number, \"latest\" or a 64-hex-digit id")]
     BadRef(String),
+    /// Only signed versions may be deployed, and this one's signature is absent or
+    /// does not cover its files.
+    #[error("{version} cannot be deployed here: only signed versions are ({source})")]
+    NotSigned {
+        /// The version.
+        version: String,
+        /// What is wrong with its signature.
+        source: SignatureError,
+    },
     /// The state store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -130,6 +140,7 @@ impl RegistryError {
             RegistryError::NotFound(_)
             | RegistryError::NoComponent { .. }
             | RegistryError::NoVersion { .. } => ErrorCode::NotFound,
+            RegistryError::NotSigned { .. } => ErrorCode::Forbidden,
             RegistryError::Store(_) | RegistryError::Io(_) => ErrorCode::Internal,
         }
     }
@@ -507,6 +518,39 @@ pub async fn manifest_of(blobs: &BlobStore, version: &Version) -> Result<Manifes
     Ok(Manifest::parse(&text)?)
 }
 
+/// Checks that `version` carries a signature that covers exactly its files; returns
+/// the signer's key hint. Who signed is for the agents to judge, each against the keys
+/// it trusts: this only keeps an unsigned or mismatched version from rolling out.
+pub async fn check_signed(blobs: &BlobStore, version: &Version) -> Result<String, RegistryError> {
+    let not_signed = |source| RegistryError::NotSigned {
+        version: version.label(),
+        source,
+    };
+    let entry = version
+        .files
+        .iter()
+        .find(|f| f.path.as_str() == SIGNATURE_FILE)
+        .ok_or_else(|| not_signed(SignatureError::Unsigned))?;
+    let bytes = blobs
+        .read(&entry.hash)
+        .await?
+        .ok_or_else(|| RegistryError::MissingBlobs(vec![entry.hash]))?;
+    let signature = Signature::parse(&bytes).map_err(not_signed)?;
+    let signed = signature.claims().map_err(not_signed)?;
+    let mut actual = signing::blake3_digests(&version.files);
+    if signed.algorithm == HashAlgorithm::Sha256 {
+        // The control plane keeps BLAKE3 names only; the digests are the agents' to
+        // check, the names are checked here.
+        for (path, digest) in actual.iter_mut() {
+            if let Some(claimed) = signed.files.get(path) {
+                digest.clone_from(claimed);
+            }
+        }
+    }
+    signed.check(&actual).map_err(not_signed)?;
+    Ok(signature.hint().unwrap_or("no key hint").to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use mycel_core::fleet::Deployment;
@@ -586,6 +630,7 @@ mod tests {
                     surge: Default::default(),
                     max_unavailable: Default::default(),
                     deadline_s: 60,
+                    require_signed: false,
                 })
                 .unwrap();
         }

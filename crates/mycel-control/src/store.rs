@@ -825,6 +825,7 @@ mod tests {
             surge: Default::default(),
             max_unavailable: Default::default(),
             deadline_s: 60,
+            require_signed: false,
         };
         store.put_deployment(&deployment).unwrap();
         assert_eq!(store.deployments().unwrap(), vec![deployment.clone()]);

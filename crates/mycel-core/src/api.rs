@@ -214,6 +214,10 @@ pub struct DeployRequest {
     /// Seconds the rollout may take before it is rolled back (default 600).
     #[serde(default)]
     pub deadline_s: Option<u64>,
+    /// Serve only signed versions, now and in later rollouts; unset keeps what the
+    /// deployment had.
+    #[serde(default)]
+    pub require_signed: Option<bool>,
 }
 
 /// `POST /v1/deployments/{name}/rollback`: serve an earlier version again.

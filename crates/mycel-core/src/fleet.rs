@@ -118,6 +118,9 @@ pub struct Deployment {
     /// back.
     #[serde(default = "default_deadline_s")]
     pub deadline_s: u64,
+    /// Whether only signed versions may be rolled out to it.
+    #[serde(default)]
+    pub require_signed: bool,
 }
 
 /// Default for [`Deployment::deadline_s`]: long enough for a first environment build

@@ -17,6 +17,7 @@ pub mod manifest;
 pub mod oip;
 pub mod path;
 pub mod reconcile;
+pub mod signing;
 pub mod tensor;
 #[cfg(test)]
 mod testing;

@@ -78,6 +78,44 @@ pub enum Command {
     Token(TokenCommand),
     /// Who changed what, when and from where.
     Audit(AuditArgs),
+    /// Signing keys for signed versions (OpenSSF Model Signing).
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Check a version's signature with public keys: who signed it, and that every file
+    /// is the one signed.
+    Verify(VerifyArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyCommand {
+    /// Make a signing key pair: PREFIX.key (private, PKCS#8 PEM, mode 0600) and
+    /// PREFIX.pub (public, PEM), which `model_signing` reads too.
+    Generate(KeyGenerateArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct KeyGenerateArgs {
+    /// Where the pair goes: PREFIX.key and PREFIX.pub.
+    #[arg(long, value_name = "PREFIX", default_value = "mycel-signing")]
+    pub out: PathBuf,
+    /// Replace a key pair already there.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// `NAME@N`, `NAME@<id>` or `NAME` (the latest version).
+    #[arg(value_name = "NAME@N")]
+    pub target: String,
+    /// A public key (PEM) to trust, repeatable.
+    #[arg(long = "key", value_name = "FILE", required = true)]
+    pub keys: Vec<PathBuf>,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -379,6 +417,10 @@ pub struct ServerArgs {
     /// Bearer`), and only for models of the components the token is scoped to.
     #[arg(long, env = "MYCEL_REQUIRE_TOKEN")]
     pub require_token: bool,
+    /// Deploy only signed versions (a `model.sig` covering every file); agents with
+    /// --trust-key check who signed.
+    #[arg(long, env = "MYCEL_REQUIRE_SIGNED")]
+    pub require_signed: bool,
 }
 
 #[derive(Args, Debug)]
@@ -552,6 +594,10 @@ pub struct PushArgs {
     /// How long --wait waits.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     pub timeout: std::time::Duration,
+    /// Sign the version with this private key (PEM): a `model.sig` in the OpenSSF Model
+    /// Signing format covering every pushed file (`mycel key generate` makes one).
+    #[arg(long, value_name = "KEY")]
+    pub sign: Option<PathBuf>,
     #[command(flatten)]
     pub connect: ConnectArgs,
     /// Print the result as JSON.
@@ -676,6 +722,11 @@ pub struct AgentArgs {
     /// PATH as ctx.data_dir; the data never leaves the node.
     #[arg(long = "dataset", value_name = "NAME=PATH", value_parser = parse_dataset)]
     pub datasets: Vec<(String, PathBuf)>,
+    /// A public key (PEM) whose signatures this node trusts, repeatable: with any, the
+    /// node runs only versions signed by one of them, checked against the files it laid
+    /// out, and refuses the rest.
+    #[arg(long = "trust-key", value_name = "FILE")]
+    pub trust_keys: Vec<PathBuf>,
 }
 
 /// An http(s) URL with a host others can dial.
@@ -780,6 +831,10 @@ pub struct DeployArgs {
     /// How long --wait waits.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     pub timeout: std::time::Duration,
+    /// Refuse the deployment unless the version is signed (and later versions rolled
+    /// out to it too); agents with --trust-key check who signed.
+    #[arg(long)]
+    pub require_signed: bool,
     #[command(flatten)]
     pub connect: ConnectArgs,
     /// Print the deployments as JSON.
@@ -841,6 +896,13 @@ pub struct UpArgs {
     /// Bearer`), and only for models of the components the token is scoped to.
     #[arg(long, env = "MYCEL_REQUIRE_TOKEN")]
     pub require_token: bool,
+    /// Deploy only signed versions (a `model.sig` covering every file).
+    #[arg(long, env = "MYCEL_REQUIRE_SIGNED")]
+    pub require_signed: bool,
+    /// A public key (PEM) whose signatures the local nodes trust, repeatable: with any,
+    /// they run only versions signed by one of them.
+    #[arg(long = "trust-key", value_name = "FILE")]
+    pub trust_keys: Vec<PathBuf>,
     /// CPUs each local node offers [default: the machine's cores].
     #[arg(long)]
     pub node_cpus: Option<f64>,

@@ -83,6 +83,8 @@ pub struct NodeContext {
     pub gpus: crate::gpu::Gpus,
     /// Warm templates, one per environment, that serving workers are forked from.
     pub templates: template::Templates,
+    /// Keys whose signatures this node trusts; none: it runs versions unsigned.
+    pub trust: Vec<mycel_core::signing::PublicKey>,
 }
 
 /// Where a replica is in its state: since when, and the work it waits on, whose

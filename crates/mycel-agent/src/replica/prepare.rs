@@ -74,6 +74,7 @@ pub(super) async fn sync_one(
             if let Some(version) = node.state.version(id) {
                 match materialize(&node.cache, &node.versions_dir, &version).await {
                     Ok(dir) => {
+                        check_signature(node, &version, &dir).await?;
                         return Ok(SyncedVersion {
                             dir,
                             dependencies: version.dependencies,
@@ -113,6 +114,7 @@ pub(super) async fn sync_one(
             let dir = materialize(&node.cache, &node.versions_dir, &version)
                 .await
                 .map_err(|e| format!("materialize failed: {e}"))?;
+            check_signature(node, &version, &dir).await?;
             let saved = version.clone();
             node.state
                 .save("a version's file list", move |s| s.save_version(&saved))
@@ -124,6 +126,28 @@ pub(super) async fn sync_one(
         })
         .await?;
     Ok(synced.clone())
+}
+
+/// With trusted keys, refuses a version whose signature does not hold for the files
+/// laid out in `dir`, before anything of it runs.
+async fn check_signature(
+    node: &NodeContext,
+    version: &mycel_core::Version,
+    dir: &std::path::Path,
+) -> Result<(), String> {
+    if node.trust.is_empty() {
+        return Ok(());
+    }
+    let trusted = node.trust.clone();
+    let checked = version.clone();
+    let dir = dir.to_path_buf();
+    let signer =
+        tokio::task::spawn_blocking(move || crate::signature::check(&checked, &dir, &trusted))
+            .await
+            .map_err(|e| format!("signature check stopped: {e}"))?
+            .map_err(|e| e.to_string())?;
+    tracing::info!(version = %version.label(), signer, "signature verified");
+    Ok(())
 }
 
 pub(super) async fn prepare(

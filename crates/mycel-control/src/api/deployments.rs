@@ -51,6 +51,14 @@ pub(super) async fn put(
     }
     let version = registry::find_version(&state.store, &component, &request.version).await?;
     let manifest = registry::manifest_of(&state.blobs, &version).await?;
+    let existing = find(&state, &name).await?;
+    let require_signed = request
+        .require_signed
+        .or(existing.as_ref().map(|e| e.require_signed))
+        .unwrap_or(false);
+    if require_signed || state.require_signed {
+        registry::check_signed(&state.blobs, &version).await?;
+    }
     let mut serve = manifest.serve;
     if let Some(n) = request.max_batch_size {
         if !(1..=4096).contains(&n) {
@@ -79,7 +87,6 @@ pub(super) async fn put(
             )));
         }
     }
-    let existing = find(&state, &name).await?;
     if let Some(existing) = &existing {
         if existing.component != component {
             return Err(invalid(format!(
@@ -110,6 +117,7 @@ pub(super) async fn put(
             .deadline_s
             .or(existing.as_ref().map(|e| e.deadline_s))
             .unwrap_or(mycel_core::fleet::DEFAULT_DEADLINE_S),
+        require_signed,
     };
     let (deployment, rollout) = state
         .fleet
@@ -203,6 +211,15 @@ pub(super) async fn rollback(
                 current.component, target.seq
             ),
         ));
+    }
+    if current.require_signed || state.require_signed {
+        let version = registry::find_version(
+            &state.store,
+            &current.component,
+            &target.version.to_string(),
+        )
+        .await?;
+        registry::check_signed(&state.blobs, &version).await?;
     }
     let mut deployment = current;
     deployment.serve(target);

@@ -58,6 +58,7 @@ fn deployment(name: &str, copies: &[(&str, u32)]) -> Deployment {
         surge: Default::default(),
         max_unavailable: Default::default(),
         deadline_s: crate::fleet::DEFAULT_DEADLINE_S,
+        require_signed: false,
     }
 }
 

@@ -113,6 +113,7 @@ pub async fn config(args: &AgentArgs) -> anyhow::Result<mycel_agent::Config> {
         max_request_bytes: mycel_agent::DEFAULT_MAX_REQUEST_BYTES,
         datasets,
         ca,
+        trust_keys: super::sign::trust_keys(&args.trust_keys)?,
     })
 }
 

@@ -36,6 +36,9 @@ struct FileDeployment {
     max_unavailable: Option<mycel_core::fleet::MaxUnavailable>,
     /// Seconds.
     deadline_s: Option<u64>,
+    /// Serve only signed versions.
+    #[serde(default)]
+    require_signed: bool,
 }
 
 fn latest() -> String {
@@ -63,6 +66,7 @@ fn read_file(path: &Path) -> anyhow::Result<Vec<(String, DeployRequest)>> {
                 surge: d.surge,
                 max_unavailable: d.max_unavailable,
                 deadline_s: d.deadline_s,
+                require_signed: d.require_signed.then_some(true),
             };
             (name, request)
         })
@@ -90,6 +94,7 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<()> {
                 surge: args.surge,
                 max_unavailable: args.max_unavailable,
                 deadline_s: args.deadline.map(|d| d.as_secs().max(1)),
+                require_signed: args.require_signed.then_some(true),
             };
             vec![(name, request)]
         }

@@ -32,7 +32,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         .watcher()
         .watch(&dir, RecursiveMode::Recursive)
         .with_context(|| format!("watching {}", dir.display()))?;
-    let first = push::push(&client, &dir, true).await?;
+    let first = push::push(&client, &dir, None, true).await?;
     push::print_report(&first);
     let name = args
         .deployment
@@ -57,6 +57,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             surge: None,
             max_unavailable: None,
             deadline_s: None,
+            require_signed: None,
         };
         client.deploy(&name, &request).await?;
     }
@@ -108,7 +109,7 @@ async fn on_change(
     let started = Instant::now();
     // A save may leave the component broken for a moment (a bad manifest): say so and
     // wait for the next save.
-    let report = match push::push(client, dir, false).await {
+    let report = match push::push(client, dir, None, false).await {
         Ok(report) => report,
         Err(e) => {
             eprintln!("push failed: {e:#}");

@@ -80,10 +80,12 @@ pub fn parse_version_ref(text: &str) -> anyhow::Result<(String, String)> {
 
 pub async fn show(args: ShowArgs) -> anyhow::Result<()> {
     let (name, reference) = parse_version_ref(&args.target)?;
-    let version = client(&args.connect)?.version(&name, &reference).await?;
+    let client = client(&args.connect)?;
+    let version = client.version(&name, &reference).await?;
     if args.json {
         return output::json(&version);
     }
+    let signer = super::sign::signer(&client, &version).await;
     println!("version     {}", version.label());
     println!("id          {}", version.id);
     if !version.description.is_empty() {
@@ -91,6 +93,7 @@ pub async fn show(args: ShowArgs) -> anyhow::Result<()> {
     }
     println!("created     {}", output::time(version.created_at_ms));
     println!("pushed by   {}", version.pushed_by);
+    println!("signed by   {signer}");
     println!(
         "total       {} in {} files",
         output::bytes(version.total_bytes),

@@ -13,13 +13,15 @@ mod node;
 mod predict;
 mod push;
 mod rollout;
+mod sign;
 mod status;
 mod token;
 mod top;
 mod up;
 
 use crate::cli::{
-    Cli, Command, FederationCommand, NodeCommand, NodeTokenCommand, RolloutCommand, TokenCommand,
+    Cli, Command, FederationCommand, KeyCommand, NodeCommand, NodeTokenCommand, RolloutCommand,
+    TokenCommand,
 };
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -45,6 +47,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token(TokenCommand::List(args)) => token::list(args).await,
         Command::Token(TokenCommand::Revoke(args)) => token::revoke(args).await,
         Command::Audit(args) => token::audit(args).await,
+        Command::Key(KeyCommand::Generate(args)) => sign::generate(args),
+        Command::Verify(args) => sign::verify(args).await,
         Command::Logs(args) => logs::run(args).await,
         Command::Up(args) => up::run(args).await,
         Command::Doctor(args) => doctor::run(args).await,

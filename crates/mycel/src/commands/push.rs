@@ -16,7 +16,8 @@ use futures::{StreamExt, TryStreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
 use mycel_core::api::{DependentDeployment, DeployRequest};
 use mycel_core::manifest::MANIFEST_FILE;
-use mycel_core::{BlobHash, Manifest, VersionId};
+use mycel_core::signing::{PrivateKey, SIGNATURE_FILE};
+use mycel_core::{BlobHash, ComponentPath, FileEntry, FileMode, Manifest, VersionId};
 use serde::Serialize;
 
 use crate::cli::PushArgs;
@@ -41,6 +42,8 @@ pub struct PushReport {
     blobs_reused: usize,
     bytes_reused: u64,
     elapsed_ms: u64,
+    /// The signing key's hint, when pushed with `--sign`.
+    signed_by: Option<String>,
     /// Deployments importing an older version of this component.
     pub dependents: Vec<DependentReport>,
 }
@@ -63,7 +66,12 @@ pub struct DependentReport {
 
 pub async fn run(args: PushArgs) -> anyhow::Result<()> {
     let client = client(&args.connect)?;
-    let mut report = push(&client, &args.dir, !args.json).await?;
+    let key = args
+        .sign
+        .as_deref()
+        .map(crate::commands::sign::private_key)
+        .transpose()?;
+    let mut report = push(&client, &args.dir, key.as_ref(), !args.json).await?;
     // Progress lines go to stderr, so `--json` still prints one document.
     if !args.json {
         print_report(&report);
@@ -212,11 +220,12 @@ fn print_dependents(report: &PushReport, cascaded: bool) {
     }
 }
 
-/// Pushes the component in `dir`: hashes it, uploads the blobs the server lacks (with
-/// a progress bar if `progress`), creates the version.
+/// Pushes the component in `dir`: hashes it, signs it with `key` if given, uploads the
+/// blobs the server lacks (with a progress bar if `progress`), creates the version.
 pub async fn push(
     client: &mycel_client::Client,
     dir: &Path,
+    key: Option<&PrivateKey>,
     progress: bool,
 ) -> anyhow::Result<PushReport> {
     let started = Instant::now();
@@ -241,7 +250,16 @@ pub async fn push(
     let name = manifest.component.name.clone();
 
     let walk_dir = dir.clone();
-    let files = tokio::task::spawn_blocking(move || component_files(&walk_dir)).await??;
+    let mut files = tokio::task::spawn_blocking(move || component_files(&walk_dir)).await??;
+    // A new signature replaces one the directory holds; it is pushed with the files.
+    let signature = match key {
+        Some(key) => {
+            files.retain(|f| f.entry.path.as_str() != SIGNATURE_FILE);
+            let bundle = crate::commands::sign::sign_files(&name, &files, key).await?;
+            Some((bundle, key.public().hint()))
+        }
+        None => None,
+    };
     let paths: HashSet<&str> = files.iter().map(|f| f.entry.path.as_str()).collect();
     manifest
         .check_files(|p| paths.contains(p))
@@ -290,8 +308,22 @@ pub async fn push(
     .await?;
     progress.finish_and_clear();
 
+    let mut entries: Vec<FileEntry> = files.iter().map(|f| f.entry.clone()).collect();
+    if let Some((bundle, _)) = &signature {
+        let hash = BlobHash::of(bundle);
+        client
+            .put_blob(hash, bytes::Bytes::from(bundle.clone()))
+            .await
+            .with_context(|| format!("uploading {SIGNATURE_FILE}"))?;
+        entries.push(FileEntry {
+            path: ComponentPath::new(SIGNATURE_FILE)?,
+            hash,
+            size: bundle.len() as u64,
+            mode: FileMode::Regular,
+        });
+    }
     let response = client
-        .create_version(&name, files.iter().map(|f| f.entry.clone()).collect())
+        .create_version(&name, entries)
         .await
         .with_context(|| format!("creating a version of {name}"))?;
     let version = response.version;
@@ -307,6 +339,7 @@ pub async fn push(
         blobs_reused: by_hash.len() - to_send.len(),
         bytes_reused: bytes_unique - bytes_sent,
         elapsed_ms: started.elapsed().as_millis() as u64,
+        signed_by: signature.map(|(_, hint)| hint),
         dependents: Vec::new(),
     };
     Ok(report)
@@ -336,6 +369,7 @@ pub async fn roll_out(
         surge: None,
         max_unavailable: None,
         deadline_s: None,
+        require_signed: None,
     };
     let deployment = client
         .deploy(name, &request)
@@ -364,6 +398,9 @@ pub fn print_report(report: &PushReport) {
         report.files,
         output::bytes(report.total_bytes)
     );
+    if let Some(hint) = &report.signed_by {
+        println!("signed {SIGNATURE_FILE} with key {hint}");
+    }
     println!(
         "sent {} in {} blob(s), reused {} in {} blob(s), {:.2}s",
         output::bytes(report.bytes_sent),

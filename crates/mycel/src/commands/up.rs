@@ -193,6 +193,7 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
         tls: super::speaks_tls(&args.tls, &listens(args.listen, args.gateway, args.grpc)),
         tls_names: args.tls.names.clone(),
         clock: mycel_control::Clock::system(),
+        require_signed: args.require_signed,
     };
     let mut roles = Roles::start(config).await?;
     roles.gateway(
@@ -246,6 +247,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         tls: super::speaks_tls(&args.tls, &listens(args.listen, args.gateway, args.grpc)),
         tls_names: args.tls.names.clone(),
         clock: mycel_control::Clock::system(),
+        require_signed: args.require_signed,
     };
     let mut roles = Roles::start(control).await?;
     roles.gateway(
@@ -257,6 +259,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     )?;
     let runtime = runtime_dir(&args.runtime, &data)?;
     let gpus = share_gpus(&args.nodes)?;
+    let trust_keys = super::sign::trust_keys(&args.trust_keys)?;
     for (node, gpus) in args.nodes.iter().zip(gpus) {
         let config = mycel_agent::Config {
             server: roles.server.clone(),
@@ -278,6 +281,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             max_request_bytes: mycel_agent::DEFAULT_MAX_REQUEST_BYTES,
             datasets: datasets.remove(node.as_str()).unwrap_or_default(),
             ca: roles.ca.clone(),
+            trust_keys: trust_keys.clone(),
         };
         let stopped = roles.stop.clone();
         roles.tasks.spawn(async move {

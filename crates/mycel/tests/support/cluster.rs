@@ -64,6 +64,7 @@ impl ClusterBuilder {
             tls: false,
             tls_names: Vec::new(),
             clock: clock.clone(),
+            require_signed: false,
         };
         let url_file = config.data_dir.join(mycel_control::URL_FILE);
         let control = tokio::spawn(mycel_control::run(config, stop.clone().cancelled_owned()));
@@ -196,6 +197,7 @@ impl Cluster {
             max_request_bytes: mycel_agent::DEFAULT_MAX_REQUEST_BYTES,
             datasets: BTreeMap::new(),
             ca: None,
+            trust_keys: Vec::new(),
         };
         let stop = CancellationToken::new();
         let task = tokio::spawn(mycel_agent::run(config, stop.clone().cancelled_owned()));
