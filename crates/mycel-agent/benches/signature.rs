@@ -1,6 +1,7 @@
 //! What an agent's signature check costs for a version with a large weights file,
 //! against hashing that file as the agent does when it fetches it (BLAKE3, streamed).
 //! `cargo bench -p mycel-agent --bench signature -- [MIB]` (default 500).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::Write as _;
 use std::path::Path;

@@ -46,12 +46,19 @@ pub(crate) struct Fleet {
     reported: Mutex<HashSet<String>>,
     /// How each node's GPUs were used at its last heartbeat.
     gpu_use: Mutex<HashMap<String, Vec<GpuUse>>>,
-    /// Replica id → node, and the assignment generation it was read at.
-    replica_nodes: Mutex<(u64, Arc<HashMap<String, String>>)>,
+    /// Assignments by node, and the generation they were read at: one read of the
+    /// table per generation however many nodes' long-polls it wakes. Held while it is
+    /// filled, so those arriving together wait for one read instead of each making one.
+    placed: tokio::sync::Mutex<(u64, Arc<Placed>)>,
     statuses: Mutex<HashMap<ReplicaId, ReplicaStatus>>,
     unplaced: Mutex<Vec<Unplaced>>,
     /// Serializes reconciles so two never interleave their read and write.
     reconciling: tokio::sync::Mutex<()>,
+    /// Reconciles asked for so far, and how many of those a finished reconcile covered:
+    /// callers queued behind one that started after they asked need not run another,
+    /// so a burst of heartbeats costs a few reconciles, not one each.
+    reconcile_asked: std::sync::atomic::AtomicU64,
+    reconcile_covered: std::sync::atomic::AtomicU64,
     lost_after: Duration,
     /// When this process started: replica states are soft and arrive with heartbeats.
     started: std::time::Instant,
@@ -97,6 +104,15 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Assignments, indexed for the calls every node makes.
+#[derive(Default)]
+struct Placed {
+    /// Replica id → node.
+    node_of: HashMap<String, String>,
+    /// Node → its assignments.
+    by_node: HashMap<String, Vec<Assignment>>,
+}
+
 impl Fleet {
     pub(crate) fn new(store: Arc<dyn Store>, lost_after: Duration, clock: crate::Clock) -> Self {
         Self {
@@ -107,10 +123,12 @@ impl Fleet {
             reported: Mutex::new(HashSet::new()),
             gpu_use: Mutex::new(HashMap::new()),
             // Generations start at 1: the first heartbeat reads the store.
-            replica_nodes: Mutex::new((0, Arc::default())),
+            placed: tokio::sync::Mutex::new((0, Arc::default())),
             statuses: Mutex::new(HashMap::new()),
             unplaced: Mutex::new(Vec::new()),
             reconciling: tokio::sync::Mutex::new(()),
+            reconcile_asked: Default::default(),
+            reconcile_covered: Default::default(),
             lost_after,
             started: std::time::Instant::now(),
             clock,
@@ -131,11 +149,24 @@ impl Fleet {
         self.clock.now_ms()
     }
 
-    /// Recomputes assignments; publishes a new generation if they changed.
+    /// Recomputes assignments; publishes a new generation if they changed. Returns once
+    /// a reconcile that began after this call has finished: it saw whatever the caller
+    /// changed before calling.
     pub(crate) async fn reconcile(&self) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let ticket = self.reconcile_asked.fetch_add(1, SeqCst) + 1;
         let _guard = self.reconciling.lock().await;
+        if self.reconcile_covered.load(SeqCst) >= ticket {
+            return Ok(());
+        }
+        // Every ticket up to here was taken after its caller's change: this reconcile,
+        // which reads the store and the statuses only now, covers them all.
+        let covers = self.reconcile_asked.load(SeqCst);
         let started = std::time::Instant::now();
         let done = self.reconcile_locked().await;
+        if done.is_ok() {
+            self.reconcile_covered.fetch_max(covers, SeqCst);
+        }
         self.reconcile_seconds
             .observe(started.elapsed().as_secs_f64());
         done
@@ -218,13 +249,13 @@ impl Fleet {
         Heartbeat { replicas, gpus }: Heartbeat,
     ) -> Result<bool, StoreError> {
         let owned = node_name.to_owned();
-        let nodes = blocking(&self.store, |s| s.nodes()).await?;
-        let Some(node) = nodes.into_iter().find(|n| n.spec.name == owned) else {
+        let read = owned.clone();
+        let Some(node) = blocking(&self.store, move |s| s.node(&read)).await? else {
             return Ok(false);
         };
         // A node speaks for the replicas assigned to it, and for no other.
-        let placed = self.replica_nodes().await?;
-        let mine = |replica: &str| placed.get(replica).is_some_and(|n| n == node_name);
+        let placed = self.placed().await?;
+        let mine = |replica: &str| placed.node_of.get(replica).is_some_and(|n| n == node_name);
         let now = self.now_ms();
         lock(&self.heartbeats).insert(node_name.to_owned(), now);
         lock(&self.reported).insert(node_name.to_owned());
@@ -260,10 +291,7 @@ impl Fleet {
         if node.state == NodeState::Lost {
             // Read again: a registration may have changed the node since, or a revoke
             // removed it; only its state is this heartbeat's to change.
-            let fresh = blocking(&self.store, move |s| {
-                Ok(s.nodes()?.into_iter().find(|n| n.spec.name == owned))
-            })
-            .await?;
+            let fresh = blocking(&self.store, move |s| s.node(&owned)).await?;
             if let Some(mut fresh) = fresh.filter(|n| n.state == NodeState::Lost) {
                 fresh.state = NodeState::Ready;
                 fresh.last_heartbeat_ms = now;
@@ -285,6 +313,7 @@ impl Fleet {
         let now = self.now_ms();
         let lost_after = self.lost_after.as_millis() as u64;
         let mut lost = Vec::new();
+        let mut lost_names = HashSet::new();
         for mut node in nodes.into_iter().filter(|n| n.state == NodeState::Ready) {
             // A node not heard from since this process started gets a full grace period.
             let last = *lock(&self.heartbeats)
@@ -294,17 +323,19 @@ impl Fleet {
                 tracing::warn!(node = %node.spec.name, silent_ms = now - last, "node lost: no heartbeat");
                 node.state = NodeState::Lost;
                 node.last_heartbeat_ms = last;
-                lost.push(node.spec.name.clone());
-                blocking(&self.store, move |s| s.put_node(&node)).await?;
+                lost_names.insert(node.spec.name.clone());
+                lost.push(node);
             }
         }
         if !lost.is_empty() {
+            // One transaction however many went silent together.
+            blocking(&self.store, move |s| s.put_nodes(&lost)).await?;
             // What a lost node's replicas last said is stale: none counts as ready (they
             // stay assigned until replaced, and say again when the node is back).
             let assignments = blocking(&self.store, |s| s.assignments()).await?;
             let stale: HashSet<&str> = assignments
                 .iter()
-                .filter(|a| lost.contains(&a.node))
+                .filter(|a| lost_names.contains(&a.node))
                 .map(|a| a.replica.as_str())
                 .collect();
             lock(&self.statuses).retain(|replica, _| !stale.contains(replica.as_str()));
@@ -330,26 +361,22 @@ impl Fleet {
         }
     }
 
-    /// Which node each replica is assigned to. Heartbeats ask every second from every
-    /// node, so the map is read from the store once per assignment generation.
-    async fn replica_nodes(&self) -> Result<Arc<HashMap<String, String>>, StoreError> {
+    /// The assignments as of now, by node and by replica.
+    async fn placed(&self) -> Result<Arc<Placed>, StoreError> {
+        let mut cached = self.placed.lock().await;
         // Read before the store: what is cached is at least this new, never older.
         let generation = self.generation();
-        {
-            let cached = lock(&self.replica_nodes);
-            if cached.0 == generation {
-                return Ok(Arc::clone(&cached.1));
-            }
+        if cached.0 == generation {
+            return Ok(Arc::clone(&cached.1));
         }
-        let placed: HashMap<String, String> = blocking(&self.store, |s| {
-            Ok(s.assignments()?
-                .into_iter()
-                .map(|a| (a.replica, a.node))
-                .collect())
-        })
-        .await?;
+        let assignments = blocking(&self.store, |s| s.assignments()).await?;
+        let mut placed = Placed::default();
+        for a in assignments {
+            placed.node_of.insert(a.replica.clone(), a.node.clone());
+            placed.by_node.entry(a.node.clone()).or_default().push(a);
+        }
         let placed = Arc::new(placed);
-        *lock(&self.replica_nodes) = (generation, Arc::clone(&placed));
+        *cached = (generation, Arc::clone(&placed));
         Ok(placed)
     }
 
@@ -367,15 +394,9 @@ impl Fleet {
         stop: &CancellationToken,
     ) -> Result<(u64, Vec<Assignment>), StoreError> {
         let generation = wait_past(&self.generation, after, wait, stop).await;
-        let owned = node_name.to_owned();
-        let assignments = blocking(&self.store, move |s| {
-            Ok(s.assignments()?
-                .into_iter()
-                .filter(|a| a.node == owned)
-                .collect())
-        })
-        .await?;
-        Ok((generation, assignments))
+        let placed = self.placed().await?;
+        let mine = placed.by_node.get(node_name).cloned().unwrap_or_default();
+        Ok((generation, mine))
     }
 
     /// Right after a restart, waits until every node that was ready has reported its

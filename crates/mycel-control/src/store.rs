@@ -127,8 +127,14 @@ pub trait Store: Send + Sync + 'static {
     /// Every node, by name.
     fn nodes(&self) -> Result<Vec<Node>, StoreError>;
 
+    /// Node `name`, if registered: one read, for calls every node makes often.
+    fn node(&self, name: &str) -> Result<Option<Node>, StoreError>;
+
     /// Adds or replaces a node.
     fn put_node(&self, node: &Node) -> Result<(), StoreError>;
+
+    /// Adds or replaces nodes, in one transaction.
+    fn put_nodes(&self, nodes: &[Node]) -> Result<(), StoreError>;
 
     /// Every deployment, by name.
     fn deployments(&self) -> Result<Vec<Deployment>, StoreError>;
@@ -274,8 +280,29 @@ impl Store for RedbStore {
         self.all(NODES)
     }
 
+    fn node(&self, name: &str) -> Result<Option<Node>, StoreError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let table = tx.open_table(NODES).map_err(db)?;
+        let found = table.get(name).map_err(db)?;
+        found.map(|value| from_json(value.value())).transpose()
+    }
+
     fn put_node(&self, node: &Node) -> Result<(), StoreError> {
         self.put(NODES, &node.spec.name, node)
+    }
+
+    fn put_nodes(&self, nodes: &[Node]) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(db)?;
+        {
+            let mut table = tx.open_table(NODES).map_err(db)?;
+            for node in nodes {
+                table
+                    .insert(node.spec.name.as_str(), to_json(node)?.as_slice())
+                    .map_err(db)?;
+            }
+        }
+        tx.commit().map_err(db)?;
+        Ok(())
     }
 
     fn deployments(&self) -> Result<Vec<Deployment>, StoreError> {
