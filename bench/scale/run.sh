@@ -28,7 +28,7 @@ for nodes in "${@:-1000 5000 10000}"; do
   locations=$(( nodes < 100 ? 1 : 10 ))
   # Progress lines to stderr, the table row (the last line) to stdout.
   "$target/examples/scale" "$url" "$token" "$server" "$nodes" "$locations" "$lost_after" \
-    | tee "$work/scale.out" | grep -v '^|' >&2 || true
+    | tee "$work/scale.out" | grep --line-buffered -v "^|" >&2 || true
   tail -1 "$work/scale.out"
   kill "$server"; wait "$server" 2>/dev/null || true
   rm -rf "$work"

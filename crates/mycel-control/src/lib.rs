@@ -195,7 +195,7 @@ pub async fn run(
         listener,
         api::router(state),
         tls,
-        mycel_tls::Limits::for_this_process(),
+        mycel_tls::Limits::for_control_plane(),
         stop.clone().cancelled_owned(),
     )
     .await;

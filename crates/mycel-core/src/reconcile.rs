@@ -50,7 +50,8 @@
 //! Deliberately absent: kept replicas are not re-checked against capacity (a node that
 //! re-registers smaller keeps what it runs).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
 
 use crate::api::RolloutLocation;
 use crate::fleet::{Assignment, Deployment, InPlace, Node, NodeState, Unplaced};
@@ -402,13 +403,27 @@ enum InPlaceStep {
     Replaced { count: usize, all: bool },
 }
 
-impl Placing<'_, '_> {
+impl<'n> Placing<'_, 'n> {
     /// Places up to `missing` new replicas; returns how many found a node.
     fn place_new(&mut self, missing: usize) -> usize {
         let deployment = self.deployment;
+        // The location's nodes with room, best first. Placing one changes the rank of
+        // the chosen node alone, so a heap gives each next node in O(log n): scanning
+        // every node for every replica made a fleet-wide deploy quadratic.
+        let mut ranked: BinaryHeap<Reverse<Rank<'n>>> = self
+            .loads
+            .iter()
+            .filter(|(_, load)| {
+                load.location() == self.location && load.fits(&deployment.resources)
+            })
+            .map(|(name, load)| Reverse(Rank::of(name, load, &deployment.name)))
+            .collect();
         for placed in 0..missing {
             // Replicas of one deployment are alike: once one fits nowhere, none will.
-            let Some(load) = best_fit(self.loads, self.location, deployment) else {
+            let Some(Reverse(best)) = ranked.pop() else {
+                return placed;
+            };
+            let Some(load) = self.loads.get_mut(best.name) else {
                 return placed;
             };
             let assignment = Assignment {
@@ -417,12 +432,15 @@ impl Placing<'_, '_> {
                 component: deployment.component.clone(),
                 version: deployment.version,
                 seq: deployment.seq,
-                node: load.name().to_owned(),
+                node: best.name.to_owned(),
                 location: self.location.to_owned(),
                 resources: deployment.resources,
                 serve: deployment.serve,
             };
             load.add(&assignment);
+            if load.fits(&deployment.resources) {
+                ranked.push(Reverse(Rank::of(best.name, load, &deployment.name)));
+            }
             self.assignments.push(assignment);
         }
         missing
@@ -571,23 +589,47 @@ impl Placing<'_, '_> {
     }
 }
 
-/// The Ready node of `location` that should take the next replica of `deployment`.
-fn best_fit<'m, 'n>(
-    loads: &'m mut BTreeMap<&str, NodeLoad<'n>>,
-    location: &str,
-    deployment: &Deployment,
-) -> Option<&'m mut NodeLoad<'n>> {
-    loads
-        .values_mut()
-        .filter(|load| load.location() == location && load.fits(&deployment.resources))
-        .min_by(|a, b| {
-            let spread = a.replicas_of(&deployment.name);
-            spread
-                .cmp(&b.replicas_of(&deployment.name))
-                .then_with(|| b.free().cpus.total_cmp(&a.free().cpus))
-                .then_with(|| a.name().cmp(b.name()))
-        })
+/// How well a node suits the next replica of a deployment; the least is best: fewest
+/// replicas of that deployment (spread), then the most free CPU, then by name.
+#[derive(Debug)]
+struct Rank<'n> {
+    replicas: u32,
+    free_cpus: f64,
+    name: &'n str,
 }
+
+impl<'n> Rank<'n> {
+    fn of(name: &'n str, load: &NodeLoad<'_>, deployment: &str) -> Self {
+        Rank {
+            replicas: load.replicas_of(deployment),
+            free_cpus: load.free().cpus,
+            name,
+        }
+    }
+}
+
+impl Ord for Rank<'_> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.replicas
+            .cmp(&other.replicas)
+            .then_with(|| other.free_cpus.total_cmp(&self.free_cpus))
+            .then_with(|| self.name.cmp(other.name))
+    }
+}
+
+impl PartialOrd for Rank<'_> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Rank<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other).is_eq()
+    }
+}
+
+impl Eq for Rank<'_> {}
 
 fn add_to_node(loads: &mut BTreeMap<&str, NodeLoad<'_>>, assignment: &Assignment) {
     if let Some(load) = loads.get_mut(assignment.node.as_str()) {

@@ -25,7 +25,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
 
-pub use serve::{serve, Limits, IDLE_TIMEOUT, MAX_CONNECTIONS};
+pub use serve::{serve, Limits, IDLE_TIMEOUT, MAX_CONNECTIONS, MAX_FLEET_CONNECTIONS};
 
 /// The CA certificate's file in a TLS directory.
 pub const CA_FILE: &str = "ca.pem";

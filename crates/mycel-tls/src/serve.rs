@@ -17,6 +17,13 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The most connections a listener holds by default (see [`Limits::for_this_process`]).
 pub const MAX_CONNECTIONS: usize = 10_000;
 
+/// The most connections the control plane holds: every node keeps a long-poll open and
+/// heartbeats beside it, so a fleet needs a little more than one connection per node.
+pub const MAX_FLEET_CONNECTIONS: usize = 100_000;
+
+/// Files the control plane keeps for itself beside its connections (store, blobs).
+const RESERVED_FILES: u64 = 1024;
+
 /// What one listener lets its clients hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
@@ -43,9 +50,22 @@ impl Limits {
     /// may open (after raising its soft open-file limit to the hard one, as a server
     /// should): the other half stays for blobs, workers and outgoing links.
     pub fn for_this_process() -> Self {
+        Self::within_open_files(MAX_CONNECTIONS, |files| files / 2)
+    }
+
+    /// The control plane's limits: its clients are the fleet's nodes, one long-poll
+    /// each, so all but a reserve of what this process may open goes to connections
+    /// (a limit of half, capped at 10,000, turned the 10,000th node away).
+    pub fn for_control_plane() -> Self {
+        Self::within_open_files(MAX_FLEET_CONNECTIONS, |files| {
+            files.saturating_sub(RESERVED_FILES)
+        })
+    }
+
+    fn within_open_files(max: usize, share: impl Fn(u64) -> u64) -> Self {
         let files = raise_open_file_limit();
-        let connections = files.map_or(MAX_CONNECTIONS, |n| {
-            MAX_CONNECTIONS.min(usize::try_from(n / 2).unwrap_or(usize::MAX))
+        let connections = files.map_or(max, |n| {
+            max.min(usize::try_from(share(n)).unwrap_or(usize::MAX))
         });
         Self {
             connections: connections.max(64),
