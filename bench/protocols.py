@@ -39,12 +39,19 @@ def closed_loop(make_call, clients: int, seconds: float):
     lock = threading.Lock()
     stop = time.monotonic() + seconds
 
+    errors: list[str] = []
+
     def run():
         call = make_call()
         mine = []
         while time.monotonic() < stop:
             started = time.perf_counter()
-            call()
+            try:
+                call()
+            except Exception as e:  # a server without this protocol: reported, not fatal
+                with lock:
+                    errors.append(str(e).splitlines()[0][:120])
+                return
             mine.append(time.perf_counter() - started)
         with lock:
             latencies.extend(mine)
@@ -55,7 +62,7 @@ def closed_loop(make_call, clients: int, seconds: float):
         t.start()
     for t in threads:
         t.join()
-    return latencies, time.monotonic() - began
+    return latencies, time.monotonic() - began, errors
 
 
 def calls(http_url: str, grpc_url: str, model: str, name: str, x: np.ndarray, outputs: list[str]):
@@ -87,7 +94,10 @@ def table(server: str, title: str, protocols, clients: int, seconds: float) -> N
     print("| --- | --- | --- | --- | --- |")
     for name, make in protocols.items():
         closed_loop(make, clients, 2.0)  # warm-up
-        latencies, elapsed = closed_loop(make, clients, seconds)
+        latencies, elapsed, errors = closed_loop(make, clients, seconds)
+        if errors:
+            print(f"| {server} | {name} | failed: {errors[0]} | | |", flush=True)
+            continue
         latencies.sort()
         p50 = statistics.median(latencies) * 1e3
         p99 = latencies[max(0, int(len(latencies) * 0.99) - 1)] * 1e3
