@@ -39,11 +39,7 @@ pub fn check(version: &Version, dir: &Path, trusted: &[PublicKey]) -> Result<Str
         version: version.label(),
         source,
     };
-    if !version
-        .files
-        .iter()
-        .any(|f| f.path.as_str() == SIGNATURE_FILE)
-    {
+    if signing::signature_entry(&version.files).is_none() {
         return Err(refused(SignatureError::Unsigned));
     }
     let io = |path: &str| {
@@ -69,7 +65,7 @@ pub fn check(version: &Version, dir: &Path, trusted: &[PublicKey]) -> Result<Str
                 }
                 let reader = std::fs::File::open(dir.join(path)).map_err(io(path))?;
                 let digest = signing::sha256_reader(reader).map_err(io(path))?;
-                digests.insert(path.to_owned(), signing::hex(&digest));
+                digests.insert(path.to_owned(), mycel_core::hash::hex(&digest));
             }
             digests
         }

@@ -32,8 +32,9 @@ pub(super) async fn put(
     let component = request.component.unwrap_or_else(|| name.clone());
     validate_name(&component).map_err(|m| invalid(format!("component {m}")))?;
     grant.check_component(&component).map_err(forbidden)?;
-    if let Some(existing) = find(&state, &name).await? {
-        within(&grant, &existing)?;
+    let existing = find(&state, &name).await?;
+    if let Some(existing) = &existing {
+        within(&grant, existing)?;
     }
     if request.copies.is_empty() {
         return Err(invalid(
@@ -51,7 +52,6 @@ pub(super) async fn put(
     }
     let version = registry::find_version(&state.store, &component, &request.version).await?;
     let manifest = registry::manifest_of(&state.blobs, &version).await?;
-    let existing = find(&state, &name).await?;
     let require_signed = request
         .require_signed
         .or(existing.as_ref().map(|e| e.require_signed))
@@ -280,8 +280,9 @@ pub(super) async fn delete(
     Scope(grant): Scope,
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    if let Some(existing) = find(&state, &name).await? {
-        within(&grant, &existing)?;
+    let existing = find(&state, &name).await?;
+    if let Some(existing) = &existing {
+        within(&grant, existing)?;
     }
     let owned = name.clone();
     if !blocking(&state.store, move |s| s.delete_deployment(&owned)).await? {
