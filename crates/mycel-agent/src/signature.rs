@@ -39,7 +39,11 @@ pub fn check(version: &Version, dir: &Path, trusted: &[PublicKey]) -> Result<Str
         version: version.label(),
         source,
     };
-    if signing::signature_entry(&version.files).is_none() {
+    if !version
+        .files
+        .iter()
+        .any(|f| f.path.as_str() == SIGNATURE_FILE)
+    {
         return Err(refused(SignatureError::Unsigned));
     }
     let io = |path: &str| {
@@ -65,7 +69,7 @@ pub fn check(version: &Version, dir: &Path, trusted: &[PublicKey]) -> Result<Str
                 }
                 let reader = std::fs::File::open(dir.join(path)).map_err(io(path))?;
                 let digest = signing::sha256_reader(reader).map_err(io(path))?;
-                digests.insert(path.to_owned(), mycel_core::hash::hex(&digest));
+                digests.insert(path.to_owned(), signing::hex(&digest));
             }
             digests
         }

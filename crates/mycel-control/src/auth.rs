@@ -66,5 +66,6 @@ fn new_token() -> std::io::Result<String> {
 pub fn new_secret(prefix: &str) -> std::io::Result<String> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|e| std::io::Error::other(e.to_string()))?;
-    Ok(format!("{prefix}{}", mycel_core::hash::hex(&bytes)))
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(format!("{prefix}{hex}"))
 }

@@ -287,7 +287,7 @@ fn random_suffix() -> String {
             .unwrap_or_default();
         bytes = nanos.to_le_bytes();
     }
-    mycel_core::hash::hex(&bytes)
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

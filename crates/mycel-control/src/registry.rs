@@ -21,7 +21,7 @@ use std::sync::Arc;
 use mycel_core::api::{DependentDeployment, RebuildResponse};
 use mycel_core::dependency::{self, DependencyError, ResolveError, VersionLookup};
 use mycel_core::manifest::{validate_name, DependencyRef, ManifestError, MANIFEST_FILE};
-use mycel_core::signing::{self, HashAlgorithm, Signature, SignatureError};
+use mycel_core::signing::{self, HashAlgorithm, Signature, SignatureError, SIGNATURE_FILE};
 use mycel_core::version::{normalize_file_list, FileListError};
 use mycel_core::{
     BlobHash, ErrorCode, FileEntry, Manifest, ResolvedDependency, Version, VersionId,
@@ -526,7 +526,10 @@ pub async fn check_signed(blobs: &BlobStore, version: &Version) -> Result<String
         version: version.label(),
         source,
     };
-    let entry = signing::signature_entry(&version.files)
+    let entry = version
+        .files
+        .iter()
+        .find(|f| f.path.as_str() == SIGNATURE_FILE)
         .ok_or_else(|| not_signed(SignatureError::Unsigned))?;
     let bytes = blobs
         .read(&entry.hash)

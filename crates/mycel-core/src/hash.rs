@@ -45,17 +45,6 @@ impl BlobHash {
     }
 }
 
-/// Lowercase hex of any bytes (a digest, a random secret).
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
-}
-
 impl From<blake3::Hash> for BlobHash {
     fn from(hash: blake3::Hash) -> Self {
         Self(*hash.as_bytes())

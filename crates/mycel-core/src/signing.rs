@@ -17,9 +17,6 @@ use p256::pkcs8::{EncodePublicKey as _, LineEnding};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use crate::hash::hex;
-use crate::FileEntry;
-
 /// The signature's file name inside a version, as `model_signing` names it.
 pub const SIGNATURE_FILE: &str = "model.sig";
 
@@ -37,11 +34,6 @@ const BUNDLE_MEDIA_TYPE: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
 const PAYLOAD_TYPE: &str = "application/vnd.in-toto+json";
 const STATEMENT_TYPE: &str = "https://in-toto.io/Statement/v1";
 const PREDICATE_TYPE: &str = "https://model_signing/signature/v1.0";
-
-/// The signature file among a version's files, if it has one.
-pub fn signature_entry(files: &[FileEntry]) -> Option<&FileEntry> {
-    files.iter().find(|f| f.path.as_str() == SIGNATURE_FILE)
-}
 
 /// Whether a signature leaves `path` (a version's relative path) out.
 pub fn is_unsigned_path(path: &str) -> bool {
@@ -514,7 +506,7 @@ impl SignedFiles {
 
 /// The digests a version's file list already holds, for signatures made with BLAKE3
 /// (a blob's name is the BLAKE3 hash of its bytes).
-pub fn blake3_digests(files: &[FileEntry]) -> BTreeMap<String, String> {
+pub fn blake3_digests(files: &[crate::FileEntry]) -> BTreeMap<String, String> {
     files
         .iter()
         .map(|f| (f.path.to_string(), f.hash.to_hex()))
@@ -554,6 +546,17 @@ fn pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
     .into_bytes();
     out.extend_from_slice(payload);
     out
+}
+
+/// Lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 fn unhex(text: &str) -> Option<Vec<u8>> {

@@ -32,9 +32,8 @@ pub(super) async fn put(
     let component = request.component.unwrap_or_else(|| name.clone());
     validate_name(&component).map_err(|m| invalid(format!("component {m}")))?;
     grant.check_component(&component).map_err(forbidden)?;
-    let existing = find(&state, &name).await?;
-    if let Some(existing) = &existing {
-        within(&grant, existing)?;
+    if let Some(existing) = find(&state, &name).await? {
+        within(&grant, &existing)?;
     }
     if request.copies.is_empty() {
         return Err(invalid(
@@ -52,6 +51,7 @@ pub(super) async fn put(
     }
     let version = registry::find_version(&state.store, &component, &request.version).await?;
     let manifest = registry::manifest_of(&state.blobs, &version).await?;
+    let existing = find(&state, &name).await?;
     let require_signed = request
         .require_signed
         .or(existing.as_ref().map(|e| e.require_signed))
@@ -280,9 +280,8 @@ pub(super) async fn delete(
     Scope(grant): Scope,
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let existing = find(&state, &name).await?;
-    if let Some(existing) = &existing {
-        within(&grant, existing)?;
+    if let Some(existing) = find(&state, &name).await? {
+        within(&grant, &existing)?;
     }
     let owned = name.clone();
     if !blocking(&state.store, move |s| s.delete_deployment(&owned)).await? {

@@ -144,7 +144,11 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
     let client = client(&args.connect)?;
     let version = client.version(&name, &reference).await?;
     let label = version.label();
-    let Some(entry) = signing::signature_entry(&version.files) else {
+    let Some(entry) = version
+        .files
+        .iter()
+        .find(|f| f.path.as_str() == SIGNATURE_FILE)
+    else {
         bail!("{label} is unsigned: it has no {SIGNATURE_FILE}; push it with `mycel push DIR --sign KEY`");
     };
     let bytes = client.get_blob(entry.hash).await?;
@@ -199,14 +203,18 @@ async fn sha256_digests(
         if BlobHash::from(blake3.finalize()) != file.hash {
             bail!("the server sent {path} with other bytes than its hash names");
         }
-        digests.insert(path.to_owned(), mycel_core::hash::hex(&sha256.finish()));
+        digests.insert(path.to_owned(), signing::hex(&sha256.finish()));
     }
     Ok(digests)
 }
 
 /// Who signed `version`, as `mycel show` prints it: the key hint, without checking.
 pub async fn signer(client: &mycel_client::Client, version: &Version) -> String {
-    let Some(entry) = signing::signature_entry(&version.files) else {
+    let Some(entry) = version
+        .files
+        .iter()
+        .find(|f| f.path.as_str() == SIGNATURE_FILE)
+    else {
         return "unsigned".into();
     };
     match client.get_blob(entry.hash).await {
