@@ -52,6 +52,7 @@ async fn main() -> anyhow::Result<()> {
             agent_url: format!("http://127.0.0.1:{}", 20000 + i % 40000),
             datasets: Vec::new(),
             isolation: Default::default(),
+            sandbox: Default::default(),
         })
         .collect();
 
@@ -263,6 +264,7 @@ async fn simulate(
                         restarts: 0,
                         for_ms: 0,
                         progress: None,
+                        last_failure: None,
                     })
                     .collect(),
                 gpus: Vec::new(),

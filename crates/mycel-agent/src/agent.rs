@@ -68,6 +68,11 @@ pub struct Config {
     /// Keys whose signatures this node trusts; with any, it runs only versions signed
     /// by one of them (see [`crate::signature`]).
     pub trust_keys: Vec<mycel_core::signing::PublicKey>,
+    /// How serving workers are confined (see [`crate::sandbox`]).
+    pub sandbox: crate::sandbox::Mode,
+    /// Directories serving workers must not see besides the agent's data directory and
+    /// its user's home (`mycel up` adds its own, which holds the control plane's).
+    pub hidden: Vec<PathBuf>,
 }
 
 /// Default for [`Config::max_request_bytes`].
@@ -99,6 +104,9 @@ pub enum AgentError {
     /// The GPUs to offer.
     #[error(transparent)]
     Gpu(#[from] crate::gpu::GpuError),
+    /// The sandbox asked for.
+    #[error(transparent)]
+    Sandbox(#[from] crate::sandbox::SandboxError),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> AgentError {
@@ -120,6 +128,11 @@ pub async fn run(
     std::fs::create_dir_all(&run_dir).map_err(io(format!("creating {}", run_dir.display())))?;
     let client =
         mycel_client::Client::with_ca(&config.server, config.token.clone(), config.ca.as_deref())?;
+    let key = blake3::hash(data.as_os_str().as_encoded_bytes()).to_hex();
+    let hidden = std::iter::once(data.clone())
+        .chain(config.hidden.iter().cloned())
+        .collect();
+    let confined = crate::sandbox::Sandbox::probe(config.sandbox, &key[..12], hidden).await?;
     let node = Arc::new(NodeContext {
         client: client.clone(),
         cache: BlobCache::open(data.join("blobs")).map_err(io("opening the blob cache"))?,
@@ -143,6 +156,7 @@ pub async fn run(
         gpus: crate::gpu::Gpus::detect(config.gpus.as_deref())?,
         templates: replica::template::Templates::new(run_dir, data.join("logs"), config.warm_start),
         trust: config.trust_keys.clone(),
+        sandbox: confined,
     });
 
     let listener = TcpListener::bind(config.listen)
@@ -184,6 +198,7 @@ pub async fn run(
         agent_url,
         datasets: config.datasets.keys().cloned().collect(),
         isolation: sandbox.isolation,
+        sandbox: node.sandbox.confinement(),
     };
 
     let stop = CancellationToken::new();
@@ -199,7 +214,7 @@ pub async fn run(
         mycel_tls::Limits::for_this_process(),
         stop.clone().cancelled_owned(),
     ));
-    tracing::info!(node = %config.name, location = %config.location, url = %spec.agent_url, isolation = %sandbox.isolation, "agent starting");
+    tracing::info!(node = %config.name, location = %config.location, url = %spec.agent_url, isolation = %sandbox.isolation, sandbox = %spec.sandbox, "agent starting");
 
     let heartbeats = tokio::spawn(heartbeat_loop(
         client.clone(),

@@ -15,6 +15,7 @@ pub mod gpu;
 pub mod isolation;
 pub mod metrics;
 pub mod replica;
+pub mod sandbox;
 pub mod signature;
 pub mod state;
 pub mod sync;

@@ -287,6 +287,9 @@ async fn start_worker(
         // Federated training takes no GPU from the node's pool: it sees what the
         // agent sees.
         cuda_visible: None,
+        // Training needs its dataset, which the serving sandbox does not show; it is
+        // kept off the network by `sandbox`.
+        jail: None,
     };
     let mut child = spawn_worker(&prepared, &socket, &launch)?;
     let accepted = tokio::select! {

@@ -832,6 +832,7 @@ mod tests {
                 agent_url: "http://127.0.0.1:1".into(),
                 datasets: vec!["digits".into()],
                 isolation: Default::default(),
+                sandbox: Default::default(),
             },
             state: NodeState::Ready,
             last_heartbeat_ms: 5,

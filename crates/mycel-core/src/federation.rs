@@ -573,6 +573,7 @@ mod tests {
             agent_url: String::new(),
             datasets: Vec::new(),
             isolation: Isolation::None,
+            sandbox: Default::default(),
         }
     }
 

@@ -39,6 +39,77 @@ pub struct NodeSpec {
     /// How its training workers are kept off the network.
     #[serde(default)]
     pub isolation: crate::federation::Isolation,
+    /// How it confines its serving workers.
+    #[serde(default)]
+    pub sandbox: Confinement,
+}
+
+/// How a node confines its serving workers: what is in force, so an operator can see
+/// where user code runs with less than it should (`mycel status`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confinement {
+    /// Each worker runs as a user of its own, with no capabilities.
+    pub own_user: bool,
+    /// Each worker sees only its version's files (read-only), its environment and a
+    /// private temporary directory: not the agent's data, nor other replicas' files.
+    pub private_files: bool,
+    /// Workers have no network unless their manifest asks (`[sandbox] network`).
+    pub no_network: bool,
+    /// How `[resources]` memory and CPU are enforced.
+    pub limits: Limits,
+}
+
+impl Confinement {
+    /// Whether any confinement is in force.
+    pub fn any(&self) -> bool {
+        self.own_user || self.private_files || self.no_network || self.limits != Limits::None
+    }
+}
+
+impl fmt::Display for Confinement {
+    /// `user,files,network,cgroup v2`: what is in force, or `none`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let limits = self.limits.to_string();
+        let parts: Vec<&str> = [
+            (self.own_user, "user"),
+            (self.private_files, "files"),
+            (self.no_network, "network"),
+            (self.limits != Limits::None, limits.as_str()),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect();
+        match parts.is_empty() {
+            true => f.write_str("none"),
+            false => f.write_str(&parts.join(",")),
+        }
+    }
+}
+
+/// How a node enforces each worker's `[resources]`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Limits {
+    /// Not enforced.
+    #[default]
+    None,
+    /// Memory as a data-size rlimit (an allocation past it fails); CPU not limited.
+    Rlimit,
+    /// Memory and CPU in a cgroup (v1 hierarchy) of its own.
+    CgroupV1,
+    /// Memory and CPU in a cgroup (v2) of its own.
+    CgroupV2,
+}
+
+impl fmt::Display for Limits {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Limits::None => "no limits",
+            Limits::Rlimit => "rlimit",
+            Limits::CgroupV1 => "cgroup v1",
+            Limits::CgroupV2 => "cgroup v2",
+        })
+    }
 }
 
 /// A GPU a node offers.
@@ -547,4 +618,39 @@ pub struct ReplicaStatus {
     /// bytes fetched so far while syncing, uv's latest line while building.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<String>,
+    /// Why its worker last failed, kept after it restarted: a crash, a failed health
+    /// check, the memory limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn confinement_reads_as_what_is_in_force() {
+        assert_eq!(Confinement::default().to_string(), "none");
+        let full = Confinement {
+            own_user: true,
+            private_files: true,
+            no_network: true,
+            limits: Limits::CgroupV2,
+        };
+        assert_eq!(full.to_string(), "user,files,network,cgroup v2");
+        let partial = Confinement {
+            own_user: false,
+            limits: Limits::Rlimit,
+            ..full
+        };
+        assert_eq!(partial.to_string(), "files,network,rlimit");
+        // A node from before the sandbox reports none.
+        let old: NodeSpec = serde_json::from_str(
+            r#"{"name": "a", "location": "b", "cpus": 1, "memory_bytes": 1, "agent_url": "http://a"}"#,
+        )
+        .unwrap();
+        assert!(!old.sandbox.any());
+        let json = serde_json::to_value(full).unwrap();
+        assert_eq!(json["limits"], "cgroup-v2");
+    }
 }

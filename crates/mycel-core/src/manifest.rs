@@ -32,6 +32,17 @@ pub struct Manifest {
     pub dependencies: BTreeMap<String, DependencyRef>,
     /// `[signature]`: declared inputs and outputs, for model metadata.
     pub signature: Option<Signature>,
+    /// `[sandbox]`: what a serving worker may reach beyond its own files.
+    pub sandbox: SandboxOptions,
+}
+
+/// `[sandbox]`: what a serving worker may do that the sandbox otherwise forbids.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxOptions {
+    /// Whether it may use the network (call another service, say); off by default.
+    #[serde(default)]
+    pub network: bool,
 }
 
 /// `[component]`.
@@ -232,6 +243,8 @@ struct RawManifest {
     #[serde(default)]
     dependencies: BTreeMap<String, toml::Value>,
     signature: Option<Signature>,
+    #[serde(default)]
+    sandbox: SandboxOptions,
 }
 
 #[derive(Deserialize)]
@@ -331,6 +344,7 @@ impl Manifest {
                 })
                 .collect::<Result<_, ManifestError>>()?,
             signature: raw.signature.map(validate_signature).transpose()?,
+            sandbox: raw.sandbox,
         })
     }
 
@@ -709,6 +723,9 @@ gpus = 0
 imagenet-preprocess = "latest"
 tokenizer = 3
 
+[sandbox]
+network = true
+
 [[signature.inputs]]
 name = "image"
 datatype = "FP32"
@@ -753,6 +770,7 @@ shape = [-1, 3, 224, 224]
         assert_eq!(m.dependencies["imagenet-preprocess"], DependencyRef::Latest);
         assert_eq!(m.dependencies["tokenizer"], DependencyRef::Seq(3));
         assert_eq!(m.signature.unwrap().inputs[0].shape, vec![-1, 3, 224, 224]);
+        assert!(m.sandbox.network);
     }
 
     #[test]
@@ -764,6 +782,10 @@ shape = [-1, 3, 224, 224]
         assert_eq!(m.serve, ServeOptions::default());
         assert_eq!(m.resources, Resources::default());
         assert!(m.weights.is_empty() && m.dependencies.is_empty() && m.signature.is_none());
+        assert!(
+            !m.sandbox.network,
+            "a worker gets no network unless it asks"
+        );
     }
 
     #[test]
@@ -775,6 +797,14 @@ shape = [-1, 3, 224, 224]
         assert!(e.contains("requirements-file"), "{e}");
         let e = err("[component]\nname = \"a\"\nentrypoint = \"m:C\"\n[gpu]\n");
         assert!(e.contains("unknown key `gpu`"), "{e}");
+        let e = err("[component]\nname = \"a\"\nentrypoint = \"m:C\"\n[sandbox]\nnet = true\n");
+        assert!(
+            e.contains("unknown key `net`") && e.contains("network"),
+            "{e}"
+        );
+        let e =
+            err("[component]\nname = \"a\"\nentrypoint = \"m:C\"\n[sandbox]\nnetwork = \"yes\"\n");
+        assert!(e.contains("mycel.toml:5:"), "{e}");
     }
 
     #[test]

@@ -783,9 +783,22 @@ pub struct RuntimeArgs {
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub heartbeat: std::time::Duration,
     /// Start every serving worker as a process of its own, importing its framework
-    /// anew, instead of forking it from a warm template of its environment.
+    /// anew, instead of forking it from a warm template of its environment (sandboxed
+    /// workers always start so).
     #[arg(long, env = "MYCEL_NO_WARM_START")]
     pub no_warm_start: bool,
+    /// Confine serving workers: a user of their own, their version's files read-only
+    /// and nothing else of the node's, a private /tmp, no network unless the manifest's
+    /// [sandbox] asks, [resources] enforced. auto: what this machine allows (`mycel
+    /// status` shows it); on: all of it or refuse to start; off: workers run as the
+    /// agent does.
+    #[arg(
+        long,
+        env = "MYCEL_SANDBOX",
+        default_value = "auto",
+        value_name = "auto|on|off"
+    )]
+    pub sandbox: mycel_agent::sandbox::Mode,
 }
 
 #[derive(Args, Debug)]

@@ -294,17 +294,19 @@ fn a_model_stuck_in_a_call_does_not_hold_up_ctrl_c() {
     let data = tempfile::tempdir().unwrap();
     let up = TestServer::up(data.path(), "here");
     let component = data.path().join("stuck");
-    let marker = data.path().join("called");
+    // The model says it is inside predict by connecting here: its sandbox lets it
+    // reach the network (the manifest asks), not the test's files.
+    let marker = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let model = format!(
-        "import time\n\nclass Stuck:\n    def __init__(self, ctx):\n        pass\n\n    def predict(self, inputs):\n        open({:?}, 'w').close()\n        time.sleep(600)\n        return inputs\n",
-        marker.to_str().unwrap()
+        "import socket, time\n\nclass Stuck:\n    def __init__(self, ctx):\n        pass\n\n    def predict(self, inputs):\n        socket.create_connection(('127.0.0.1', {})).close()\n        time.sleep(600)\n        return inputs\n",
+        marker.local_addr().unwrap().port()
     );
     write_tree(
         &component,
         &[
             (
                 "mycel.toml",
-                b"[component]\nname = \"stuck\"\nentrypoint = \"model:Stuck\"\n\n[python]\nrequirements = [\"numpy\"]\n",
+                b"[component]\nname = \"stuck\"\nentrypoint = \"model:Stuck\"\n\n[python]\nrequirements = [\"numpy\"]\n\n[sandbox]\nnetwork = true\n",
             ),
             ("model.py", model.as_bytes()),
         ],
@@ -325,10 +327,11 @@ fn a_model_stuck_in_a_call_does_not_hold_up_ctrl_c() {
             .env("MYCEL_DATA", data_dir)
             .output();
     });
+    marker.set_nonblocking(true).unwrap();
     eventually(
         "the model to be inside predict",
         Duration::from_secs(20),
-        || marker.exists().then_some(()),
+        || marker.accept().ok().map(|_| ()),
     );
     let stopping = std::thread::spawn(move || up.signal("INT"));
     eventually("mycel up to exit", Duration::from_secs(20), || {

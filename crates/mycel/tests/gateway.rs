@@ -98,7 +98,9 @@ fn fleet_serving(copies: u32, serve: &str, server_args: &[&str]) -> Fleet {
     let mut args = vec!["--grpc", "127.0.0.1:0"];
     args.extend(server_args);
     let server = TestServer::start_with(data.path(), &args);
-    let agent = TestAgent::start(&server, nodes.path(), "n1", "here");
+    // The probe tells the test what it does through files and its pid: unsandboxed
+    // (tests/sandbox.rs checks what the sandbox changes).
+    let agent = TestAgent::start_with(&server, nodes.path(), "n1", "here", &["--sandbox", "off"]);
     let component = nodes.path().join("probe");
     write_tree(
         &component,

@@ -47,7 +47,8 @@ fn fleet() -> Fleet {
     let data = tempfile::tempdir().unwrap();
     let nodes = tempfile::tempdir().unwrap();
     let server = TestServer::start_with(data.path(), &["--grpc", "127.0.0.1:0"]);
-    let agent = TestAgent::start(&server, nodes.path(), "n1", "here");
+    // The gated model waits on files the test writes: unsandboxed.
+    let agent = TestAgent::start_with(&server, nodes.path(), "n1", "here", &["--sandbox", "off"]);
     let gated = nodes.path().join("gated");
     write_tree(
         &gated,

@@ -323,60 +323,6 @@ fn a_fleet_on_separate_hosts_speaks_tls_and_agents_answer_only_the_fleet() {
     assert_eq!(ask("ny-1"), 401);
 }
 
-/// `requests` no-op inferences from `clients` threads without pause through `gateway`
-/// (after a warmup), each thread on one keep-alive connection: requests per second and
-/// the p50 and p99 latencies in ms.
-fn closed_loop(
-    gateway: &str,
-    ca: Option<&str>,
-    clients: usize,
-    requests: usize,
-) -> (f64, f64, f64) {
-    let url = format!("{gateway}/v2/models/noop/infer");
-    let body = serde_json::json!({"inputs": [
-        {"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1.0, 2.0, 3.0, 4.0]}
-    ]})
-    .to_string();
-    let run = |count: usize| {
-        let started = std::time::Instant::now();
-        let threads: Vec<_> = (0..clients)
-            .map(|_| {
-                let (url, body) = (url.clone(), body.clone());
-                let http = match ca {
-                    Some(ca) => https(ca, None),
-                    None => reqwest::blocking::Client::new(),
-                };
-                std::thread::spawn(move || {
-                    let mut latencies = Vec::with_capacity(count / clients);
-                    for _ in 0..count / clients {
-                        let sent = std::time::Instant::now();
-                        let response = http
-                            .post(&url)
-                            .header("content-type", "application/json")
-                            .body(body.clone())
-                            .send()
-                            .unwrap();
-                        assert!(response.status().is_success());
-                        response.bytes().unwrap();
-                        latencies.push(sent.elapsed().as_secs_f64() * 1e3);
-                    }
-                    latencies
-                })
-            })
-            .collect();
-        let mut latencies: Vec<f64> = threads
-            .into_iter()
-            .flat_map(|t| t.join().unwrap())
-            .collect();
-        let wall = started.elapsed().as_secs_f64();
-        latencies.sort_by(f64::total_cmp);
-        let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
-        (latencies.len() as f64 / wall, at(0.5), at(0.99))
-    };
-    run(requests / 10);
-    run(requests)
-}
-
 /// What TLS costs, run on demand by bench/tls.sh (`--ignored`): `mycel up` with one
 /// node serving a no-op, plain and then with `--tls` (client → gateway → agent all
 /// TLS, the agent hop mutual), the same closed-loop load on each; then a standalone
@@ -415,7 +361,11 @@ fn bench_tls_cost() {
             String::from_utf8_lossy(&out.stderr)
         );
         let ca = server.ca().filter(|_| tls);
-        let (rate, p50, p99) = closed_loop(&server.gateway(), ca.as_deref(), clients, requests);
+        let http = || match &ca {
+            Some(ca) => https(ca, None),
+            None => reqwest::blocking::Client::new(),
+        };
+        let (rate, p50, p99) = support::closed_loop(&server.gateway(), http, clients, requests);
         rows.push((if tls { "TLS" } else { "plain" }, rate, p50, p99));
     }
     let mut memory = Vec::new();

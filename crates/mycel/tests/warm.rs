@@ -1,7 +1,7 @@
 //! Warm starts: a node forks serving workers from one template per environment, which
 //! imported what the component imports once; a killed worker and a code-only rollout
 //! are forked from the same template; `--no-warm-start` starts workers cold; the
-//! template leaves with the agent.
+//! template leaves with the agent. All of it unsandboxed: sandboxed workers start cold.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -51,8 +51,17 @@ fn workers_fork_from_a_warm_template_and_start_cold_when_told() {
     let data = tempfile::tempdir().unwrap();
     let nodes = tempfile::tempdir().unwrap();
     let server = TestServer::start(data.path());
-    let mut warm = TestAgent::start(&server, nodes.path(), "n1", "here");
-    let cold = TestAgent::start_with(&server, nodes.path(), "n2", "there", &["--no-warm-start"]);
+    // Sandboxed workers always start cold (docs/sandbox.md): warm starts are for
+    // agents that run workers unconfined.
+    let mut warm =
+        TestAgent::start_with(&server, nodes.path(), "n1", "here", &["--sandbox", "off"]);
+    let cold = TestAgent::start_with(
+        &server,
+        nodes.path(),
+        "n2",
+        "there",
+        &["--no-warm-start", "--sandbox", "off"],
+    );
     let dir = nodes.path().join("warm-model");
     write_tree(
         &dir,

@@ -85,6 +85,8 @@ pub struct NodeContext {
     pub templates: template::Templates,
     /// Keys whose signatures this node trusts; none: it runs versions unsigned.
     pub trust: Vec<mycel_core::signing::PublicKey>,
+    /// How serving workers are confined.
+    pub sandbox: crate::sandbox::Sandbox,
 }
 
 /// Where a replica is in its state: since when, and the work it waits on, whose
@@ -125,6 +127,11 @@ pub struct Caller {
 
 impl NodeContext {
     fn set(&self, replica: &str, state: ReplicaState, pid: Option<u32>, restarts: u32) {
+        let mut statuses = self.statuses.lock().unwrap_or_else(|p| p.into_inner());
+        let last_failure = match &state {
+            ReplicaState::Failed { reason } => Some(reason.clone()),
+            _ => statuses.get(replica).and_then(|s| s.last_failure.clone()),
+        };
         let status = ReplicaStatus {
             replica: replica.to_owned(),
             state,
@@ -132,8 +139,8 @@ impl NodeContext {
             restarts,
             for_ms: 0,
             progress: None,
+            last_failure,
         };
-        let mut statuses = self.statuses.lock().unwrap_or_else(|p| p.into_inner());
         let previous = statuses.insert(replica.to_owned(), status.clone());
         if previous.is_none_or(|p| p.state != status.state) {
             let phase = Phase {

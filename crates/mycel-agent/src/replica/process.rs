@@ -17,6 +17,8 @@ pub(crate) struct Launch<'a> {
     /// Its `CUDA_VISIBLE_DEVICES`: the GPUs it holds; `None` leaves the variable as
     /// the agent has it (a node without GPUs).
     pub cuda_visible: Option<String>,
+    /// The confinement a serving worker starts in (see [`crate::sandbox`]).
+    pub jail: Option<&'a crate::sandbox::Jail>,
 }
 
 /// The arguments after `python -m mycel_worker`.
@@ -63,7 +65,20 @@ fn worker_env(prepared: &Prepared, launch: &Launch<'_>) -> Vec<(String, String)>
         env.push(("CUDA_VISIBLE_DEVICES".into(), visible.clone()));
     }
     env.push(("PYTHONDONTWRITEBYTECODE".into(), "1".into()));
+    if launch.jail.is_some() {
+        // The agent's home is hidden; the private /tmp is the worker's to write.
+        let tmp = crate::sandbox::view::PRIVATE_TMP.to_owned();
+        env.push(("HOME".into(), tmp.clone()));
+        env.push(("TMPDIR".into(), tmp));
+    }
     env
+}
+
+/// The agent's own settings (`MYCEL_*`: its token among them), which no worker gets.
+fn agent_variables() -> impl Iterator<Item = OsString> {
+    std::env::vars_os()
+        .map(|(name, _)| name)
+        .filter(|name| name.as_encoded_bytes().starts_with(b"MYCEL_"))
 }
 
 /// Starts a worker as a process of its own.
@@ -81,7 +96,10 @@ pub(crate) fn spawn_worker(
     let log_err = log
         .try_clone()
         .map_err(|e| format!("opening {}: {e}", log_path.display()))?;
-    let mut command = match launch.sandbox.split_first() {
+    let jail = launch.jail.map(|j| j.prefix.as_slice()).unwrap_or_default();
+    let sandbox: Vec<OsString> = launch.sandbox.iter().map(OsString::from).collect();
+    let prefix = if jail.is_empty() { &sandbox[..] } else { jail };
+    let mut command = match prefix.split_first() {
         Some((program, args)) => {
             let mut command = Command::new(program);
             command.args(args).arg(&prepared.python);
@@ -89,6 +107,9 @@ pub(crate) fn spawn_worker(
         }
         None => Command::new(&prepared.python),
     };
+    for name in agent_variables() {
+        command.env_remove(name);
+    }
     command
         .args(["-u", "-m", "mycel_worker"])
         .args(worker_args(prepared, socket, launch))
@@ -107,6 +128,17 @@ pub(crate) fn spawn_worker(
     Ok(child)
 }
 
+/// bubblewrap, between the agent and a jailed worker, exits with `128 + N` when the
+/// worker was killed by signal N: give the status back its signal, since whether a
+/// worker was killed or ended itself decides what becomes of its call.
+fn through_bubblewrap(status: std::process::ExitStatus) -> std::process::ExitStatus {
+    use std::os::unix::process::ExitStatusExt;
+    match status.code() {
+        Some(code @ 129..=192) => std::process::ExitStatus::from_raw(code - 128),
+        _ => status,
+    }
+}
+
 /// A serving worker: forked from its environment's warm template where there is one
 /// (it imported the framework already), else a process of its own.
 pub(crate) async fn start_worker(
@@ -115,7 +147,7 @@ pub(crate) async fn start_worker(
     socket: &std::path::Path,
     launch: &Launch<'_>,
 ) -> Result<Worker, String> {
-    if launch.sandbox.is_empty() {
+    if launch.sandbox.is_empty() && launch.jail.is_none() {
         if let Some(template) = node.templates.for_env(prepared).await {
             let args = worker_args(prepared, socket, launch);
             let env = worker_env(prepared, launch);
@@ -129,13 +161,21 @@ pub(crate) async fn start_worker(
             }
         }
     }
-    spawn_worker(prepared, socket, launch).map(Worker::Spawned)
+    let jailed = launch
+        .jail
+        .is_some_and(|j| j.prefix.iter().any(|a| a == "bwrap"));
+    spawn_worker(prepared, socket, launch).map(|child| Worker::Spawned { child, jailed })
 }
 
 /// A serving worker process, however it started.
 pub(crate) enum Worker {
-    /// The agent's own child.
-    Spawned(Child),
+    /// The agent's own child: the worker, or the bubblewrap it runs in.
+    Spawned {
+        /// The process.
+        child: Child,
+        /// Whether it is bubblewrap, which reports a signal as an exit code.
+        jailed: bool,
+    },
     /// A fork of a warm template.
     Forked(super::template::Forked),
 }
@@ -144,7 +184,7 @@ impl Worker {
     /// Its process id, while known.
     pub(crate) fn id(&self) -> Option<u32> {
         match self {
-            Worker::Spawned(child) => child.id(),
+            Worker::Spawned { child, .. } => child.id(),
             Worker::Forked(forked) => Some(forked.pid),
         }
     }
@@ -152,7 +192,14 @@ impl Worker {
     /// Waits for it to exit; safe to cancel.
     pub(crate) async fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
         match self {
-            Worker::Spawned(child) => child.wait().await,
+            Worker::Spawned { child, jailed } => {
+                let status = child.wait().await?;
+                Ok(if *jailed {
+                    through_bubblewrap(status)
+                } else {
+                    status
+                })
+            }
             Worker::Forked(forked) => forked.wait().await,
         }
     }
@@ -160,7 +207,7 @@ impl Worker {
     /// Kills it and waits for the end.
     pub(crate) async fn kill(&mut self) -> std::io::Result<()> {
         match self {
-            Worker::Spawned(child) => child.kill().await,
+            Worker::Spawned { child, .. } => child.kill().await,
             Worker::Forked(forked) => forked.kill().await,
         }
     }
@@ -228,6 +275,16 @@ pub(crate) fn log_tail(path: &std::path::Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_signal_comes_back_through_bubblewrap() {
+        use std::os::unix::process::ExitStatusExt;
+        let exited = |code: i32| std::process::ExitStatus::from_raw(code << 8);
+        assert_eq!(through_bubblewrap(exited(137)).signal(), Some(9));
+        assert_eq!(through_bubblewrap(exited(143)).signal(), Some(15));
+        assert_eq!(through_bubblewrap(exited(3)).code(), Some(3));
+        assert_eq!(through_bubblewrap(exited(0)).code(), Some(0));
+    }
 
     #[test]
     fn tail_keeps_the_last_lines() {

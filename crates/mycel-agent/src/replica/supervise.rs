@@ -115,17 +115,54 @@ pub(super) async fn serve_once(
     let cuda_visible = node.gpus.take(replica, prepared.gpus)?;
     // Whichever way this worker ends, its GPUs go back.
     let _gpus = Held(&node.gpus, replica);
+    let jail = if node.sandbox.is_off() {
+        None
+    } else {
+        let devices = cuda_visible
+            .as_deref()
+            .map(crate::sandbox::gpu_devices)
+            .unwrap_or_default();
+        let code = std::iter::once(prepared.version_dir.as_path())
+            .chain(prepared.dependencies.iter().map(|(_, dir)| dir.as_path()))
+            .collect();
+        let worker = crate::sandbox::JailSpec {
+            code,
+            python: &prepared.python,
+            socket: &socket,
+            devices: &devices,
+            network: prepared.manifest.sandbox.network,
+            resources: &prepared.manifest.resources,
+        };
+        Some(
+            node.sandbox
+                .jail(replica, &worker)
+                .map_err(|e| format!("confining the worker: {e}"))?,
+        )
+    };
     let launch = Launch {
         log: node.log_path(replica),
         cuda_visible,
+        jail: jail.as_ref(),
         ..Launch::default()
     };
+    // Why a worker ended: its status and log, and what its sandbox saw (the OOM
+    // killer, at its memory limit).
+    let ended = |status| {
+        let reason = exit_reason(node, replica, status);
+        match jail
+            .as_ref()
+            .and_then(|j| j.explain(&prepared.manifest.resources))
+        {
+            Some(why) => format!("{why}; {reason}"),
+            None => reason,
+        }
+    };
     let mut child = start_worker(node, prepared, &socket, &launch).await?;
-    let pid = child.id();
+    let mut pid = child.id();
 
     let accepted = tokio::select! {
         _ = signals.ended() => { stop_worker(&mut child, None).await; return Ok(()); }
-        status = child.wait() => Err(exit_reason(node, replica, status)),
+        status = child.wait() => Err(ended(status)),
         accepted = tokio::time::timeout(START_TIMEOUT, listener.accept()) => match accepted {
             Ok(Ok((stream, _))) => Ok(stream),
             Ok(Err(e)) => Err(format!("accepting the worker's connection: {e}")),
@@ -135,7 +172,14 @@ pub(super) async fn serve_once(
     drop(listener);
     let _ = std::fs::remove_file(&socket);
     let stream = match accepted {
-        Ok(stream) => stream,
+        Ok(stream) => {
+            // The worker itself, not what it runs in (bubblewrap, a template's fork):
+            // the kernel names the process at the socket's other end.
+            if let Some(peer) = stream.peer_cred().ok().and_then(|c| c.pid()) {
+                pid = u32::try_from(peer).ok().or(pid);
+            }
+            stream
+        }
         Err(reason) => {
             stop_worker(&mut child, None).await;
             return Err(reason);
@@ -154,7 +198,7 @@ pub(super) async fn serve_once(
         }
         Ok(Err(e)) => {
             let status = child.wait().await;
-            return Err(format!("{e}; {}", exit_reason(node, replica, status)));
+            return Err(format!("{e}; {}", ended(status)));
         }
         Err(_) => {
             stop_worker(&mut child, None).await;
@@ -186,7 +230,7 @@ pub(super) async fn serve_once(
                     calls.close();
                     continue;
                 }
-                status = child.wait() => return Err(exit_reason(node, replica, status)),
+                status = child.wait() => return Err(ended(status)),
                 _ = tokio::time::sleep(HEALTH_INTERVAL) => {
                     let pong = tokio::time::timeout(
                         HEALTH_TIMEOUT,
@@ -198,7 +242,7 @@ pub(super) async fn serve_once(
                         Ok(Err(e)) => {
                             let _ = child.kill().await;
                             let status = child.wait().await;
-                            return Err(format!("failed its health check: {e}; {}", exit_reason(node, replica, status)));
+                            return Err(format!("failed its health check: {e}; {}", ended(status)));
                         }
                         Err(_) => {
                             let _ = child.kill().await;
@@ -293,7 +337,7 @@ pub(super) async fn serve_once(
                 .as_ref()
                 .ok()
                 .and_then(std::os::unix::process::ExitStatusExt::signal);
-            let reason = exit_reason(node, replica, status);
+            let reason = ended(status);
             if let Some(call) = culprit {
                 match verdict(signal, call.requeued) {
                     Verdict::RunAgain => again.push_back(Call {

@@ -24,6 +24,7 @@ fn node(name: &str, location: &str, cpus: f64, memory_gib: u64) -> Node {
             agent_url: format!("http://{name}:7801"),
             datasets: Vec::new(),
             isolation: Default::default(),
+            sandbox: Default::default(),
         },
         state: NodeState::Ready,
         last_heartbeat_ms: 0,

@@ -114,6 +114,8 @@ pub async fn config(args: &AgentArgs) -> anyhow::Result<mycel_agent::Config> {
         datasets,
         ca,
         trust_keys: super::sign::trust_keys(&args.trust_keys)?,
+        sandbox: args.runtime.sandbox,
+        hidden: Vec::new(),
     })
 }
 

@@ -111,6 +111,26 @@ pub fn isolation(isolation: mycel_core::federation::Isolation) -> Finding {
     }
 }
 
+/// How serving workers would be confined here.
+pub fn sandbox(confinement: mycel_core::fleet::Confinement) -> Finding {
+    let full = confinement.own_user
+        && confinement.private_files
+        && confinement.no_network
+        && confinement.limits != mycel_core::fleet::Limits::None;
+    if full {
+        return Finding::ok(
+            "sandbox",
+            format!("serving workers are confined ({confinement})"),
+        );
+    }
+    Finding::problem(
+        "sandbox",
+        Level::Warn,
+        format!("serving workers are confined only partly here ({confinement}): model code runs with more of the agent's privileges than it needs"),
+        "run the agent as root with bubblewrap (`apt-get install bubblewrap`) and util-linux's setpriv and prlimit; cgroups make the limits exact".into(),
+    )
+}
+
 /// Free disk in the data directory.
 pub fn disk(data: &Path, free: Result<u64, std::io::Error>) -> Finding {
     let shown = data.display();
@@ -333,6 +353,14 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<()> {
             .collect();
     let mut findings = node_checks(&args.runtime.uv, &data, &ports).await;
     findings.push(isolation(mycel_agent::isolation::probe().await.isolation));
+    let probe = tempfile::tempdir()?;
+    let confined = mycel_agent::sandbox::Sandbox::probe(
+        mycel_agent::sandbox::Mode::Auto,
+        "doctor",
+        vec![probe.path().to_path_buf()],
+    )
+    .await?;
+    findings.push(sandbox(confined.confinement()));
     findings.extend(server_finding);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&findings)?);

@@ -20,7 +20,11 @@ pub async fn run(args: ListArgs) -> anyhow::Result<()> {
     if any_gpus {
         header.push("GPUS".into());
     }
-    header.extend(["DATASETS".into(), "TRAINING NETWORK".into()]);
+    header.extend([
+        "SANDBOX".into(),
+        "DATASETS".into(),
+        "TRAINING NETWORK".into(),
+    ]);
     let mut rows = vec![header];
     for view in &status.nodes {
         let spec = &view.node.spec;
@@ -48,6 +52,7 @@ pub async fn run(args: ListArgs) -> anyhow::Result<()> {
             row.push(gpus(view));
         }
         row.extend([
+            spec.sandbox.to_string(),
             if spec.datasets.is_empty() {
                 "-".into()
             } else {

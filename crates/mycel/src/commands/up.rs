@@ -282,6 +282,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             datasets: datasets.remove(node.as_str()).unwrap_or_default(),
             ca: roles.ca.clone(),
             trust_keys: trust_keys.clone(),
+            sandbox: args.runtime.sandbox,
+            // The control plane's store, token and CA live there.
+            hidden: vec![data.clone()],
         };
         let stopped = roles.stop.clone();
         roles.tasks.spawn(async move {

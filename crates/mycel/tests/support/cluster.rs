@@ -198,6 +198,8 @@ impl Cluster {
             datasets: BTreeMap::new(),
             ca: None,
             trust_keys: Vec::new(),
+            sandbox: mycel_agent::sandbox::Mode::Auto,
+            hidden: vec![self.dir.path().to_path_buf()],
         };
         let stop = CancellationToken::new();
         let task = tokio::spawn(mycel_agent::run(config, stop.clone().cancelled_owned()));

@@ -576,3 +576,55 @@ impl Drop for TestGateway {
         let _ = self.child.wait();
     }
 }
+
+/// `requests` inferences of the `noop` model (one `x` FP32 [1, 4] tensor) from
+/// `clients` threads without pause through `gateway`, after a tenth as warmup, each
+/// thread on one keep-alive connection of a client `http` makes: requests per second
+/// and the p50 and p99 latencies in ms. Benchmarks only.
+#[allow(dead_code)]
+pub fn closed_loop(
+    gateway: &str,
+    http: impl Fn() -> reqwest::blocking::Client,
+    clients: usize,
+    requests: usize,
+) -> (f64, f64, f64) {
+    let url = format!("{gateway}/v2/models/noop/infer");
+    let body = serde_json::json!({"inputs": [
+        {"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1.0, 2.0, 3.0, 4.0]}
+    ]})
+    .to_string();
+    let run = |count: usize| {
+        let started = std::time::Instant::now();
+        let threads: Vec<_> = (0..clients)
+            .map(|_| {
+                let (url, body, http) = (url.clone(), body.clone(), http());
+                std::thread::spawn(move || {
+                    let mut latencies = Vec::with_capacity(count / clients);
+                    for _ in 0..count / clients {
+                        let sent = std::time::Instant::now();
+                        let response = http
+                            .post(&url)
+                            .header("content-type", "application/json")
+                            .body(body.clone())
+                            .send()
+                            .unwrap();
+                        assert!(response.status().is_success());
+                        response.bytes().unwrap();
+                        latencies.push(sent.elapsed().as_secs_f64() * 1e3);
+                    }
+                    latencies
+                })
+            })
+            .collect();
+        let mut latencies: Vec<f64> = threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        let wall = started.elapsed().as_secs_f64();
+        latencies.sort_by(f64::total_cmp);
+        let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
+        (latencies.len() as f64 / wall, at(0.5), at(0.99))
+    };
+    run(requests / 10);
+    run(requests)
+}
