@@ -157,6 +157,7 @@ pub async fn run(
         templates: replica::template::Templates::new(run_dir, data.join("logs"), config.warm_start),
         trust: config.trust_keys.clone(),
         sandbox: confined,
+        flow: Mutex::default(),
     });
 
     let listener = TcpListener::bind(config.listen)

@@ -118,17 +118,28 @@ async fn infer(
 ) -> Response {
     let started = std::time::Instant::now();
     let caller = node.caller(&replica);
-    let deadline = headers
-        .get(frame::DEADLINE_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(|ms| tokio::time::Instant::now() + std::time::Duration::from_millis(ms));
-    let (response, outcome) = call(&node, &replica, caller.as_ref(), body, deadline).await;
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let terms = Terms {
+        deadline: header(frame::DEADLINE_HEADER)
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(|ms| tokio::time::Instant::now() + std::time::Duration::from_millis(ms)),
+        elsewhere: header(frame::ELSEWHERE_HEADER) == Some("1"),
+    };
+    let (response, outcome) = call(&node, &replica, caller.as_ref(), body, terms).await;
     if let Some(caller) = caller {
         node.metrics
             .observe(&caller.labels, outcome, started.elapsed().as_secs_f64());
     }
     response
+}
+
+/// What the gateway asks of a call besides its tensors.
+#[derive(Clone, Copy, Default)]
+struct Terms {
+    /// When its caller stops waiting.
+    deadline: Option<tokio::time::Instant>,
+    /// Whether the gateway has another replica for it (`x-mycel-elsewhere`).
+    elsewhere: bool,
 }
 
 /// Decodes a request and puts it in the replica's queue; the receiver of its answer,
@@ -138,7 +149,7 @@ fn enqueue(
     replica: &str,
     caller: Option<&Caller>,
     body: Bytes,
-    deadline: Option<tokio::time::Instant>,
+    terms: Terms,
     chunks: Option<mpsc::Sender<frame::Frame>>,
 ) -> Result<Answer, Refusal> {
     let request = match frame::decode_from(body) {
@@ -146,7 +157,7 @@ fn enqueue(
         Err(e) => return Err(Refusal(ErrorCode::InvalidRequest, e.to_string(), "invalid")),
     };
     let caller = match caller {
-        Some(caller) if node.is_ready(replica) => caller,
+        Some(caller) if node.takes_calls(replica, terms.elsewhere) => caller,
         _ => {
             let message = format!("replica {replica} is not ready on this node");
             return Err(Refusal(ErrorCode::NotServing, message, "unavailable"));
@@ -161,10 +172,11 @@ fn enqueue(
         reply,
         // A stream is not batched, and once chunks went out it must not run again.
         alone: streaming,
-        deadline,
+        deadline: terms.deadline,
         requeued: streaming,
         arrived: std::time::Instant::now(),
         chunks,
+        elsewhere: terms.elsewhere,
     };
     match caller.calls.try_send(call) {
         Ok(()) => Ok(Answer(request.id, answer)),
@@ -201,6 +213,7 @@ fn failure(
             format!("replica {replica}: {e}"),
             "deadline",
         ),
+        Ok(e @ WorkerError::Refused(_)) => (ErrorCode::NotServing, e.to_string(), "unavailable"),
         Ok(e @ WorkerError::Crashed(_)) => (
             ErrorCode::ModelCrashed,
             format!(
@@ -226,9 +239,9 @@ async fn call(
     replica: &str,
     caller: Option<&Caller>,
     body: Bytes,
-    deadline: Option<tokio::time::Instant>,
+    terms: Terms,
 ) -> (Response, &'static str) {
-    let Answer(id, answer) = match enqueue(node, replica, caller, body, deadline, None) {
+    let Answer(id, answer) = match enqueue(node, replica, caller, body, terms, None) {
         Ok(queued) => queued,
         Err(Refusal(code, message, outcome)) => return (error(code, message), outcome),
     };
@@ -275,11 +288,17 @@ async fn generate(
 ) -> Response {
     let caller = node.caller(&replica);
     let (sender, mut chunks) = mpsc::channel::<frame::Frame>(16);
-    let Answer(id, answer) =
-        match enqueue(&node, &replica, caller.as_ref(), body, None, Some(sender)) {
-            Ok(queued) => queued,
-            Err(Refusal(code, message, _)) => return error(code, message),
-        };
+    let Answer(id, answer) = match enqueue(
+        &node,
+        &replica,
+        caller.as_ref(),
+        body,
+        Terms::default(),
+        Some(sender),
+    ) {
+        Ok(queued) => queued,
+        Err(Refusal(code, message, _)) => return error(code, message),
+    };
     let chunks = futures::stream::poll_fn(move |cx| chunks.poll_recv(cx));
     let end = futures::stream::once(async move {
         match answer.await {

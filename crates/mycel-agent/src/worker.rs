@@ -32,6 +32,10 @@ pub enum WorkerError {
     /// The request's deadline passed before it ran: it never started.
     #[error("the request's deadline passed while it waited for the worker; it did not run")]
     Expired,
+    /// The request waited behind a call that held the worker up, and was sent back
+    /// before it ran, for another replica to take.
+    #[error("{0}; the request did not run")]
+    Refused(String),
     /// A frame bigger than this agent accepts.
     #[error("frame of {0} bytes is over the limit of {1} bytes")]
     TooLarge(u64, u64),

@@ -9,6 +9,10 @@
 /// the request's deadline. The agent never starts a call past it, and kills a worker
 /// that holds one long after it.
 pub const DEADLINE_HEADER: &str = "x-mycel-deadline-ms";
+/// Set (to `1`) by a gateway that has another replica for the request: the agent may
+/// then send it back unrun when its worker is held up in a call, rather than keep it
+/// waiting.
+pub const ELSEWHERE_HEADER: &str = "x-mycel-elsewhere";
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 

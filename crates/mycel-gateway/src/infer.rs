@@ -299,7 +299,8 @@ async fn call(
     while let Some(in_flight) = gw.router.pick(model, seq, &tried) {
         let replica = &in_flight.replica().route;
         labels.location.clone_from(&replica.location);
-        let reason = match attempt(gw, replica, frame.clone(), deadline).await {
+        let elsewhere = model.has_other(seq, &tried, &replica.replica);
+        let reason = match attempt(gw, replica, frame.clone(), deadline, elsewhere).await {
             Attempt::Done(outputs, timing) => return Ok((outputs, replica.seq, timing)),
             Attempt::Fail(response) => return Err(response),
             // Expected while replicas drain in a rollout: not worth a warning.
@@ -349,6 +350,7 @@ async fn attempt(
     replica: &mycel_core::api::RouteReplica,
     frame: Bytes,
     deadline: tokio::time::Instant,
+    elsewhere: bool,
 ) -> Attempt {
     let url = format!(
         "{}/v1/replicas/{}/infer",
@@ -365,6 +367,7 @@ async fn attempt(
                 .as_millis()
                 .to_string(),
         )
+        .header(frame::ELSEWHERE_HEADER, if elsewhere { "1" } else { "0" })
         .body(frame)
         .send()
         .await;

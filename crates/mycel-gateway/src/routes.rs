@@ -30,6 +30,18 @@ pub struct Model {
     pub replicas: Vec<Arc<Replica>>,
 }
 
+impl Model {
+    /// Whether a ready replica (of version `seq`, if given) besides `this` and those in
+    /// `exclude` could take a request.
+    pub fn has_other(&self, seq: Option<u64>, exclude: &[String], this: &str) -> bool {
+        self.replicas.iter().any(|r| {
+            r.route.replica != this
+                && !exclude.contains(&r.route.replica)
+                && seq.is_none_or(|seq| r.route.seq == seq)
+        })
+    }
+}
+
 /// All models, by name.
 #[derive(Debug, Default)]
 pub struct Table {

@@ -1,8 +1,9 @@
-//! A chaos run under load, on demand (bench/chaos/run.sh): a default `mycel up` serves a
-//! model with two replicas while 8 clients send good requests, and one fault at a time
-//! is injected at a fixed rate: requests that freeze their worker, requests that kill
-//! it, a model that leaks memory past its limit, and clients that stall mid-request.
-//! Per fault: good requests sent, failed, and their p99.
+//! Faults under load: a model with two replicas keeps answering good requests while
+//! requests freeze its workers or kill them. On demand (bench/chaos/run.sh), the chaos
+//! run: a default `mycel up`, 8 clients, and one fault at a time injected at a fixed
+//! rate (frozen workers, poison requests, a model that leaks memory past its limit,
+//! clients that stall mid-request); per fault, good requests sent, failed, and their
+//! p99.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -81,6 +82,73 @@ fn good_load(
             })
         })
         .collect()
+}
+
+/// Each fault in turn, a few times, under the load of 4 clients: no
+/// good request fails, however the replica that took the fault fares. Without
+/// restarting a serving worker at once (and queueing for it meanwhile), poison
+/// requests leave no replica up; without sending the queue behind a frozen call to
+/// the other replica, what waits there meets its deadline.
+#[test]
+fn good_requests_outlive_poison_requests_and_frozen_workers() {
+    let data = tempfile::tempdir().unwrap();
+    let server = TestServer::up(data.path(), "local");
+    let dir = data.path().join("chaos-model");
+    write_tree(
+        &dir,
+        &[
+            ("mycel.toml", MANIFEST.as_bytes()),
+            ("model.py", MODEL.as_bytes()),
+        ],
+    );
+    let ok = |out: std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ok(server.cli(&["push", dir.to_str().unwrap()]));
+    ok(server.cli(&["deploy", "chaos", "--copies", "local=2", "--wait"]));
+    let url = format!("{}/v2/models/chaos/infer", server.gateway());
+    let http = reqwest::blocking::Client::new();
+    // Poison once a second; a freeze, which holds its worker until the deadline, once
+    // its replica is back.
+    let faults = [
+        (2, 500, "worker died while handling this request", 4, 1_000),
+        (1, 504, "deadline", 3, 3_500),
+    ];
+    for (fault, code, answer, times, apart) in faults {
+        let stop = Arc::new(AtomicBool::new(false));
+        let load = good_load(&url, 4, &stop);
+        for _ in 0..times {
+            std::thread::sleep(Duration::from_millis(apart));
+            let response = http
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(body(Some(fault)))
+                .send()
+                .unwrap();
+            assert_eq!(response.status().as_u16(), code);
+            let text = response.text().unwrap();
+            assert!(text.contains(answer), "{text}");
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, Ordering::Relaxed);
+        let seen: Vec<(u16, f64)> = load.into_iter().flat_map(|t| t.join().unwrap()).collect();
+        let failed: Vec<_> = seen.iter().filter(|(code, _)| *code != 200).collect();
+        assert!(seen.len() > 100, "only {} good requests", seen.len());
+        assert!(
+            failed.is_empty(),
+            "fault {fault}: {} of {} good requests failed, e.g. {:?}",
+            failed.len(),
+            seen.len(),
+            failed.first()
+        );
+        support::eventually("both replicas ready again", Duration::from_secs(60), || {
+            support::all_ready(&support::status(&server), "chaos", 2).then_some(())
+        });
+    }
 }
 
 #[test]

@@ -260,6 +260,7 @@ mod tests {
             alone,
             deadline: None,
             requeued: false,
+            elsewhere: false,
             arrived: std::time::Instant::now(),
             chunks: None,
         }

@@ -42,6 +42,12 @@ const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long past the latest deadline of its calls a worker may stay in a call before
 /// it is killed and restarted: the callers have had their answer (504) by then.
 const OVERDUE_GRACE: Duration = Duration::from_millis(500);
+/// A worker in one call this many times longer than its calls usually take is held
+/// up: the calls behind it go to another replica. Never sooner than the floor; before
+/// its first answer, after the first wait.
+const HELD_UP_FACTOR: u32 = 20;
+const HELD_UP_FLOOR: Duration = Duration::from_secs(1);
+const HELD_UP_FIRST: Duration = Duration::from_secs(10);
 /// How long a replica no longer assigned may take to finish the requests it holds.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -87,6 +93,18 @@ pub struct NodeContext {
     pub trust: Vec<mycel_core::signing::PublicKey>,
     /// How serving workers are confined.
     pub sandbox: crate::sandbox::Sandbox,
+    /// Replicas whose queue does not simply follow their state (see [`Flow`]).
+    pub flow: Mutex<HashMap<String, Flow>>,
+}
+
+/// Why a replica's queue takes calls, or not, regardless of its state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    /// Its worker died while serving and the next starts at once: calls wait for it.
+    ComingBack,
+    /// Its worker has been in one call far longer than it usually takes: calls go to
+    /// another replica instead of waiting behind it.
+    HeldUp,
 }
 
 /// Where a replica is in its state: since when, and the work it waits on, whose
@@ -224,6 +242,28 @@ impl NodeContext {
             .is_some_and(|s| s.state == ReplicaState::Ready)
     }
 
+    /// Whether `replica` takes a call: it is ready, unless its worker is held up and the
+    /// gateway has another replica for the call (`elsewhere`); or its worker died while
+    /// serving and the next one is on its way at once (see `supervise::restart_delay`),
+    /// so the call waits in its queue rather than being turned away.
+    pub fn takes_calls(&self, replica: &str, elsewhere: bool) -> bool {
+        let flow = self.flow.lock().unwrap_or_else(|p| p.into_inner());
+        match flow.get(replica) {
+            Some(Flow::ComingBack) => true,
+            Some(Flow::HeldUp) if elsewhere => false,
+            _ => self.is_ready(replica),
+        }
+    }
+
+    /// Records what stands between `replica`'s queue and its worker, if anything.
+    fn set_flow(&self, replica: &str, now: Option<Flow>) {
+        let mut flow = self.flow.lock().unwrap_or_else(|p| p.into_inner());
+        match now {
+            Some(now) => flow.insert(replica.to_owned(), now),
+            None => flow.remove(replica),
+        };
+    }
+
     /// Every replica's status, with how long it has been in its state and, while it
     /// prepares, how far the work it waits on got.
     pub fn snapshot(&self) -> Vec<ReplicaStatus> {
@@ -275,6 +315,9 @@ pub struct Call {
     /// Where a streamed answer's chunks go, as the worker sends them; the final frame
     /// still goes to `reply`. A streaming call runs alone and is never run twice.
     pub chunks: Option<mpsc::Sender<Frame>>,
+    /// Whether its gateway has another replica to send it to, should this one be held
+    /// up before it runs.
+    pub elsewhere: bool,
 }
 
 impl Call {

@@ -54,27 +54,35 @@ pub(super) async fn run(
     loop {
         node.set(&replica, ReplicaState::Starting, None, restarts);
         let started = tokio::time::Instant::now();
+        let mut answered = false;
         let outcome = serve_once(
             &node,
             &replica,
             &prepared,
             (&mut calls, &mut again),
             &signals,
-            restarts,
+            (restarts, &mut answered),
         )
         .await;
         if signals.is_ended() {
+            node.set_flow(&replica, None);
             return;
         }
         let reason = match outcome {
-            Ok(()) => return,
+            Ok(()) => {
+                node.set_flow(&replica, None);
+                return;
+            }
             Err(reason) => reason,
         };
         tracing::warn!(%replica, %reason, "worker stopped; restarting");
+        let (delay, next) = restart_delay(backoff, started.elapsed(), answered);
+        // A worker that was serving comes back at once: its queue keeps taking calls
+        // meanwhile, which its next worker answers.
+        node.set_flow(&replica, delay.is_zero().then_some(Flow::ComingBack));
         node.set(&replica, ReplicaState::Failed { reason }, None, restarts);
-        let (delay, next) = restart_delay(backoff, started.elapsed());
         tokio::select! {
-            _ = signals.ended() => return,
+            _ = signals.ended() => { node.set_flow(&replica, None); return }
             _ = tokio::time::sleep(delay) => {}
         }
         backoff = next;
@@ -105,7 +113,7 @@ pub(super) async fn serve_once(
     prepared: &Prepared,
     (calls, again): (&mut mpsc::Receiver<Call>, &mut VecDeque<Call>),
     signals: &Signals,
-    restarts: u32,
+    (restarts, answered): (u32, &mut bool),
 ) -> Result<(), String> {
     let stop = &signals.stop;
     let socket = node.run_dir.join(format!("{replica}.sock"));
@@ -209,10 +217,13 @@ pub(super) async fn serve_once(
         }
     }
     node.set(replica, ReplicaState::Ready, pid, restarts);
+    node.set_flow(replica, None);
     tracing::info!(%replica, pid, "replica ready");
 
     // What the last worker left unanswered goes first.
     let mut pending: VecDeque<Call> = std::mem::take(again);
+    // How long this worker's calls usually take (a moving average).
+    let mut usual: Option<Duration> = None;
     let mut draining = false;
     loop {
         let first = match pending.pop_front() {
@@ -294,30 +305,48 @@ pub(super) async fn serve_once(
         }
         let computing = std::time::Instant::now();
         let predict = batch[0].method == "predict";
-        let outcome = tokio::select! {
-            outcome = run_batch(&mut conn, batch) => {
-                if predict {
-                    node.metrics
-                        .computed(&prepared.labels, computing.elapsed().as_secs_f64());
+        let held_up_at = tokio::time::Instant::now() + held_up_after(usual);
+        let mut held_up = false;
+        let run = run_batch(&mut conn, batch);
+        tokio::pin!(run);
+        let outcome = loop {
+            tokio::select! {
+                outcome = &mut run => break outcome,
+                // A model stuck in a call must not hold up stopping: the callers of the
+                // dropped batch get 503 and the gateway retries them elsewhere.
+                _ = stop.cancelled() => {
+                    let _ = child.kill().await;
+                    let _ = child.wait().await;
+                    return Ok(());
                 }
-                outcome
-            }
-            // A model stuck in a call must not hold up stopping: the callers of the
-            // dropped batch get 503 and the gateway retries them elsewhere.
-            _ = stop.cancelled() => {
-                let _ = child.kill().await;
-                let _ = child.wait().await;
-                return Ok(());
-            }
-            _ = sleep_until(overdue) => {
-                let _ = child.kill().await;
-                let _ = child.wait().await;
-                return Err(format!(
-                    "a call ran {}s past its deadline; the worker was killed",
-                    OVERDUE_GRACE.as_secs_f64()
-                ));
+                _ = sleep_until(overdue) => {
+                    let _ = child.kill().await;
+                    let _ = child.wait().await;
+                    return Err(format!(
+                        "a call ran {}s past its deadline; the worker was killed",
+                        OVERDUE_GRACE.as_secs_f64()
+                    ));
+                }
+                // Frozen, or stuck: what waits behind this call goes elsewhere now,
+                // not when the deadline is gone.
+                _ = tokio::time::sleep_until(held_up_at), if !held_up => {
+                    held_up = true;
+                    node.set_flow(replica, Some(Flow::HeldUp));
+                    send_elsewhere(&mut pending, calls, replica);
+                }
             }
         };
+        if held_up {
+            node.set_flow(replica, None);
+        }
+        let took = computing.elapsed();
+        if predict {
+            node.metrics.computed(&prepared.labels, took.as_secs_f64());
+        }
+        if outcome.is_ok() {
+            *answered = true;
+            usual = Some(usual.map_or(took, |u| (u * 7 + took) / 8));
+        }
         if let Err(Broke {
             error: e,
             again: left,
@@ -380,10 +409,48 @@ pub(super) fn give_up(call: Call) {
     let _ = call.reply.send(Err(WorkerError::Expired));
 }
 
+/// How long a worker may be in one call before the calls waiting behind it are sent
+/// to another replica: many times what its calls usually take, never less than a
+/// second, and until it has answered once, a generous while (a model's first call may
+/// be slow for its own reasons).
+pub(super) fn held_up_after(usual: Option<Duration>) -> Duration {
+    match usual {
+        Some(usual) => (usual * HELD_UP_FACTOR).max(HELD_UP_FLOOR),
+        None => HELD_UP_FIRST,
+    }
+}
+
+/// Answers every call waiting for this replica's worker whose gateway has another
+/// replica for it, but those that must run here (run again after their worker died,
+/// or a stream), as refused: nothing ran, so the gateway tries the other.
+fn send_elsewhere(pending: &mut VecDeque<Call>, calls: &mut mpsc::Receiver<Call>, replica: &str) {
+    let waiting: Vec<Call> = pending
+        .drain(..)
+        .chain(std::iter::from_fn(|| calls.try_recv().ok()))
+        .collect();
+    for call in waiting {
+        if call.requeued || !call.elsewhere {
+            pending.push_back(call);
+        } else {
+            let why = format!("replica {replica}'s worker is held up in a call");
+            let _ = call.reply.send(Err(WorkerError::Refused(why)));
+        }
+    }
+}
+
 /// How long to wait before restarting a worker that ran for `served`, with `backoff`
-/// the wait that was next: back to the first wait after a healthy run, and the one
-/// after doubled, up to a cap. Returns (this wait, the next one).
-pub(super) fn restart_delay(backoff: Duration, served: Duration) -> (Duration, Duration) {
+/// the wait that was next: none for a worker that had `answered` calls (a request or
+/// something outside ended it, not its own start: a poison request or a leak must not
+/// take a serving replica away for longer each time), back to the first wait after a
+/// healthy run, and the one after doubled, up to a cap. Returns (this wait, the next).
+pub(super) fn restart_delay(
+    backoff: Duration,
+    served: Duration,
+    answered: bool,
+) -> (Duration, Duration) {
+    if answered {
+        return (Duration::ZERO, BACKOFF_START);
+    }
     let delay = if served > HEALTHY_AFTER {
         BACKOFF_START
     } else {
@@ -402,7 +469,7 @@ mod tests {
         let mut backoff = BACKOFF_START;
         let mut waits = Vec::new();
         for _ in 0..9 {
-            let (delay, next) = restart_delay(backoff, quick);
+            let (delay, next) = restart_delay(backoff, quick, false);
             waits.push(delay.as_millis());
             backoff = next;
         }
@@ -410,7 +477,32 @@ mod tests {
             waits,
             [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]
         );
-        let (delay, next) = restart_delay(backoff, HEALTHY_AFTER + quick);
+        let (delay, next) = restart_delay(backoff, HEALTHY_AFTER + quick, false);
         assert_eq!((delay, next), (BACKOFF_START, BACKOFF_START * 2));
+    }
+
+    #[test]
+    fn a_worker_is_held_up_after_many_usual_calls_and_never_under_a_second() {
+        assert_eq!(held_up_after(None), HELD_UP_FIRST);
+        assert_eq!(held_up_after(Some(Duration::from_millis(2))), HELD_UP_FLOOR);
+        assert_eq!(
+            held_up_after(Some(Duration::from_secs(3))),
+            Duration::from_secs(3) * HELD_UP_FACTOR
+        );
+    }
+
+    #[test]
+    fn a_worker_that_was_answering_comes_back_at_once_every_time() {
+        let mut backoff = BACKOFF_MAX;
+        for _ in 0..5 {
+            let (delay, next) = restart_delay(backoff, Duration::from_millis(10), true);
+            assert_eq!(delay, Duration::ZERO);
+            backoff = next;
+        }
+        // And should it then fail to start, the crash-loop backoff starts over.
+        assert_eq!(
+            restart_delay(backoff, Duration::ZERO, false).0,
+            BACKOFF_START
+        );
     }
 }
