@@ -9,6 +9,9 @@
 #   rollout:       a one-line change to model.py pushed, then `deploy --wait` of the
 #                  12 replicas (rolled in place: the node has no spare cores)
 #
+# cold and warm run unsandboxed (--sandbox off); sandboxed is the default where this
+# machine allows it (root, bubblewrap, cgroups), whose workers always start cold.
+#
 # Usage: bash bench/warm.sh [REPLICAS]        # default 12
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,10 +26,14 @@ seconds() { # CMD...: runs it, prints its wall time in seconds
   python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.2f}')" "$start" "$EPOCHREALTIME"
 }
 
-once() { # MODE: warm or cold
+once() { # MODE: warm, cold or sandboxed
   local mode=$1 work up extra=()
   work=$(mktemp -d)
-  [ "$mode" = cold ] && extra=(--no-warm-start)
+  case $mode in
+    cold) extra=(--no-warm-start --sandbox off) ;;
+    warm) extra=(--sandbox off) ;;
+    sandboxed) extra=(--sandbox auto) ;;
+  esac
   export MYCEL_DATA=$work/data
   cp -r examples/mobilenet-v2 "$work/model"
   MYCEL_LOG=warn setsid "$mycel" up --listen 127.0.0.1:0 --gateway 127.0.0.1:0 \
@@ -50,3 +57,4 @@ echo "| start | first replica | scale 1 → $replicas | code-only rollout of $re
 echo "| --- | --- | --- | --- |"
 once cold
 once warm
+once sandboxed

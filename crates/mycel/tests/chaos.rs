@@ -49,6 +49,31 @@ fn body(fault: Option<i64>) -> String {
     json!({ "inputs": inputs }).to_string()
 }
 
+/// Pushes the chaos model from a copy in `dir` and deploys two replicas of it; its
+/// inference URL.
+fn deploy_chaos(server: &TestServer, dir: &std::path::Path) -> String {
+    let dir = dir.join("chaos-model");
+    write_tree(
+        &dir,
+        &[
+            ("mycel.toml", MANIFEST.as_bytes()),
+            ("model.py", MODEL.as_bytes()),
+        ],
+    );
+    for args in [
+        &["push", dir.to_str().unwrap()][..],
+        &["deploy", "chaos", "--copies", "local=2", "--wait"],
+    ] {
+        let out = server.cli(args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    format!("{}/v2/models/chaos/infer", server.gateway())
+}
+
 /// Good requests from `clients` threads until `stop`: (status, latency ms) each.
 fn good_load(
     url: &str,
@@ -93,24 +118,7 @@ fn good_load(
 fn good_requests_outlive_poison_requests_and_frozen_workers() {
     let data = tempfile::tempdir().unwrap();
     let server = TestServer::up(data.path(), "local");
-    let dir = data.path().join("chaos-model");
-    write_tree(
-        &dir,
-        &[
-            ("mycel.toml", MANIFEST.as_bytes()),
-            ("model.py", MODEL.as_bytes()),
-        ],
-    );
-    let ok = |out: std::process::Output| {
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    ok(server.cli(&["push", dir.to_str().unwrap()]));
-    ok(server.cli(&["deploy", "chaos", "--copies", "local=2", "--wait"]));
-    let url = format!("{}/v2/models/chaos/infer", server.gateway());
+    let url = deploy_chaos(&server, data.path());
     let http = reqwest::blocking::Client::new();
     // Poison once a second; a freeze, which holds its worker until the deadline, once
     // its replica is back.
@@ -157,25 +165,8 @@ fn bench_chaos() {
     let seconds: u64 = std::env::var("SECONDS_PER_FAULT").map_or(20, |v| v.parse().unwrap());
     let data = tempfile::tempdir().unwrap();
     let server = TestServer::up_with_defaults(data.path(), "local");
-    let dir = data.path().join("chaos-model");
-    write_tree(
-        &dir,
-        &[
-            ("mycel.toml", MANIFEST.as_bytes()),
-            ("model.py", MODEL.as_bytes()),
-        ],
-    );
-    let ok = |out: std::process::Output| {
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    ok(server.cli(&["push", dir.to_str().unwrap()]));
-    ok(server.cli(&["deploy", "chaos", "--copies", "local=2", "--wait"]));
+    let url = deploy_chaos(&server, data.path());
     let gateway = server.gateway();
-    let url = format!("{gateway}/v2/models/chaos/infer");
     let sandbox = support::status(&server)["nodes"][0]["node"]["spec"]["sandbox"].to_string();
 
     let mut rows = Vec::new();
