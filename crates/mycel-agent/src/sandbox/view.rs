@@ -1,6 +1,7 @@
 //! What a sandboxed worker sees, as bubblewrap arguments: a pure function of the
-//! paths involved, so the order that makes it safe (hide first, then show back only
-//! what the worker needs) is tested without starting anything.
+//! paths involved, so the order that makes it safe (bubblewrap mounts in argument
+//! order: what is hidden stays hidden under whatever is shown back) is tested without
+//! starting anything.
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
@@ -26,8 +27,8 @@ pub struct View {
 pub const PRIVATE_TMP: &str = "/tmp";
 
 /// bubblewrap's arguments, up to the command: the whole file system read-only, a new
-/// `/dev`, `/proc` and PID namespace, a private `/tmp`, `hidden` emptied, then what the
-/// worker needs shown again.
+/// `/dev`, `/proc` and PID namespace, a private `/tmp`, `hidden` emptied, and what the
+/// worker needs shown again, shallowest first.
 pub fn bwrap_args(view: &View) -> Vec<OsString> {
     let mut args: Vec<OsString> = [
         "--die-with-parent",
@@ -79,28 +80,37 @@ pub fn bwrap_args(view: &View) -> Vec<OsString> {
             }
         }
     };
-    let mut tail: Vec<OsString> = Vec::new();
-    for dir in &hidden {
-        parents(dir, &mut tail);
-        tail.extend(["--perms".into(), "0755".into(), "--tmpfs".into()]);
-        tail.push(dir.into());
-    }
     let covered = |p: &Path| covers.iter().any(|c| p.starts_with(c));
+    let mut mounts: Vec<(&Path, &str)> = hidden.iter().map(|h| (h.as_path(), "--tmpfs")).collect();
     for (flag, paths) in [
         ("--ro-bind", &view.read_only),
         ("--bind", &view.writable),
         ("--dev-bind", &view.devices),
     ] {
-        for path in paths {
-            // Outside every cover it is there already, read-only. What must be
-            // writable, and devices (/dev is new), are always bound.
-            if flag == "--ro-bind" && !covered(path) {
-                continue;
-            }
-            parents(path, &mut tail);
-            tail.push(flag.into());
-            tail.push(path.into());
-            tail.push(path.into());
+        // Outside every cover a path is there already, read-only. What must be
+        // writable, and devices (/dev is new), are always bound.
+        mounts.extend(
+            paths
+                .iter()
+                .filter(|p| flag != "--ro-bind" || covered(p))
+                .map(|p| (p.as_path(), flag)),
+        );
+    }
+    // Shallower first: a mount hides what an earlier one put below it, so a directory
+    // shown again (an interpreter's prefix, say) never uncovers a hidden one inside it.
+    mounts.sort_by_key(|(path, _)| path.components().count());
+    let mut tail: Vec<OsString> = Vec::new();
+    for (path, flag) in mounts {
+        parents(path, &mut tail);
+        if flag == "--tmpfs" {
+            tail.extend([
+                "--perms".into(),
+                "0755".into(),
+                "--tmpfs".into(),
+                path.into(),
+            ]);
+        } else {
+            tail.extend([flag.into(), path.into(), path.into()]);
         }
     }
     args.extend(tail);
@@ -171,6 +181,20 @@ mod tests {
             1
         );
         assert_eq!(args[parent - 2..parent], ["--perms", "0755"]);
+    }
+
+    #[test]
+    fn a_directory_shown_again_never_uncovers_a_hidden_one_inside_it() {
+        let view = View {
+            hidden: vec!["/root/mycel".into(), "/root".into()],
+            read_only: vec!["/root".into(), "/root/mycel/versions/abc".into()],
+            ..View::default()
+        };
+        let args = text(&bwrap_args(&view));
+        let shown = position(&args, &["--ro-bind", "/root", "/root"]);
+        let hidden = position(&args, &["--tmpfs", "/root/mycel"]);
+        let version = position(&args, &["--ro-bind", "/root/mycel/versions/abc"]);
+        assert!(shown < hidden && hidden < version, "{args:?}");
     }
 
     #[test]
