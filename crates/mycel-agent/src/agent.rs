@@ -119,18 +119,32 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AgentError> {
-    let data = &config.data_dir;
     for dir in ["blobs", "versions", "logs"] {
-        std::fs::create_dir_all(data.join(dir))
-            .map_err(io(format!("creating {}", data.join(dir).display())))?;
+        let dir = config.data_dir.join(dir);
+        std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
     }
+    std::fs::create_dir_all(&config.envs_dir)
+        .map_err(io(format!("creating {}", config.envs_dir.display())))?;
+    // Whole paths from here on: the sandbox hides and shows directories by where they
+    // really are, whatever the flags said (`--data ./n1`, a symlink).
+    let canonical = |dir: &PathBuf| {
+        dir.canonicalize()
+            .map_err(io(format!("resolving {}", dir.display())))
+    };
+    let data = &canonical(&config.data_dir)?;
+    let envs_dir = canonical(&config.envs_dir)?;
+    // Only the agent reads its data: versions, blobs, logs, credentials.
+    std::fs::set_permissions(data, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .map_err(io(format!("restricting {}", data.display())))?;
     let run_dir = socket_dir(data);
     std::fs::create_dir_all(&run_dir).map_err(io(format!("creating {}", run_dir.display())))?;
     let client =
         mycel_client::Client::with_ca(&config.server, config.token.clone(), config.ca.as_deref())?;
     let key = blake3::hash(data.as_os_str().as_encoded_bytes()).to_hex();
+    // And a worker sees no dataset: training reads those, serving does not.
     let hidden = std::iter::once(data.clone())
         .chain(config.hidden.iter().cloned())
+        .chain(config.datasets.values().cloned())
         .collect();
     let confined = crate::sandbox::Sandbox::probe(config.sandbox, &key[..12], hidden).await?;
     let node = Arc::new(NodeContext {
@@ -140,11 +154,7 @@ pub async fn run(
         state: NodeState::open(data.join("state"))?,
         run_dir: run_dir.clone(),
         logs_dir: data.join("logs"),
-        envs: EnvBuilder::new(
-            config.envs_dir.clone(),
-            config.uv.clone(),
-            config.runtime_dir.clone(),
-        ),
+        envs: EnvBuilder::new(envs_dir, config.uv.clone(), config.runtime_dir.clone()),
         statuses: Mutex::new(HashMap::new()),
         phases: Mutex::new(HashMap::new()),
         fetches: Mutex::new(HashMap::new()),

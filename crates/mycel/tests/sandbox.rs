@@ -253,16 +253,24 @@ fn workers_are_confined_to_their_own_files_users_and_memory() {
     // Killed from outside while in a call (as an operator would, by the pid `mycel
     // status` shows): the call runs again once the replica is back, not failed.
     let told = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    told.set_nonblocking(true).unwrap();
     let port = told.local_addr().unwrap().port();
+    let told = || {
+        eventually(
+            "the model to say it is in the call",
+            Duration::from_secs(60),
+            || told.accept().ok().map(|_| ()),
+        )
+    };
     let (code, answer) = std::thread::scope(|s| {
         let call = s.spawn(|| ask(&gateway, "netted", &format!("tell-then-sleep {port}")));
-        told.accept().unwrap();
+        told();
         let pid = replicas(&status(&server), "netted")[0].3.unwrap();
         let killed = std::process::Command::new("kill")
             .args(["-KILL", &pid.to_string()])
             .status();
         assert!(killed.unwrap().success());
-        told.accept().unwrap();
+        told();
         call.join().unwrap()
     });
     assert_eq!((code, answer.as_str()), (200, "slept"));

@@ -31,6 +31,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(600);
 /// Restart backoff: first delay, doubled per consecutive failure, capped.
 const BACKOFF_START: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A worker that answered calls and lived this long is restarted at once when it dies.
+const SERVED_A_WHILE: Duration = Duration::from_secs(1);
 /// A worker that served this long resets the backoff.
 const HEALTHY_AFTER: Duration = Duration::from_secs(30);
 /// Largest worker answer accepted.
@@ -243,13 +245,14 @@ impl NodeContext {
     }
 
     /// Whether `replica` takes a call: it is ready, unless its worker is held up and the
-    /// gateway has another replica for the call (`elsewhere`); or its worker died while
-    /// serving and the next one is on its way at once (see `supervise::restart_delay`),
-    /// so the call waits in its queue rather than being turned away.
+    /// gateway has another replica for the call (`elsewhere`); or, when the gateway has
+    /// none, its worker died while serving and the next one is on its way at once (see
+    /// `supervise::restart_delay`), so the call waits in its queue rather than fail.
     pub fn takes_calls(&self, replica: &str, elsewhere: bool) -> bool {
         let flow = self.flow.lock().unwrap_or_else(|p| p.into_inner());
         match flow.get(replica) {
-            Some(Flow::ComingBack) => true,
+            // Wait for the next worker only where there is nowhere else to go.
+            Some(Flow::ComingBack) => !elsewhere,
             Some(Flow::HeldUp) if elsewhere => false,
             _ => self.is_ready(replica),
         }

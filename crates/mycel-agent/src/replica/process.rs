@@ -65,7 +65,7 @@ fn worker_env(prepared: &Prepared, launch: &Launch<'_>) -> Vec<(String, String)>
         env.push(("CUDA_VISIBLE_DEVICES".into(), visible.clone()));
     }
     env.push(("PYTHONDONTWRITEBYTECODE".into(), "1".into()));
-    if launch.jail.is_some() {
+    if launch.jail.is_some_and(|j| j.viewed) {
         // The agent's home is hidden; the private /tmp is the worker's to write.
         let tmp = crate::sandbox::view::PRIVATE_TMP.to_owned();
         env.push(("HOME".into(), tmp.clone()));
@@ -79,6 +79,19 @@ fn agent_variables() -> impl Iterator<Item = OsString> {
     std::env::vars_os()
         .map(|(name, _)| name)
         .filter(|name| name.as_encoded_bytes().starts_with(b"MYCEL_"))
+}
+
+/// What of the agent's environment a confined worker keeps: the locale, the search
+/// path and the math libraries' and GPU runtime's settings, nothing that may hold a
+/// credential or lead out of the sandbox (cloud keys, tokens, agent and bus sockets).
+fn confined_variables() -> impl Iterator<Item = (OsString, OsString)> {
+    const NAMES: [&str; 5] = ["PATH", "LANG", "LANGUAGE", "TZ", "TERM"];
+    const PREFIXES: [&str; 6] = ["LC_", "OMP_", "MKL_", "OPENBLAS_", "CUDA_", "NVIDIA_"];
+    std::env::vars_os().filter(|(name, _)| {
+        name.to_str().is_some_and(|name| {
+            NAMES.contains(&name) || PREFIXES.iter().any(|p| name.starts_with(p))
+        })
+    })
 }
 
 /// Starts a worker as a process of its own.
@@ -107,6 +120,9 @@ pub(crate) fn spawn_worker(
         }
         None => Command::new(&prepared.python),
     };
+    if launch.jail.is_some_and(|j| j.viewed) {
+        command.env_clear().envs(confined_variables());
+    }
     for name in agent_variables() {
         command.env_remove(name);
     }
@@ -275,6 +291,23 @@ pub(crate) fn log_tail(path: &std::path::Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_confined_worker_keeps_no_credential_of_the_agents() {
+        let kept: Vec<String> = confined_variables()
+            .map(|(name, _)| name.to_string_lossy().into_owned())
+            .collect();
+        assert!(kept.iter().any(|n| n == "PATH"), "{kept:?}");
+        for secret in [
+            "HOME",
+            "AWS_SECRET_ACCESS_KEY",
+            "HF_TOKEN",
+            "SSH_AUTH_SOCK",
+            "MYCEL_TOKEN",
+        ] {
+            assert!(!kept.iter().any(|n| n == secret), "{secret} kept");
+        }
+    }
 
     #[test]
     fn a_signal_comes_back_through_bubblewrap() {

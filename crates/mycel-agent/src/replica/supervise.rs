@@ -78,8 +78,16 @@ pub(super) async fn run(
         tracing::warn!(%replica, %reason, "worker stopped; restarting");
         let (delay, next) = restart_delay(backoff, started.elapsed(), answered);
         // A worker that was serving comes back at once: its queue keeps taking calls
-        // meanwhile, which its next worker answers.
+        // meanwhile, which its next worker answers. One that backs off turns away what
+        // waits in its queue now: nothing ran, so the gateway may try elsewhere.
         node.set_flow(&replica, delay.is_zero().then_some(Flow::ComingBack));
+        if !delay.is_zero() {
+            // (The calls of the batch it died in stay: they run here or nowhere.)
+            let why = format!("replica {replica} is restarting its worker");
+            while let Ok(call) = calls.try_recv() {
+                let _ = call.reply.send(Err(WorkerError::Refused(why.clone())));
+            }
+        }
         node.set(&replica, ReplicaState::Failed { reason }, None, restarts);
         tokio::select! {
             _ = signals.ended() => { node.set_flow(&replica, None); return }
@@ -439,16 +447,18 @@ fn send_elsewhere(pending: &mut VecDeque<Call>, calls: &mut mpsc::Receiver<Call>
 }
 
 /// How long to wait before restarting a worker that ran for `served`, with `backoff`
-/// the wait that was next: none for a worker that had `answered` calls (a request or
-/// something outside ended it, not its own start: a poison request or a leak must not
-/// take a serving replica away for longer each time), back to the first wait after a
-/// healthy run, and the one after doubled, up to a cap. Returns (this wait, the next).
+/// the wait that was next: none for a worker that had `answered` calls for a while (a
+/// request or something outside ended it, not its own start: a poison request or a
+/// leak must not take a serving replica away for longer each time; one that dies
+/// right after each answer backs off like a crash loop), back to the first wait after
+/// a healthy run, and the one after doubled, up to a cap. Returns (this wait, the
+/// next).
 pub(super) fn restart_delay(
     backoff: Duration,
     served: Duration,
     answered: bool,
 ) -> (Duration, Duration) {
-    if answered {
+    if answered && served >= SERVED_A_WHILE {
         return (Duration::ZERO, BACKOFF_START);
     }
     let delay = if served > HEALTHY_AFTER {
@@ -495,10 +505,13 @@ mod tests {
     fn a_worker_that_was_answering_comes_back_at_once_every_time() {
         let mut backoff = BACKOFF_MAX;
         for _ in 0..5 {
-            let (delay, next) = restart_delay(backoff, Duration::from_millis(10), true);
+            let (delay, next) = restart_delay(backoff, SERVED_A_WHILE, true);
             assert_eq!(delay, Duration::ZERO);
             backoff = next;
         }
+        // Dying right after its answers is a crash loop all the same.
+        let (delay, next) = restart_delay(backoff, Duration::from_millis(10), true);
+        assert_eq!((delay, next), (BACKOFF_START, BACKOFF_START * 2));
         // And should it then fail to start, the crash-loop backoff starts over.
         assert_eq!(
             restart_delay(backoff, Duration::ZERO, false).0,

@@ -61,6 +61,8 @@ pub struct Sandbox {
     hidden: Vec<PathBuf>,
     users: Option<Users>,
     cgroups: Option<cgroup::Cgroups>,
+    /// Workers started so far, to name each one's cgroup.
+    starts: std::sync::atomic::AtomicU64,
 }
 
 impl Sandbox {
@@ -71,6 +73,7 @@ impl Sandbox {
             hidden: Vec::new(),
             users: None,
             cgroups: None,
+            starts: Default::default(),
         }
     }
 
@@ -147,6 +150,7 @@ impl Sandbox {
             hidden,
             users: own_user.then(|| Users::new(key)),
             cgroups,
+            starts: Default::default(),
         })
     }
 
@@ -163,9 +167,20 @@ impl Sandbox {
     /// The prefix that starts one worker of `worker` confined; what it holds (a user,
     /// a cgroup) is given back when the jail is dropped.
     pub fn jail(&self, name: &str, worker: &JailSpec<'_>) -> std::io::Result<Jail> {
-        let user = self.users.as_ref().and_then(Users::take);
+        let user = match &self.users {
+            Some(users) => Some(users.take().ok_or_else(|| {
+                std::io::Error::other(format!(
+                    "all {USERS} of this agent's worker users are in use; a worker never runs as the agent's"
+                ))
+            })?),
+            None => None,
+        };
+        // Each start its own: a dying worker's cgroup, and its OOM count, stay its own.
+        let start = self
+            .starts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let cgroup = match &self.cgroups {
-            Some(cgroups) => Some(cgroups.create(name, worker.resources)?),
+            Some(cgroups) => Some(cgroups.create(&format!("{name}.{start}"), worker.resources)?),
             None => None,
         };
         let view = self.confinement.private_files.then(|| View {
@@ -191,6 +206,7 @@ impl Sandbox {
         });
         Ok(Jail {
             prefix,
+            viewed: view.is_some(),
             cgroup,
             _user: user,
         })
@@ -272,6 +288,8 @@ impl JailSpec<'_> {
 pub struct Jail {
     /// The program and arguments the worker's command is appended to.
     pub prefix: Vec<OsString>,
+    /// Whether it runs in bubblewrap's view (a private `/tmp`, the agent's home hidden).
+    pub viewed: bool,
     /// Its cgroup, if it has one.
     pub cgroup: Option<cgroup::Cgroup>,
     _user: Option<UserLease>,
@@ -324,8 +342,10 @@ fn jail_command(parts: &Parts) -> Vec<OsString> {
     if let Some(bwrap) = &parts.bwrap {
         args.push("bwrap".into());
         args.extend(bwrap.iter().cloned());
-        if parts.own_user.is_none() && !rustix::process::geteuid().is_root() {
-            args.push("--unshare-user".into());
+        if parts.own_user.is_none() {
+            // No user of its own: at least no root and no capability inside, even when
+            // the agent is root (it could otherwise unmount what hides the agent's data).
+            args.extend(["--unshare-user", "--cap-drop", "ALL"].map(OsString::from));
         }
         args.push("--".into());
     }
@@ -442,6 +462,20 @@ mod tests {
         assert!(dash < bwrap && bwrap < setpriv);
         assert!(args.contains(&"--reuid=1000007".to_owned()));
         assert_eq!(args.last().unwrap(), "--");
+        assert!(
+            !args.contains(&"--cap-drop".to_owned()),
+            "setpriv needs them to switch"
+        );
+        // Without a user of its own a worker still gets no root and no capability.
+        let shared = text(&jail_command(&Parts {
+            bwrap: Some(vec![]),
+            ..Parts::default()
+        }));
+        let tail = shared.iter().position(|a| a == "bwrap").unwrap();
+        assert_eq!(
+            shared[tail + 1..],
+            ["--unshare-user", "--cap-drop", "ALL", "--"]
+        );
     }
 
     #[test]

@@ -25,6 +25,8 @@ pub struct View {
 
 /// Where every worker gets a writable directory of its own, empty at start.
 pub const PRIVATE_TMP: &str = "/tmp";
+/// Emptied for every worker: the host's Unix sockets live there.
+const RUN: &str = "/run";
 
 /// bubblewrap's arguments, up to the command: the whole file system read-only, a new
 /// `/dev`, `/proc` and PID namespace, a private `/tmp`, `hidden` emptied, and what the
@@ -57,10 +59,19 @@ pub fn bwrap_args(view: &View) -> Vec<OsString> {
         &"/proc",
     ]);
     push(&[&"--perms", &"1777", &"--tmpfs", &PRIVATE_TMP]);
-    let tmp = Path::new(PRIVATE_TMP);
-    // A hidden directory under /tmp is gone with it.
-    let hidden: Vec<&PathBuf> = view.hidden.iter().filter(|h| !h.starts_with(tmp)).collect();
-    let covers: Vec<&Path> = std::iter::once(tmp)
+    // The host's Unix sockets (D-Bus, journald, a user's session and its agents) are
+    // reachable without a network; only a worker that has the network keeps the
+    // resolver's, where /etc/resolv.conf points into /run.
+    push(&[&"--perms", &"0755", &"--tmpfs", &RUN]);
+    let (tmp, run) = (Path::new(PRIVATE_TMP), Path::new(RUN));
+    // A hidden directory under /tmp or /run is gone with it.
+    let hidden: Vec<&PathBuf> = view
+        .hidden
+        .iter()
+        .filter(|h| !h.starts_with(tmp) && !h.starts_with(run))
+        .collect();
+    let covers: Vec<&Path> = [tmp, run]
+        .into_iter()
         .chain(hidden.iter().map(|h| h.as_path()))
         .collect();
     let mut made: BTreeSet<PathBuf> = BTreeSet::new();
@@ -95,6 +106,10 @@ pub fn bwrap_args(view: &View) -> Vec<OsString> {
                 .filter(|p| flag != "--ro-bind" || covered(p))
                 .map(|p| (p.as_path(), flag)),
         );
+    }
+    let resolver = Path::new("/run/systemd/resolve");
+    if view.network && resolver.is_dir() {
+        mounts.push((resolver, "--ro-bind"));
     }
     // Shallower first: a mount hides what an earlier one put below it, so a directory
     // shown again (an interpreter's prefix, say) never uncovers a hidden one inside it.
@@ -213,5 +228,7 @@ mod tests {
         position(&args, &["--dir", "/tmp/test-data"]);
         position(&args, &["--dir", "/tmp/test-data/versions"]);
         position(&args, &["--dev-bind", "/dev/nvidia0", "/dev/nvidia0"]);
+        // The host's sockets are gone, network or not.
+        position(&args, &["--tmpfs", "/run"]);
     }
 }
