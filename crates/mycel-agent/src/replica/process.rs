@@ -21,6 +21,13 @@ pub(crate) struct Launch<'a> {
     pub jail: Option<&'a crate::sandbox::Jail>,
 }
 
+impl Launch<'_> {
+    /// Whether the worker runs in bubblewrap's view.
+    fn in_bubblewrap(&self) -> bool {
+        self.jail.is_some_and(|j| j.viewed)
+    }
+}
+
 /// The arguments after `python -m mycel_worker`.
 fn worker_args(
     prepared: &Prepared,
@@ -65,7 +72,7 @@ fn worker_env(prepared: &Prepared, launch: &Launch<'_>) -> Vec<(String, String)>
         env.push(("CUDA_VISIBLE_DEVICES".into(), visible.clone()));
     }
     env.push(("PYTHONDONTWRITEBYTECODE".into(), "1".into()));
-    if launch.jail.is_some_and(|j| j.viewed) {
+    if launch.in_bubblewrap() {
         // The agent's home is hidden; the private /tmp is the worker's to write.
         let tmp = crate::sandbox::view::PRIVATE_TMP.to_owned();
         env.push(("HOME".into(), tmp.clone()));
@@ -120,7 +127,7 @@ pub(crate) fn spawn_worker(
         }
         None => Command::new(&prepared.python),
     };
-    if launch.jail.is_some_and(|j| j.viewed) {
+    if launch.in_bubblewrap() {
         command.env_clear().envs(confined_variables());
     }
     for name in agent_variables() {
@@ -177,9 +184,7 @@ pub(crate) async fn start_worker(
             }
         }
     }
-    let jailed = launch
-        .jail
-        .is_some_and(|j| j.prefix.iter().any(|a| a == "bwrap"));
+    let jailed = launch.in_bubblewrap();
     spawn_worker(prepared, socket, launch).map(|child| Worker::Spawned { child, jailed })
 }
 

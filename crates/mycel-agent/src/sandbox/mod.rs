@@ -54,7 +54,8 @@ pub enum SandboxError {
     Missing(String),
 }
 
-/// How this node confines serving workers.
+/// How this node confines serving workers; by default, not at all.
+#[derive(Default)]
 pub struct Sandbox {
     confinement: Confinement,
     /// Directories no worker sees: the agent's data, its user's home.
@@ -66,17 +67,6 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
-    /// No confinement at all.
-    pub fn off() -> Sandbox {
-        Sandbox {
-            confinement: Confinement::default(),
-            hidden: Vec::new(),
-            users: None,
-            cgroups: None,
-            starts: Default::default(),
-        }
-    }
-
     /// What `mode` gets on this platform; `key` names this agent's cgroups and user
     /// range apart from other agents' on the same machine, and `hidden` are the
     /// directories workers must not see.
@@ -86,7 +76,7 @@ impl Sandbox {
         mut hidden: Vec<PathBuf>,
     ) -> Result<Sandbox, SandboxError> {
         if mode == Mode::Off {
-            return Ok(Sandbox::off());
+            return Ok(Sandbox::default());
         }
         let root = rustix::process::geteuid().is_root();
         let view = works(&jail_command(&Parts {
@@ -432,13 +422,8 @@ impl Drop for UserLease {
 
 #[cfg(test)]
 mod tests {
+    use super::view::tests::text;
     use super::*;
-
-    fn text(args: &[OsString]) -> Vec<String> {
-        args.iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect()
-    }
 
     #[test]
     fn the_jail_enters_its_cgroup_before_anything_else_runs() {

@@ -133,10 +133,11 @@ pub fn bwrap_args(view: &View) -> Vec<OsString> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn text(args: &[OsString]) -> Vec<String> {
+    /// Arguments as text, to compare.
+    pub(in crate::sandbox) fn text(args: &[OsString]) -> Vec<String> {
         args.iter()
             .map(|a| a.to_string_lossy().into_owned())
             .collect()
